@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# deploy/kafka.sh — fetch, start and stop a real Apache Kafka (KRaft) on loopback.
+#
+#   deploy/kafka.sh fetch                 download Kafka's jars with Maven into the cache
+#   deploy/kafka.sh start [--brokers N]   format storage and start 1 (default) or 3 brokers
+#   deploy/kafka.sh stop                  stop every broker this script started
+#   deploy/kafka.sh status                print bootstrap servers if running, exit 1 if not
+#   deploy/kafka.sh bootstrap             print the bootstrap servers (for scripts)
+#   deploy/kafka.sh classpath             print the classpath of the fetched jars
+#   deploy/kafka.sh java CLASS ARGS...    run a Java tool (e.g. kafka.tools.ConsumerGroupCommand)
+#
+# Idempotent: `start` on a running cluster of the same size does nothing; `fetch` reuses the cache.
+# Everything lives under $PAYSTREAM_CACHE (default ~/.cache/paystream), outside the clone:
+#   kafka-$VERSION/lib/*.jar   the jars (kafka_2.13 + runtime dependencies + log4j2 binding)
+#   kafka-run/broker-N/        data, server.properties, broker.log, pid
+# Ports: broker N listens on 127.0.0.1:$((BASE + 2*(N-1))) and its controller on the next port;
+# BASE is $PAYSTREAM_KAFKA_PORT (default 19092).
+set -euo pipefail
+
+KAFKA_VERSION="${PAYSTREAM_KAFKA_VERSION:-4.1.1}"
+LOG4J_VERSION="2.24.3"
+CACHE="${PAYSTREAM_CACHE:-$HOME/.cache/paystream}"
+KHOME="$CACHE/kafka-$KAFKA_VERSION"
+RUN="$CACHE/kafka-run"
+BASE="${PAYSTREAM_KAFKA_PORT:-19092}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+log() { printf 'kafka.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+fetch() {
+  if [ -f "$KHOME/.complete" ]; then return 0; fi
+  command -v mvn >/dev/null || die "mvn not found: install Maven (apt-get install maven)"
+  command -v java >/dev/null || die "java not found: install a JDK 17+"
+  mkdir -p "$KHOME"
+  log "fetching Apache Kafka $KAFKA_VERSION with Maven into $KHOME (once)"
+  cat > "$KHOME/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>paystream</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-clients</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+  (cd "$KHOME" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=lib \
+      >"$KHOME/mvn.log" 2>&1) || { tail -30 "$KHOME/mvn.log" >&2; die "maven could not fetch Kafka (log: $KHOME/mvn.log)"; }
+  cat > "$KHOME/log4j2.yaml" <<'L4J'
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.request.logger
+        level: WARN
+      - name: org.apache.kafka.controller
+        level: WARN
+      - name: state.change.logger
+        level: WARN
+L4J
+  touch "$KHOME/.complete"
+  log "fetched $(ls "$KHOME/lib" | wc -l) jars"
+}
+
+classpath() { fetch; ls "$KHOME"/lib/*.jar | tr '\n' ':' | sed 's/:$//'; }
+
+java_run() {
+  local cp; cp="$(classpath)"
+  java -Xshare:auto -Dlog4j2.configurationFile="$KHOME/log4j2.yaml" -cp "$cp" "$@"
+}
+
+port_of() { echo $((BASE + 2 * ($1 - 1))); }
+bootstrap_of() {
+  local n=$1 out="" i
+  for i in $(seq 1 "$n"); do out="$out${out:+,}127.0.0.1:$(port_of "$i")"; done
+  echo "$out"
+}
+running_count() { cat "$RUN/brokers" 2>/dev/null || echo 0; }
+
+alive() { local pidf="$RUN/broker-$1/pid"; [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_ready() {
+  local n=$1 deadline=$((SECONDS + 120)) i
+  for i in $(seq 1 "$n"); do
+    until port_open "$(port_of "$i")"; do
+      alive "$i" || { tail -40 "$RUN/broker-$i/broker.log" >&2; die "broker $i exited during start-up (log: $RUN/broker-$i/broker.log)"; }
+      [ $SECONDS -lt $deadline ] || die "broker $i did not open its port within 120 s (log: $RUN/broker-$i/broker.log)"
+      sleep 0.5
+    done
+  done
+  # A port that accepts is not yet a broker that serves metadata: ask it to list topics.
+  until java_run org.apache.kafka.tools.TopicCommand --bootstrap-server "$(bootstrap_of "$n")" --list >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "cluster did not answer metadata within 120 s (logs under $RUN)"
+    sleep 1
+  done
+}
+
+start() {
+  local n=1
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --brokers) n="${2:?--brokers needs a number}"; shift 2 ;;
+      *) die "unknown option for start: $1" ;;
+    esac
+  done
+  case "$n" in 1|3) ;; *) die "--brokers must be 1 or 3, got $n" ;; esac
+  fetch
+  local cur; cur="$(running_count)"
+  if [ "$cur" != 0 ]; then
+    local all=1 i
+    for i in $(seq 1 "$cur"); do alive "$i" || all=0; done
+    if [ "$all" = 1 ] && [ "$cur" = "$n" ]; then log "already running: $(bootstrap_of "$n")"; bootstrap_of "$n"; return 0; fi
+    log "a different or broken cluster is up; restarting it"
+    stop
+  fi
+  rm -rf "$RUN"; mkdir -p "$RUN"
+  local voters="" i
+  for i in $(seq 1 "$n"); do voters="$voters${voters:+,}$i@127.0.0.1:$(( $(port_of "$i") + 1 ))"; done
+  local rf=$(( n >= 3 ? 3 : 1 )) isr=$(( n >= 3 ? 2 : 1 ))
+  local cluster_id; cluster_id="$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
+  for i in $(seq 1 "$n"); do
+    local d="$RUN/broker-$i" p; p="$(port_of "$i")"
+    mkdir -p "$d/data"
+    cat > "$d/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=$i
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$p,CONTROLLER://127.0.0.1:$((p + 1))
+advertised.listeners=PLAINTEXT://127.0.0.1:$p
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$d/data
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=12
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+auto.create.topics.enable=false
+log.cleaner.backoff.ms=1000
+log.segment.bytes=104857600
+PROPS
+    java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$d/server.properties" >"$d/format.log" 2>&1 \
+      || { cat "$d/format.log" >&2; die "formatting storage of broker $i failed"; }
+    # setsid: the broker must not die with the shell (or test) that started it.
+    setsid java -Xms256m -Xmx1g -XX:+UseG1GC -Dlog4j2.configurationFile="$KHOME/log4j2.yaml" \
+      -cp "$(classpath)" kafka.Kafka "$d/server.properties" >"$d/broker.log" 2>&1 < /dev/null &
+    echo $! > "$d/pid"
+  done
+  echo "$n" > "$RUN/brokers"
+  wait_ready "$n"
+  log "started $n broker(s): $(bootstrap_of "$n") (logs under $RUN)"
+  bootstrap_of "$n"
+}
+
+stop() {
+  local cur i; cur="$(running_count)"
+  for i in $(seq 1 "${cur:-0}"); do
+    if alive "$i"; then kill "$(cat "$RUN/broker-$i/pid")" 2>/dev/null || true; fi
+  done
+  local deadline=$((SECONDS + 60))
+  for i in $(seq 1 "${cur:-0}"); do
+    while alive "$i"; do
+      if [ $SECONDS -ge $deadline ]; then kill -9 "$(cat "$RUN/broker-$i/pid")" 2>/dev/null || true; break; fi
+      sleep 0.5
+    done
+  done
+  [ -d "$RUN" ] && echo 0 > "$RUN/brokers"
+  log "stopped"
+}
+
+status() {
+  local cur i; cur="$(running_count)"
+  [ "$cur" != 0 ] || { log "not running"; return 1; }
+  for i in $(seq 1 "$cur"); do alive "$i" || { log "broker $i is down"; return 1; }; done
+  bootstrap_of "$cur"
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  fetch) fetch ;;
+  start) start "$@" ;;
+  stop) stop ;;
+  status) status ;;
+  bootstrap) status ;;
+  classpath) classpath ;;
+  java) java_run "$@" ;;
+  ""|-h|--help|help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+  *) die "unknown command: $cmd (try --help)" ;;
+esac

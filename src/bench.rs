@@ -1,0 +1,296 @@
+//! `paystream bench`: the numbers in BENCHMARKS.md, measured on this machine.
+//!
+//! Against a real broker: produce N events into a fresh 12-partition topic (librdkafka produce
+//! rate), run one instance over them (ingest rate into the view, peak RSS), wipe its state and
+//! start again (restore rate from the changelog), then read the same topic with a bare librdkafka
+//! consumer (the consume limit) and write the same number of values into a bare RocksDB (the
+//! store limit). Benchmarks, not tests: nothing here asserts a timing.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use paystream_state::rocks::RocksDbStore;
+use paystream_state::store::KeyValueStore;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RunArgs;
+use crate::kafka::admin::{ensure_topics, TopicSpec};
+use crate::kafka::client::restore_consumer_config;
+use crate::produce::{produce, GeneratorOptions, ProduceOptions};
+use crate::runtime::Instance;
+
+/// Options of `paystream bench`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub bootstrap_servers: String,
+    pub events: u64,
+    pub orders: u64,
+    pub partitions: i32,
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Step(String),
+}
+
+fn step<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BenchError {
+    move |e| BenchError::Step(format!("{what}: {e}"))
+}
+
+/// One measured figure.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub name: &'static str,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+/// Peak resident set size of this process, from /proc (Linux), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Run every measurement and return the figures (also printed as they come).
+pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
+    let rt = tokio::runtime::Runtime::new().map_err(step("runtime"))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let topic = format!("bench-{nanos}");
+    let mut figures = Vec::new();
+    let mut push = |f: Figure| {
+        println!("{:<44} {:>14.0} {}", f.name, f.value, f.unit);
+        figures.push(f);
+    };
+
+    // 1. Produce.
+    rt.block_on(ensure_topics(
+        &opts.bootstrap_servers,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: opts.partitions,
+            replication_factor: 1,
+            configs: vec![],
+        }],
+    ))
+    .map_err(step("create topic"))?;
+    let report = produce(&ProduceOptions {
+        bootstrap_servers: opts.bootstrap_servers.clone(),
+        topic: topic.clone(),
+        rate: None,
+        create_topic: false,
+        partitions: opts.partitions,
+        replication_factor: 1,
+        model_out: None,
+        generator: GeneratorOptions {
+            orders: opts.orders,
+            events: Some(opts.events),
+            ..Default::default()
+        },
+    })
+    .map_err(step("produce"))?;
+    push(Figure {
+        name: "produce (librdkafka, acks=all, idempotent)",
+        value: report.events as f64 / report.elapsed.as_secs_f64(),
+        unit: "events/s",
+    });
+
+    // 2. Ingest into the view.
+    let state_dir = opts.work_dir.join(format!("state-{nanos}"));
+    let app_id = format!("bench-{nanos}");
+    let (ingest, _) = rt.block_on(run_instance(
+        opts,
+        &topic,
+        &app_id,
+        &state_dir,
+        Phase::Ingest,
+    ))?;
+    push(Figure {
+        name: "ingest into the view (1 instance)",
+        value: opts.events as f64 / ingest.as_secs_f64(),
+        unit: "events/s",
+    });
+    if let Some(rss) = peak_rss_mib() {
+        push(Figure {
+            name: "peak RSS after ingest (whole bench process)",
+            value: rss,
+            unit: "MiB",
+        });
+    }
+
+    // 3. Restore from the changelog.
+    std::fs::remove_dir_all(&state_dir).map_err(step("wipe state"))?;
+    let (restore, restored) = rt.block_on(run_instance(
+        opts,
+        &topic,
+        &app_id,
+        &state_dir,
+        Phase::Restore,
+    ))?;
+    push(Figure {
+        name: "restore from the changelog",
+        value: restored as f64 / restore.as_secs_f64(),
+        unit: "records/s",
+    });
+
+    // 4. The limits: bare librdkafka consume, bare RocksDB writes.
+    let consumed = raw_consume(
+        &opts.bootstrap_servers,
+        &topic,
+        opts.partitions,
+        opts.events,
+    )?;
+    push(Figure {
+        name: "raw librdkafka consume (the limit)",
+        value: opts.events as f64 / consumed.as_secs_f64(),
+        unit: "events/s",
+    });
+    let written = raw_rocksdb(&opts.work_dir.join(format!("rocks-{nanos}")), opts.events)?;
+    push(Figure {
+        name: "raw RocksDB put, WAL off (the limit)",
+        value: opts.events as f64 / written.as_secs_f64(),
+        unit: "puts/s",
+    });
+    let _ = std::fs::remove_dir_all(&state_dir);
+    Ok(figures)
+}
+
+#[derive(PartialEq)]
+enum Phase {
+    Ingest,
+    Restore,
+}
+
+/// Start an instance; Ingest: time from its first processed record until all are processed.
+/// Restore: time from start until it is ready, and how many records it restored.
+async fn run_instance(
+    opts: &BenchOptions,
+    topic: &str,
+    app_id: &str,
+    state_dir: &std::path::Path,
+    phase: Phase,
+) -> Result<(Duration, u64), BenchError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(step("bind"))?;
+    let addr = listener.local_addr().map_err(step("bind"))?;
+    let settings = RunArgs {
+        bootstrap_servers: Some(opts.bootstrap_servers.clone()),
+        application_id: Some(app_id.to_owned()),
+        input_topic: Some(topic.to_owned()),
+        state_dir: Some(state_dir.to_owned()),
+        http_addr: Some(addr.to_string()),
+        ..Default::default()
+    }
+    .build()
+    .map_err(step("settings"))?;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let instance = tokio::spawn(Instance::run(settings, listener, shutdown.clone()));
+    let client = reqwest::Client::new();
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let result = loop {
+        if Instant::now() > deadline {
+            break Err(BenchError::Step(
+                "instance did not finish within 30 minutes".into(),
+            ));
+        }
+        if instance.is_finished() {
+            break Err(BenchError::Step("instance stopped early".into()));
+        }
+        let h: Option<serde_json::Value> =
+            match client.get(format!("http://{addr}/health")).send().await {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+        if let Some(h) = h {
+            let processed = h["records_processed"].as_u64().unwrap_or(0);
+            match phase {
+                Phase::Ingest => {
+                    if processed > 0 && first.is_none() {
+                        first = Some(Instant::now());
+                    }
+                    if processed >= opts.events {
+                        break Ok((first.map_or(started.elapsed(), |f| f.elapsed()), processed));
+                    }
+                }
+                Phase::Restore => {
+                    if h["ready"] == true {
+                        break Ok((
+                            started.elapsed(),
+                            h["records_restored"].as_u64().unwrap_or(0),
+                        ));
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    shutdown.cancel();
+    match instance.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(BenchError::Step(format!("instance: {e}"))),
+        Err(e) => return Err(BenchError::Step(format!("instance: {e}"))),
+    }
+    result
+}
+
+fn raw_consume(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    events: u64,
+) -> Result<Duration, BenchError> {
+    let mut cfg = restore_consumer_config(bootstrap, "bench-raw");
+    cfg.set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = cfg.create().map_err(step("consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(step("assign"))?;
+    }
+    consumer.assign(&tpl).map_err(step("assign"))?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut bytes = 0usize;
+    while n < events {
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(BenchError::Step(format!(
+                "raw consume read only {n} of {events}"
+            )));
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            use rdkafka::Message;
+            // Touch the payload, as a real consumer would.
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            n += 1;
+        }
+    }
+    std::hint::black_box(bytes);
+    Ok(started.elapsed())
+}
+
+fn raw_rocksdb(dir: &std::path::Path, events: u64) -> Result<Duration, BenchError> {
+    let mut store = RocksDbStore::open(dir, "bench").map_err(step("rocksdb"))?;
+    let value = vec![7u8; 160]; // about the size of an encoded order view
+    let started = Instant::now();
+    for i in 0..events {
+        let key = format!("O-{:08}", i % (events / 5).max(1));
+        store.put(key.as_bytes(), &value).map_err(step("put"))?;
+    }
+    store.flush().map_err(step("flush"))?;
+    let elapsed = started.elapsed();
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(elapsed)
+}

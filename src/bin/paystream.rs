@@ -1,0 +1,285 @@
+//! The `paystream` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use paystream::config::RunArgs;
+use paystream::demo::{self, DemoOptions};
+use paystream::produce::{produce, GeneratorOptions, ProduceOptions};
+use paystream::runtime::Instance;
+use paystream::{partition_for_key, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// paystream: a Kafka Streams-style stream processor for payment orders.
+///
+/// Consumes PAYMENT.ORDER into per-partition RocksDB views (with changelog topics) and answers
+/// GET /orders/{id}. Start with `paystream demo` (no broker needed).
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the partition of each key, as Java's DefaultPartitioner (murmur2) computes it.
+    ///
+    /// Output: one line per key, `KEY<TAB>PARTITION`.
+    Partition {
+        /// Number of partitions of the topic.
+        #[arg(long, short = 'p', value_parser = clap::value_parser!(i32).range(1..))]
+        partitions: i32,
+        /// Keys (UTF-8).
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Run one processor instance (settings also from PAYSTREAM_* variables or --config FILE).
+    Run(RunArgs),
+    /// Generate realistic, reproducible PAYMENT.ORDER traffic.
+    ///
+    /// Each order walks APPROVAL_REQUESTED → APPROVAL_CALLBACK_COMPLETED → APPROVAL_COMPLETED or
+    /// APPROVAL_FAILED; some are cancelled, some stop early; some events are duplicated or out of
+    /// order. Records are keyed by order id and partitioned with murmur2 like a Java producer.
+    Produce(ProduceArgs),
+    /// Run everything on this machine with an embedded broker: no setup needed.
+    Demo(DemoArgs),
+    /// Measure produce, ingest, restore, raw consume and raw RocksDB rates against a broker.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Kafka brokers (a real broker: `deploy/kafka.sh start` gives 127.0.0.1:19092).
+    #[arg(
+        long,
+        env = "PAYSTREAM_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:19092"
+    )]
+    bootstrap_servers: String,
+    /// Events to produce and process.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Orders the events belong to.
+    #[arg(long, default_value_t = 200_000)]
+    orders: u64,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 12)]
+    partitions: i32,
+    /// Directory for the instance's state during the run.
+    #[arg(long, default_value = "./paystream-bench")]
+    work_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ProduceArgs {
+    /// Kafka brokers, comma-separated HOST:PORT.
+    #[arg(
+        long,
+        env = "PAYSTREAM_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap_servers: String,
+    /// Topic to write to.
+    #[arg(long, default_value = "PAYMENT.ORDER")]
+    topic: String,
+    /// Number of orders.
+    #[arg(long, default_value_t = 1000)]
+    orders: u64,
+    /// Exact number of events (the surplus over the orders' walks is duplicates).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Events per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Seed: the same seed gives the same traffic.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Malformed records to mix in (they must end in the dead-letter topic).
+    #[arg(long, default_value_t = 0)]
+    malformed: u64,
+    /// Create the topic if it does not exist.
+    #[arg(long)]
+    create_topic: bool,
+    /// Partitions for --create-topic.
+    #[arg(long, default_value_t = 12)]
+    partitions: i32,
+    /// Replication factor for --create-topic.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
+    /// Write the expected final view of every order (JSON lines) to this file.
+    #[arg(long, value_name = "FILE")]
+    model_out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Address of the query API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_addr: String,
+    /// Orders to generate.
+    #[arg(long, default_value_t = 10_000)]
+    orders: u64,
+    /// Events per second.
+    #[arg(long, default_value_t = 5_000)]
+    rate: u64,
+    /// Partitions of the demo topic.
+    #[arg(long, default_value_t = 12)]
+    partitions: i32,
+    /// Keep state here instead of a temporary directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Check every order over HTTP against the generator's model, then exit (0 = all match).
+    #[arg(long)]
+    verify: bool,
+    /// Seed of the generated traffic.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging();
+    match cli.command {
+        Command::Partition { partitions, keys } => {
+            for k in keys {
+                println!("{k}\t{}", partition_for_key(k.as_bytes(), partitions));
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => run(args),
+        Command::Produce(a) => {
+            let opts = ProduceOptions {
+                bootstrap_servers: a.bootstrap_servers,
+                topic: a.topic,
+                rate: Some(a.rate).filter(|r| *r > 0),
+                create_topic: a.create_topic,
+                partitions: a.partitions,
+                replication_factor: a.replication_factor,
+                model_out: a.model_out,
+                generator: GeneratorOptions {
+                    seed: a.seed,
+                    orders: a.orders,
+                    events: a.events,
+                    malformed: a.malformed,
+                    ..Default::default()
+                },
+            };
+            match produce(&opts) {
+                Ok(r) => {
+                    println!(
+                        "produced {} events ({} orders, {} malformed) to {} in {:.2} s ({:.0} events/s)",
+                        r.events,
+                        r.orders,
+                        r.malformed,
+                        opts.topic,
+                        r.elapsed.as_secs_f64(),
+                        r.events as f64 / r.elapsed.as_secs_f64().max(1e-9)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench(a) => {
+            let opts = paystream::bench::BenchOptions {
+                bootstrap_servers: a.bootstrap_servers,
+                events: a.events,
+                orders: a.orders,
+                partitions: a.partitions,
+                work_dir: a.work_dir,
+            };
+            match paystream::bench::run(&opts) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(a) => {
+            let opts = DemoOptions {
+                http_addr: a.http_addr,
+                orders: a.orders,
+                rate: a.rate,
+                partitions: a.partitions,
+                state_dir: a.state_dir,
+                verify: a.verify,
+                seed: a.seed,
+            };
+            match demo::run(opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let settings = match args.build() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {} (http-addr): {e}", settings.http_addr))?;
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_termination().await;
+            tracing::info!("shutting down: committing and checkpointing");
+            signals.cancel();
+        });
+        Instance::run(settings, listener, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

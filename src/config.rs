@@ -1,0 +1,415 @@
+//! `paystream run` configuration: flags, environment, TOML file → validated [`RunSettings`].
+//!
+//! Every setting can be given three ways; the first that is set wins:
+//! 1. a flag, e.g. `--bootstrap-servers 127.0.0.1:9092`;
+//! 2. an environment variable `PAYSTREAM_<FLAG_IN_CAPS>`, e.g. `PAYSTREAM_BOOTSTRAP_SERVERS`;
+//! 3. a key of the TOML file given with `--config FILE`, spelled like the flag
+//!    (`bootstrap-servers = "127.0.0.1:9092"`); unknown keys are an error.
+//!
+//! [`RunArgs::build`] validates everything at once and fails naming the key, so a bad config
+//! stops the instance at start-up rather than at the first record.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Errors in the configuration; each names the offending key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Flags of `paystream run`. Each is optional here because the value may come from the
+/// environment or the config file; [`RunArgs::build`] applies defaults and validates.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// TOML file with any of the settings below (keys spelled like the flags).
+    #[arg(long, env = "PAYSTREAM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Kafka brokers to bootstrap from, comma-separated HOST:PORT. [default: 127.0.0.1:9092]
+    #[arg(
+        long,
+        env = "PAYSTREAM_BOOTSTRAP_SERVERS",
+        value_name = "HOST:PORT,..."
+    )]
+    pub bootstrap_servers: Option<String>,
+
+    /// Application id: the consumer group id and the prefix of changelog topics
+    /// (`<application-id>-orders-changelog`). Instances with the same id share the work.
+    /// [default: paystream]
+    #[arg(long, env = "PAYSTREAM_APPLICATION_ID", value_name = "ID")]
+    pub application_id: Option<String>,
+
+    /// Topic of payment order events. [default: PAYMENT.ORDER]
+    #[arg(long, env = "PAYSTREAM_INPUT_TOPIC", value_name = "TOPIC")]
+    pub input_topic: Option<String>,
+
+    /// Directory for local state (RocksDB stores, checkpoints). Reusing it after a restart avoids
+    /// restoring from the changelog. [default: ./paystream-state]
+    #[arg(long, env = "PAYSTREAM_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Address the query API listens on; other instances forward queries here.
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, env = "PAYSTREAM_HTTP_ADDR", value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
+
+    /// Address other instances should use to reach this one, when it differs from --http-addr
+    /// (e.g. listening on 0.0.0.0). [default: --http-addr]
+    #[arg(long, env = "PAYSTREAM_ADVERTISED_ADDR", value_name = "HOST:PORT")]
+    pub advertised_addr: Option<String>,
+
+    /// Warm standby copies of each partition's store kept on other instances. [default: 1]
+    #[arg(long, env = "PAYSTREAM_STANDBY_REPLICAS", value_name = "N")]
+    pub standby_replicas: Option<u32>,
+
+    /// How often source offsets are committed (after the changelog writes are acknowledged).
+    /// Lower means less reprocessing after a crash. [default: 1000]
+    #[arg(long, env = "PAYSTREAM_COMMIT_INTERVAL_MS", value_name = "MS")]
+    pub commit_interval_ms: Option<u64>,
+
+    /// Topic for records that cannot be processed (reason in headers). [default: <input-topic>.DLQ]
+    #[arg(long, env = "PAYSTREAM_DLQ_TOPIC", value_name = "TOPIC")]
+    pub dlq_topic: Option<String>,
+
+    /// Replication factor for topics paystream creates (changelog, DLQ). [default: 1]
+    #[arg(long, env = "PAYSTREAM_REPLICATION_FACTOR", value_name = "N")]
+    pub replication_factor: Option<i32>,
+}
+
+/// The TOML file: the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    bootstrap_servers: Option<String>,
+    application_id: Option<String>,
+    input_topic: Option<String>,
+    state_dir: Option<PathBuf>,
+    http_addr: Option<String>,
+    advertised_addr: Option<String>,
+    standby_replicas: Option<u32>,
+    commit_interval_ms: Option<u64>,
+    dlq_topic: Option<String>,
+    replication_factor: Option<i32>,
+}
+
+/// Validated settings of one instance.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub bootstrap_servers: String,
+    pub application_id: String,
+    pub input_topic: String,
+    pub state_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    /// `HOST:PORT` others reach this instance at (also the `served_by` of its answers).
+    pub advertised_addr: String,
+    pub standby_replicas: u32,
+    pub commit_interval: Duration,
+    pub dlq_topic: String,
+    pub replication_factor: i32,
+}
+
+/// Default Kafka bootstrap address (a local broker).
+pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
+/// Default application id.
+pub const DEFAULT_APPLICATION_ID: &str = "paystream";
+/// Default input topic, as in the payments platform this comes from.
+pub const DEFAULT_INPUT_TOPIC: &str = "PAYMENT.ORDER";
+/// Default query address.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// One standby: enough to survive the loss of any one instance without a full restore.
+pub const DEFAULT_STANDBY_REPLICAS: u32 = 1;
+/// One second: at most about a second of input is reprocessed after a crash.
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1000;
+
+impl RunArgs {
+    /// Merge flags/env with the config file, apply defaults and validate.
+    pub fn build(&self) -> Result<RunSettings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let bootstrap_servers = self
+            .bootstrap_servers
+            .clone()
+            .or(file.bootstrap_servers)
+            .unwrap_or_else(|| DEFAULT_BOOTSTRAP.to_owned());
+        validate_bootstrap(&bootstrap_servers)?;
+        let application_id = self
+            .application_id
+            .clone()
+            .or(file.application_id)
+            .unwrap_or_else(|| DEFAULT_APPLICATION_ID.to_owned());
+        validate_topic_like("application-id", &application_id)?;
+        let input_topic = self
+            .input_topic
+            .clone()
+            .or(file.input_topic)
+            .unwrap_or_else(|| DEFAULT_INPUT_TOPIC.to_owned());
+        validate_topic_like("input-topic", &input_topic)?;
+        let state_dir = self
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("./paystream-state"));
+        if state_dir.as_os_str().is_empty() {
+            return Err(invalid("state-dir", "must not be empty"));
+        }
+        let http_raw = self
+            .http_addr
+            .clone()
+            .or(file.http_addr)
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned());
+        let http_addr: SocketAddr = http_raw.parse().map_err(|e| {
+            invalid(
+                "http-addr",
+                format!("{http_raw:?} is not HOST:PORT with an IP host ({e})"),
+            )
+        })?;
+        let advertised_addr = match self.advertised_addr.clone().or(file.advertised_addr) {
+            Some(a) => {
+                validate_host_port("advertised-addr", &a)?;
+                a
+            }
+            None if http_addr.ip().is_unspecified() => {
+                return Err(invalid(
+                    "advertised-addr",
+                    format!("--http-addr {http_addr} listens on every interface; set --advertised-addr to the address other instances should use"),
+                ))
+            }
+            None => http_addr.to_string(),
+        };
+        let standby_replicas = self
+            .standby_replicas
+            .or(file.standby_replicas)
+            .unwrap_or(DEFAULT_STANDBY_REPLICAS);
+        if standby_replicas > 16 {
+            return Err(invalid(
+                "standby-replicas",
+                format!("{standby_replicas} is more than 16"),
+            ));
+        }
+        let commit_ms = self
+            .commit_interval_ms
+            .or(file.commit_interval_ms)
+            .unwrap_or(DEFAULT_COMMIT_INTERVAL_MS);
+        if !(10..=600_000).contains(&commit_ms) {
+            return Err(invalid(
+                "commit-interval-ms",
+                format!("{commit_ms} is outside 10..=600000"),
+            ));
+        }
+        let dlq_topic = self
+            .dlq_topic
+            .clone()
+            .or(file.dlq_topic)
+            .unwrap_or_else(|| format!("{input_topic}.DLQ"));
+        validate_topic_like("dlq-topic", &dlq_topic)?;
+        if dlq_topic == input_topic {
+            return Err(invalid("dlq-topic", "must differ from input-topic"));
+        }
+        let replication_factor = self
+            .replication_factor
+            .or(file.replication_factor)
+            .unwrap_or(1);
+        if !(1..=16).contains(&replication_factor) {
+            return Err(invalid(
+                "replication-factor",
+                format!("{replication_factor} is outside 1..=16"),
+            ));
+        }
+        Ok(RunSettings {
+            bootstrap_servers,
+            application_id,
+            input_topic,
+            state_dir,
+            http_addr,
+            advertised_addr,
+            standby_replicas,
+            commit_interval: Duration::from_millis(commit_ms),
+            dlq_topic,
+            replication_factor,
+        })
+    }
+}
+
+impl RunSettings {
+    /// `<application-id>-<store>-changelog`, as Kafka Streams names it.
+    pub fn changelog_topic(&self, store: &str) -> String {
+        format!("{}-{}-changelog", self.application_id, store)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_owned(),
+        message: e.to_string().trim().to_owned(),
+    })
+}
+
+fn validate_bootstrap(value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(invalid("bootstrap-servers", "must not be empty"));
+    }
+    for server in value.split(',') {
+        validate_host_port("bootstrap-servers", server.trim())?;
+    }
+    Ok(())
+}
+
+fn validate_host_port(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(key, format!("{value:?} is not HOST:PORT")))?;
+    if host.is_empty() {
+        return Err(invalid(key, format!("{value:?} has no host")));
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid(key, format!("{value:?} has no valid port")))?;
+    Ok(())
+}
+
+/// Kafka topic names (and ids used in them): 1..=249 of `[a-zA-Z0-9._-]`.
+fn validate_topic_like(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || value.len() > 200 {
+        return Err(invalid(key, "must be 1 to 200 characters"));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            key,
+            format!("{value:?} contains {c:?}; use letters, digits, '.', '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = RunArgs::default().build().unwrap();
+        assert_eq!(s.input_topic, "PAYMENT.ORDER");
+        assert_eq!(s.dlq_topic, "PAYMENT.ORDER.DLQ");
+        assert_eq!(s.standby_replicas, 1);
+        assert_eq!(s.advertised_addr, "127.0.0.1:8080");
+        assert_eq!(s.changelog_topic("orders"), "paystream-orders-changelog");
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "application-id = \"from-file\"\nhttp-addr = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(path),
+            application_id: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let s = args.build().unwrap();
+        assert_eq!(s.application_id, "from-flag");
+        assert_eq!(s.http_addr.port(), 9000);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "bootstrap_servrs = \"x:1\"\n").unwrap();
+        let err = RunArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bootstrap_servrs"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: Vec<(RunArgs, &str)> = vec![
+            (
+                RunArgs {
+                    bootstrap_servers: Some("nohost".into()),
+                    ..Default::default()
+                },
+                "bootstrap-servers",
+            ),
+            (
+                RunArgs {
+                    application_id: Some("bad id".into()),
+                    ..Default::default()
+                },
+                "application-id",
+            ),
+            (
+                RunArgs {
+                    http_addr: Some("localhost".into()),
+                    ..Default::default()
+                },
+                "http-addr",
+            ),
+            (
+                RunArgs {
+                    http_addr: Some("0.0.0.0:8080".into()),
+                    ..Default::default()
+                },
+                "advertised-addr",
+            ),
+            (
+                RunArgs {
+                    commit_interval_ms: Some(1),
+                    ..Default::default()
+                },
+                "commit-interval-ms",
+            ),
+            (
+                RunArgs {
+                    dlq_topic: Some("PAYMENT.ORDER".into()),
+                    ..Default::default()
+                },
+                "dlq-topic",
+            ),
+        ];
+        for (args, key) in cases {
+            let err = args.build().unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! One TCP connection to one Kafka broker for the classic group protocol: size-prefixed frames
+//! (`i32` big-endian length, request header, body), correlation ids, and `ApiVersions`
+//! negotiation. One request is in flight at a time; every wait is bounded by a timeout.
+//!
+//! A connection whose request timed out, failed half-way or was cancelled (the caller's future
+//! was dropped between writing the request and reading the response) is *poisoned*: the next
+//! response on the socket would belong to the old request, so the connection must be dropped and
+//! a new one opened. [`Connection::is_usable`] tells; the membership client checks it before every
+//! request.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{
+    Decodable, Encodable, HeaderVersion, Message, Request, StrBytes, VersionRange,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::membership::MembershipError;
+
+/// Largest response frame accepted; group responses are small, so anything bigger is garbage.
+const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Error code UNSUPPORTED_VERSION.
+const UNSUPPORTED_VERSION: i16 = 35;
+
+pub(crate) struct Connection {
+    addr: String,
+    stream: TcpStream,
+    client_id: StrBytes,
+    next_correlation_id: i32,
+    /// A request was written and its response was not (completely) read.
+    in_flight: bool,
+    /// Broker-supported version range per API key.
+    versions: HashMap<i16, (i16, i16)>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.addr)
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Opens a TCP connection to `addr` (`HOST:PORT`) and negotiates API versions.
+    pub(crate) async fn connect(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Self, MembershipError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                return Err(MembershipError::Io {
+                    addr: addr.to_string(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(MembershipError::Timeout {
+                    what: format!("tcp connect to {addr}"),
+                    after: timeout,
+                })
+            }
+        };
+        // Latency matters more than throughput for these small request/response exchanges.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%addr, %error, "could not set tcp_nodelay");
+        }
+        let mut conn = Connection {
+            addr: addr.to_string(),
+            stream,
+            client_id: StrBytes::from_string(client_id.to_string()),
+            next_correlation_id: 1,
+            in_flight: false,
+            versions: HashMap::new(),
+        };
+        conn.negotiate_versions(timeout).await?;
+        tracing::debug!(%addr, apis = conn.versions.len(), "connected to broker");
+        Ok(conn)
+    }
+
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// False once a request on this connection failed half-way or was cancelled.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.in_flight
+    }
+
+    async fn negotiate_versions(&mut self, timeout: Duration) -> Result<(), MembershipError> {
+        let mut version = ApiVersionsRequest::VERSIONS.max;
+        for _attempt in 0..2 {
+            let mut req = ApiVersionsRequest::default();
+            if version >= 3 {
+                req.client_software_name = StrBytes::from_static_str("paystream");
+                req.client_software_version = StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
+            }
+            let body = self.request_raw(&req, version, timeout).await?;
+            // error_code is the first field in every version; a broker that does not support our
+            // version answers UNSUPPORTED_VERSION in the v0 layout, listing what it supports.
+            let code =
+                peek_i16(&body, 0).ok_or_else(|| self.protocol("empty ApiVersions response"))?;
+            let resp = if code == UNSUPPORTED_VERSION {
+                let resp = ApiVersionsResponse::decode(&mut body.clone(), 0)
+                    .map_err(|e| self.protocol(format!("decoding ApiVersions v0 fallback: {e}")))?;
+                let broker_max = resp
+                    .api_keys
+                    .iter()
+                    .find(|k| k.api_key == ApiKey::ApiVersions as i16)
+                    .map(|k| k.max_version)
+                    .unwrap_or(0);
+                let next = broker_max.min(ApiVersionsRequest::VERSIONS.max);
+                if next >= version {
+                    return Err(self.protocol(format!(
+                        "broker refused ApiVersions v{version} but claims v{broker_max}"
+                    )));
+                }
+                tracing::debug!(addr = %self.addr, from = version, to = next, "retrying api versions with an older version");
+                version = next;
+                continue;
+            } else {
+                ApiVersionsResponse::decode(&mut body.clone(), version)
+                    .map_err(|e| self.protocol(format!("decoding ApiVersions v{version}: {e}")))?
+            };
+            if resp.error_code != 0 {
+                return Err(MembershipError::kafka("ApiVersions", resp.error_code, None));
+            }
+            self.versions = resp
+                .api_keys
+                .iter()
+                .map(|k| (k.api_key, (k.min_version, k.max_version)))
+                .collect();
+            return Ok(());
+        }
+        Err(self.protocol("could not agree on an ApiVersions version"))
+    }
+
+    /// The highest version of request `R` that both this client (the codec) and the broker support.
+    pub(crate) fn version_of<R: Request>(&self) -> Result<i16, MembershipError> {
+        self.pick_version(R::KEY, R::VERSIONS)
+    }
+
+    fn pick_version(&self, key: i16, ours: VersionRange) -> Result<i16, MembershipError> {
+        let name = api_name(key);
+        let Some(&(min, max)) = self.versions.get(&key) else {
+            return Err(self.protocol(format!("broker does not support {name}")));
+        };
+        let common = ours.intersect(&VersionRange { min, max });
+        if common.is_empty() {
+            return Err(self.protocol(format!(
+                "no common {name} version: broker {min}..{max}, client {}..{}",
+                ours.min, ours.max
+            )));
+        }
+        Ok(common.max)
+    }
+
+    /// Sends `req` as `version` and decodes the response.
+    pub(crate) async fn request<R: Request>(
+        &mut self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, MembershipError> {
+        let body = self.request_raw(req, version, timeout).await?;
+        <R::Response as Decodable>::decode(&mut body.clone(), version).map_err(|e| {
+            self.protocol(format!(
+                "decoding {} v{version} response: {e}",
+                api_name(R::KEY)
+            ))
+        })
+    }
+
+    /// Sends `req` as `version` and returns the response body (after the response header),
+    /// undecoded, so that callers can read the error code before decoding the rest.
+    pub(crate) async fn request_raw<R: Request>(
+        &mut self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<Bytes, MembershipError> {
+        if self.in_flight {
+            return Err(self.protocol("connection has an abandoned request in flight"));
+        }
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1).max(1);
+
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY;
+        header.request_api_version = version;
+        header.correlation_id = correlation_id;
+        header.client_id = Some(self.client_id.clone());
+
+        let mut frame = BytesMut::with_capacity(256);
+        frame.put_i32(0); // size, patched below
+        let name = api_name(R::KEY);
+        header
+            .encode(&mut frame, R::header_version(version))
+            .map_err(|e| {
+                self.protocol(format!("encoding {name} v{version} request header: {e}"))
+            })?;
+        req.encode(&mut frame, version)
+            .map_err(|e| self.protocol(format!("encoding {name} v{version} request: {e}")))?;
+        let size =
+            i32::try_from(frame.len() - 4).map_err(|_| self.protocol("request too large"))?;
+        frame[0..4].copy_from_slice(&size.to_be_bytes());
+
+        let response_header_version = <R::Response as HeaderVersion>::header_version(version);
+        self.in_flight = true;
+        let addr = self.addr.clone();
+        let stream = &mut self.stream;
+        let exchange = async {
+            let io = |source| MembershipError::Io {
+                addr: addr.clone(),
+                source,
+            };
+            stream.write_all(&frame).await.map_err(io)?;
+            stream.flush().await.map_err(io)?;
+            let size = stream.read_i32().await.map_err(io)?;
+            let size = usize::try_from(size)
+                .ok()
+                .filter(|&s| s <= MAX_FRAME_BYTES)
+                .ok_or_else(|| MembershipError::Protocol {
+                    addr: addr.clone(),
+                    message: format!("bad response frame size {size}"),
+                })?;
+            let mut buf = vec![0u8; size];
+            stream.read_exact(&mut buf).await.map_err(io)?;
+            Ok::<_, MembershipError>(buf)
+        };
+        let buf = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(MembershipError::Timeout {
+                    what: format!("{name} response from {}", self.addr),
+                    after: timeout,
+                })
+            }
+        };
+        let mut body = Bytes::from(buf);
+        let header = ResponseHeader::decode(&mut body, response_header_version)
+            .map_err(|e| self.protocol(format!("decoding {name} response header: {e}")))?;
+        if header.correlation_id != correlation_id {
+            return Err(self.protocol(format!(
+                "correlation id mismatch: sent {correlation_id}, got {}",
+                header.correlation_id
+            )));
+        }
+        self.in_flight = false;
+        Ok(body)
+    }
+
+    fn protocol(&self, message: impl Into<String>) -> MembershipError {
+        MembershipError::Protocol {
+            addr: self.addr.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a big-endian i16 at `offset` without consuming anything.
+pub(crate) fn peek_i16(body: &Bytes, offset: usize) -> Option<i16> {
+    let mut slice = body.get(offset..offset.checked_add(2)?)?;
+    Some(slice.get_i16())
+}
+
+/// Human-readable API name for logs and errors.
+pub(crate) fn api_name(key: i16) -> &'static str {
+    match ApiKey::try_from(key) {
+        Ok(ApiKey::ApiVersions) => "ApiVersions",
+        Ok(ApiKey::FindCoordinator) => "FindCoordinator",
+        Ok(ApiKey::JoinGroup) => "JoinGroup",
+        Ok(ApiKey::SyncGroup) => "SyncGroup",
+        Ok(ApiKey::Heartbeat) => "Heartbeat",
+        Ok(ApiKey::LeaveGroup) => "LeaveGroup",
+        Ok(ApiKey::OffsetCommit) => "OffsetCommit",
+        Ok(ApiKey::OffsetFetch) => "OffsetFetch",
+        _ => "request",
+    }
+}
+
+/// Kafka's name for an error code, e.g. `RebalanceInProgress`.
+pub(crate) fn error_name(code: i16) -> String {
+    match ResponseError::try_from_code(code) {
+        None => "None".to_string(),
+        Some(e) => e.to_string(),
+    }
+}

@@ -1,0 +1,139 @@
+//! Topic administration: read partition counts from metadata, create the topics paystream owns.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::client::{admin_config, restore_consumer_config};
+use super::KafkaError;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A topic paystream needs, with the settings it should be created with.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Topic-level configs, e.g. `cleanup.policy=compact`.
+    pub configs: Vec<(String, String)>,
+}
+
+/// Partition count of `topic`, or `None` if it does not exist. Blocking: call from a blocking
+/// context (`spawn_blocking` in async code).
+pub fn partition_count(bootstrap: &str, topic: &str) -> Result<Option<i32>, KafkaError> {
+    let consumer: BaseConsumer = restore_consumer_config(bootstrap, "paystream-metadata")
+        .create()
+        .map_err(KafkaError::client("metadata"))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(KafkaError::client(format!("metadata of {topic}")))?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    match t.error() {
+        None => Ok(Some(t.partitions().len() as i32).filter(|n| *n > 0)),
+        Some(e) => {
+            let code = RDKafkaErrorCode::from(e);
+            if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                Ok(None)
+            } else {
+                Err(KafkaError::Topic {
+                    topic: topic.to_owned(),
+                    message: format!("metadata error: {code}"),
+                })
+            }
+        }
+    }
+}
+
+/// Make sure every topic in `specs` exists with the required partition count. Missing topics are
+/// created; an existing topic with a different partition count is an error (a changelog whose
+/// partitions do not line up with the source would restore the wrong keys into a task).
+pub async fn ensure_topics(bootstrap: &str, specs: &[TopicSpec]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = admin_config(bootstrap)
+        .create()
+        .map_err(KafkaError::client("admin"))?;
+    for spec in specs {
+        let existing = {
+            let (b, n) = (bootstrap.to_owned(), spec.name.clone());
+            tokio::task::spawn_blocking(move || partition_count(&b, &n))
+                .await
+                .map_err(|e| KafkaError::Topic {
+                    topic: spec.name.clone(),
+                    message: e.to_string(),
+                })??
+        };
+        match existing {
+            Some(n) if n == spec.partitions => continue,
+            Some(n) => {
+                return Err(KafkaError::Topic {
+                    topic: spec.name.clone(),
+                    message: format!(
+                        "has {n} partitions but {} are required (it must match the input topic); \
+                         delete it or use another --application-id",
+                        spec.partitions
+                    ),
+                })
+            }
+            None => {}
+        }
+        let mut topic = NewTopic::new(
+            &spec.name,
+            spec.partitions,
+            TopicReplication::Fixed(spec.replication_factor),
+        );
+        for (k, v) in &spec.configs {
+            topic = topic.set(k, v);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics([&topic], &opts)
+            .await
+            .map_err(KafkaError::client(format!("create topic {}", spec.name)))?;
+        for r in results {
+            match r {
+                Ok(_) => {
+                    tracing::info!(topic = %spec.name, partitions = spec.partitions, "created topic")
+                }
+                // Another instance created it at the same time: fine, re-check below.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(KafkaError::Topic {
+                        topic: name,
+                        message: format!("cannot create: {code}"),
+                    })
+                }
+            }
+        }
+        wait_for_topic(bootstrap, &spec.name, spec.partitions).await?;
+    }
+    Ok(())
+}
+
+/// Poll metadata until `topic` shows `partitions` partitions (creation propagates asynchronously).
+async fn wait_for_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (b, t) = (bootstrap.to_owned(), topic.to_owned());
+        let n = tokio::task::spawn_blocking(move || partition_count(&b, &t))
+            .await
+            .map_err(|e| KafkaError::Topic {
+                topic: topic.to_owned(),
+                message: e.to_string(),
+            })??;
+        if n == Some(partitions) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(KafkaError::Timeout {
+                what: format!("topic {topic} to appear with {partitions} partitions"),
+                seconds: 30,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,129 @@
+//! Sending generated traffic to Kafka.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use paystream_topology::partition_for_key;
+use thiserror::Error;
+
+use super::generator::{GeneratorOptions, Traffic};
+use crate::kafka::admin::{partition_count, TopicSpec};
+use crate::kafka::producer::OutputProducer;
+use crate::kafka::KafkaError;
+
+/// What `paystream produce` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ProduceOptions {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    /// Events per second; `None` = as fast as the producer goes.
+    pub rate: Option<u64>,
+    /// Create the topic when missing (with `partitions` partitions).
+    pub create_topic: bool,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Write the expected final view of every order here (JSON lines), before sending.
+    pub model_out: Option<PathBuf>,
+    pub generator: GeneratorOptions,
+}
+
+#[derive(Debug, Error)]
+pub enum ProduceError {
+    #[error("topic {0} does not exist: pass --create-topic or create it")]
+    TopicMissing(String),
+    #[error("generator: {0}")]
+    Generator(String),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("writing model to {path}: {source}")]
+    Model {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What was sent.
+#[derive(Debug, Clone, Copy)]
+pub struct ProduceReport {
+    pub events: u64,
+    pub orders: u64,
+    pub malformed: u64,
+    pub elapsed: Duration,
+}
+
+/// Generate and send traffic (blocking; use `spawn_blocking` from async code).
+pub fn produce(opts: &ProduceOptions) -> Result<ProduceReport, ProduceError> {
+    let partitions = match partition_count(&opts.bootstrap_servers, &opts.topic)? {
+        Some(n) => n,
+        None if opts.create_topic => {
+            let spec = TopicSpec {
+                name: opts.topic.clone(),
+                partitions: opts.partitions,
+                replication_factor: opts.replication_factor,
+                configs: vec![],
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ProduceError::Generator(e.to_string()))?;
+            rt.block_on(crate::kafka::admin::ensure_topics(
+                &opts.bootstrap_servers,
+                &[spec],
+            ))?;
+            opts.partitions
+        }
+        None => return Err(ProduceError::TopicMissing(opts.topic.clone())),
+    };
+    let traffic = Traffic::generate(&opts.generator).map_err(ProduceError::Generator)?;
+    if let Some(path) = &opts.model_out {
+        write_model(&traffic, path).map_err(|source| ProduceError::Model {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let producer = OutputProducer::new(&opts.bootstrap_servers, &[])?;
+    let started = Instant::now();
+    for (i, e) in traffic.events.iter().enumerate() {
+        if let Some(rate) = opts.rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(i as f64 / rate as f64);
+            let now = started.elapsed();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let partition = match &e.key {
+            Some(k) if !k.is_empty() => partition_for_key(k.as_bytes(), partitions),
+            _ => (i as i32) % partitions,
+        };
+        producer.send(
+            &opts.topic,
+            partition,
+            e.key.as_deref().map(str::as_bytes),
+            Some(e.value.as_bytes()),
+            None,
+            Some(e.timestamp),
+        )?;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(ProduceReport {
+        events: traffic.events.len() as u64,
+        orders: opts.generator.orders,
+        malformed: opts.generator.malformed,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// JSON lines, one order's expected view per line, sorted by order id.
+fn write_model(traffic: &Traffic, path: &std::path::Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for stored in traffic.model().values() {
+        serde_json::to_writer(&mut out, &stored.view)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}

@@ -1,0 +1,373 @@
+//! A task: one partition's share of the topology, with its own stores.
+//!
+//! ```text
+//!   Created ──restore──▶ Restoring ──caught up──▶ Running ──suspend──▶ Suspended ──close──▶ Closed
+//!      │                    │                        ▲                     │
+//!      │                    │                        └──────resume─────────┘
+//!      └────────────────────┴──────────────────────── close ──────────────────────────▶ Closed
+//! ```
+//! `Created`: stores opened, nothing read yet. `Restoring`: applying the changelog from the
+//! local checkpoint (or from the beginning) to its end. `Running`: processing source records.
+//! `Suspended`: flushed, checkpointed and committed, keeping its stores (a revoked partition that
+//! may come back). `Closed`: stores closed. [`Task::transition`] refuses any other move.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use paystream_state::checkpoint::Checkpoint;
+use paystream_state::logging::LoggingStore;
+use paystream_state::rocks::{RocksDbReader, RocksDbStore};
+use paystream_state::store::{KeyValueStore, StoreError};
+use paystream_topology::processor::{ProcessError, Record, RecordMeta, TaskIo};
+use paystream_topology::{partition_for_key, TaskProcessors, Topology};
+use thiserror::Error;
+
+use crate::kafka::producer::{dead_letter_headers, KafkaChangelogWriter, OutputProducer};
+use crate::runtime::local::{LocalPartition, Role};
+use crate::telemetry::TaskMetrics;
+
+/// Lifecycle of a task; see the module diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Created,
+    Restoring,
+    Running,
+    Suspended,
+    Closed,
+}
+
+impl TaskState {
+    fn can_move_to(self, next: TaskState) -> bool {
+        use TaskState::*;
+        matches!(
+            (self, next),
+            (Created, Restoring)
+                | (Restoring, Running)
+                | (Running, Suspended)
+                | (Suspended, Running)
+                | (_, Closed)
+        ) && self != Closed
+    }
+}
+
+/// Task failures. All of them stop the instance without committing: a restart reprocesses from
+/// the last commit, so nothing is lost.
+#[derive(Debug, Error)]
+pub enum TaskError {
+    #[error("task {partition}: {source}")]
+    Store {
+        partition: i32,
+        #[source]
+        source: StoreError,
+    },
+    #[error("task {partition}: {source}")]
+    Process {
+        partition: i32,
+        #[source]
+        source: ProcessError,
+    },
+    #[error("task {partition}: illegal transition {from:?} -> {to:?}")]
+    IllegalTransition {
+        partition: i32,
+        from: TaskState,
+        to: TaskState,
+    },
+}
+
+/// Checkpoint once this many changelog records were written since the last one (Kafka Streams
+/// uses the same threshold): each checkpoint flushes RocksDB memtables, so doing it on every
+/// commit would make many tiny files; restore replays at most this much extra.
+pub const CHECKPOINT_DELTA: u64 = 10_000;
+
+/// One store of a task: RocksDB wrapped in changelog logging.
+pub struct TaskStore {
+    pub name: String,
+    pub dir: PathBuf,
+    pub changelog_topic: Arc<str>,
+    pub store: LoggingStore<RocksDbStore, KafkaChangelogWriter>,
+    pub reader: RocksDbReader,
+    /// Next changelog offset the local store does not contain yet (restore starts here).
+    pub changelog_end: i64,
+    /// Whether the store had a usable checkpoint when opened.
+    pub checkpointed: Option<i64>,
+    writes_since_checkpoint: u64,
+}
+
+/// One partition's processing unit.
+pub struct Task {
+    pub partition: i32,
+    state: TaskState,
+    pub stores: Vec<TaskStore>,
+    processors: TaskProcessors,
+    /// Next source offset to process (what a commit records), once something was processed.
+    pub next_offset: Option<i64>,
+    pub committed_offset: Option<i64>,
+    pub metrics: Arc<TaskMetrics>,
+}
+
+/// Where the task writes what its topology emits.
+pub struct TaskOutputs<'a> {
+    pub producer: &'a OutputProducer,
+    pub dlq_topic: &'a str,
+    pub dlq_partitions: i32,
+    /// Partition count of each sink topic (keyed records are routed with murmur2).
+    pub sink_partitions: &'a HashMap<String, i32>,
+}
+
+/// Directory of one store of one partition: `<state-dir>/<app-id>/<partition>/<store>`.
+pub fn store_dir(state_dir: &Path, application_id: &str, partition: i32, store: &str) -> PathBuf {
+    state_dir
+        .join(application_id)
+        .join(partition.to_string())
+        .join(store)
+}
+
+impl Task {
+    /// Open (or create) the task's stores. A store that cannot be opened (corrupt files) is wiped
+    /// and will be restored from the changelog in full.
+    pub fn open(
+        partition: i32,
+        topology: &Topology,
+        state_dir: &Path,
+        application_id: &str,
+        producer: &Arc<OutputProducer>,
+        metrics: Arc<TaskMetrics>,
+    ) -> Result<Self, TaskError> {
+        let mut stores = Vec::new();
+        for spec in topology.stores() {
+            let dir = store_dir(state_dir, application_id, partition, &spec.name);
+            let err = |source| TaskError::Store { partition, source };
+            let checkpoint = Checkpoint::read(&dir).map_err(err)?;
+            let rocks = match RocksDbStore::open(&dir, &spec.name) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(partition, store = %spec.name, error = %e, "local store unusable; wiping it to restore from the changelog");
+                    RocksDbStore::destroy(&dir).map_err(err)?;
+                    RocksDbStore::open(&dir, &spec.name).map_err(err)?
+                }
+            };
+            // The checkpoint is meaningless for a store we just wiped.
+            let checkpoint = if rocks.approximate_len().map_err(err)? == 0 && checkpoint.is_some() {
+                None
+            } else {
+                checkpoint
+            };
+            let topic: Arc<str> = format!("{application_id}-{}-changelog", spec.name).into();
+            let reader = rocks.reader();
+            let writer = KafkaChangelogWriter::new(producer.clone(), topic.clone(), partition);
+            stores.push(TaskStore {
+                name: spec.name.clone(),
+                dir,
+                changelog_topic: topic,
+                store: LoggingStore::new(rocks, writer),
+                reader,
+                changelog_end: checkpoint.as_ref().map_or(0, |c| c.changelog_offset),
+                checkpointed: checkpoint.map(|c| c.changelog_offset),
+                writes_since_checkpoint: 0,
+            });
+        }
+        Ok(Self {
+            partition,
+            state: TaskState::Created,
+            stores,
+            processors: topology.instantiate(),
+            next_offset: None,
+            committed_offset: None,
+            metrics,
+        })
+    }
+
+    pub fn state(&self) -> TaskState {
+        self.state
+    }
+
+    /// Move to `next`, refusing moves the lifecycle does not allow.
+    pub fn transition(&mut self, next: TaskState) -> Result<(), TaskError> {
+        if !self.state.can_move_to(next) {
+            return Err(TaskError::IllegalTransition {
+                partition: self.partition,
+                from: self.state,
+                to: next,
+            });
+        }
+        tracing::debug!(partition = self.partition, from = ?self.state, to = ?next, "task transition");
+        self.state = next;
+        Ok(())
+    }
+
+    /// What queries may read of this task.
+    pub fn local_partition(&self, role: Role) -> LocalPartition {
+        LocalPartition {
+            role,
+            readers: self
+                .stores
+                .iter()
+                .map(|s| (s.name.clone(), s.reader.clone()))
+                .collect(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Run one source record through the topology.
+    pub fn process(
+        &mut self,
+        topic: &str,
+        offset: i64,
+        record: Record,
+        outputs: &TaskOutputs<'_>,
+    ) -> Result<(), TaskError> {
+        debug_assert_eq!(self.state, TaskState::Running);
+        let partition = self.partition;
+        let meta = RecordMeta {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+        };
+        let mut io = Io {
+            stores: &mut self.stores,
+            outputs,
+            meta: &meta,
+            metrics: &self.metrics,
+        };
+        if self.next_offset.is_none() {
+            self.processors
+                .init(&mut io, &meta)
+                .map_err(|source| TaskError::Process { partition, source })?;
+        }
+        self.processors
+            .process(&mut io, &meta, record)
+            .map_err(|source| TaskError::Process { partition, source })?;
+        self.next_offset = Some(offset + 1);
+        self.metrics
+            .records_processed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After the producer has been flushed: record how far the changelog is acknowledged, and
+    /// write a checkpoint if enough changed (or `force`, on shutdown and revoke).
+    pub fn checkpoint(&mut self, producer: &OutputProducer, force: bool) -> Result<(), TaskError> {
+        let partition = self.partition;
+        for s in &mut self.stores {
+            let acked = producer.acked_offset(&s.changelog_topic, partition);
+            if acked >= 0 {
+                s.changelog_end = s.changelog_end.max(acked + 1);
+            }
+            if s.writes_since_checkpoint == 0 && !force {
+                continue;
+            }
+            if s.writes_since_checkpoint >= CHECKPOINT_DELTA || force {
+                let err = |source| TaskError::Store { partition, source };
+                s.store.flush().map_err(err)?;
+                Checkpoint {
+                    changelog_offset: s.changelog_end,
+                }
+                .write(&s.dir)
+                .map_err(err)?;
+                s.checkpointed = Some(s.changelog_end);
+                s.writes_since_checkpoint = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`TaskIo`] for a running task: its stores, the producer for sinks and dead letters.
+struct Io<'a, 'o> {
+    stores: &'a mut [TaskStore],
+    outputs: &'a TaskOutputs<'o>,
+    meta: &'a RecordMeta,
+    metrics: &'a TaskMetrics,
+}
+
+impl TaskIo for Io<'_, '_> {
+    fn store(&mut self, name: &str) -> Option<&mut dyn KeyValueStore> {
+        let s = self.stores.iter_mut().find(|s| s.name == name)?;
+        // Every access may write; counting accesses over-estimates writes, which only makes
+        // checkpoints a little more frequent.
+        s.writes_since_checkpoint += 1;
+        Some(&mut s.store)
+    }
+
+    fn send(&mut self, topic: &str, record: Record) -> Result<(), ProcessError> {
+        let n = self
+            .outputs
+            .sink_partitions
+            .get(topic)
+            .copied()
+            .ok_or_else(|| {
+                ProcessError::Other(format!("sink topic {topic} has no known partition count"))
+            })?;
+        let partition = match &record.key {
+            Some(k) if !k.is_empty() => partition_for_key(k, n),
+            _ => self.meta.partition % n,
+        };
+        self.outputs
+            .producer
+            .send(
+                topic,
+                partition,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                None,
+                Some(record.timestamp),
+            )
+            .map_err(|e| ProcessError::Other(e.to_string()))
+    }
+
+    fn dead_letter(
+        &mut self,
+        record: Record,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), ProcessError> {
+        let headers = dead_letter_headers(
+            reason,
+            detail,
+            &self.meta.topic,
+            self.meta.partition,
+            self.meta.offset,
+        );
+        let partition = self.meta.partition % self.outputs.dlq_partitions.max(1);
+        self.metrics
+            .records_dead_lettered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(
+            partition = self.meta.partition,
+            offset = self.meta.offset,
+            reason,
+            detail,
+            "dead-lettered record"
+        );
+        self.outputs
+            .producer
+            .send(
+                self.outputs.dlq_topic,
+                partition,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                Some(headers),
+                Some(record.timestamp),
+            )
+            .map_err(|e| ProcessError::Other(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TaskState::*;
+
+    #[test]
+    fn lifecycle_allows_only_drawn_moves() {
+        assert!(Created.can_move_to(Restoring));
+        assert!(Restoring.can_move_to(Running));
+        assert!(Running.can_move_to(Suspended));
+        assert!(Suspended.can_move_to(Running));
+        assert!(Running.can_move_to(Closed));
+        assert!(!Created.can_move_to(Running));
+        assert!(!Running.can_move_to(Restoring));
+        assert!(!Closed.can_move_to(Closed));
+        assert!(!Closed.can_move_to(Running));
+    }
+}

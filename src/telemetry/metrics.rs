@@ -1,0 +1,118 @@
+//! The instance's counters, shared between the stream thread (writes) and HTTP (reads).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Per-partition (task) counters.
+#[derive(Debug, Default)]
+pub struct TaskMetrics {
+    /// Source records processed by the task (including dead-lettered ones).
+    pub records_processed: AtomicU64,
+    /// Records sent to the dead-letter topic.
+    pub records_dead_lettered: AtomicU64,
+    /// Records restored from the changelog into the task's store.
+    pub records_restored: AtomicU64,
+    /// Source records behind the log end (from librdkafka statistics; -1 = unknown).
+    pub lag: AtomicI64,
+}
+
+/// Instance-wide counters. Cheap to update (relaxed atomics) on the hot path.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Successful commits (changelog flushed, source offsets committed).
+    pub commits: AtomicU64,
+    /// HTTP queries answered, by outcome.
+    pub queries_ok: AtomicU64,
+    pub queries_not_found: AtomicU64,
+    pub queries_failed: AtomicU64,
+    tasks: RwLock<BTreeMap<i32, Arc<TaskMetrics>>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The counters of partition `p`, created on first use.
+    pub fn task(&self, partition: i32) -> Arc<TaskMetrics> {
+        if let Some(m) = self
+            .tasks
+            .read()
+            .ok()
+            .and_then(|t| t.get(&partition).cloned())
+        {
+            return m;
+        }
+        let mut tasks = match self.tasks.write() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        tasks.entry(partition).or_default().clone()
+    }
+
+    /// Sum of processed records over all tasks.
+    pub fn total_processed(&self) -> u64 {
+        self.sum(|t| t.records_processed.load(Ordering::Relaxed))
+    }
+
+    /// Sum of restored records over all tasks.
+    pub fn total_restored(&self) -> u64 {
+        self.sum(|t| t.records_restored.load(Ordering::Relaxed))
+    }
+
+    /// Sum of dead-lettered records over all tasks.
+    pub fn total_dead_lettered(&self) -> u64 {
+        self.sum(|t| t.records_dead_lettered.load(Ordering::Relaxed))
+    }
+
+    fn sum(&self, f: impl Fn(&TaskMetrics) -> u64) -> u64 {
+        match self.tasks.read() {
+            Ok(t) => t.values().map(|m| f(m)).sum(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# TYPE paystream_commits_total counter");
+        let _ = writeln!(out, "paystream_commits_total {}", g(&self.commits));
+        let _ = writeln!(out, "# TYPE paystream_queries_total counter");
+        for (outcome, v) in [
+            ("ok", &self.queries_ok),
+            ("not_found", &self.queries_not_found),
+            ("failed", &self.queries_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "paystream_queries_total{{outcome=\"{outcome}\"}} {}",
+                g(v)
+            );
+        }
+        let tasks = match self.tasks.read() {
+            Ok(t) => t.clone(),
+            Err(_) => BTreeMap::new(),
+        };
+        for (name, help) in [
+            ("paystream_records_processed_total", "counter"),
+            ("paystream_records_dead_lettered_total", "counter"),
+            ("paystream_records_restored_total", "counter"),
+            ("paystream_partition_lag", "gauge"),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} {help}");
+            for (p, m) in &tasks {
+                let v = match name {
+                    "paystream_records_processed_total" => g(&m.records_processed) as i64,
+                    "paystream_records_dead_lettered_total" => g(&m.records_dead_lettered) as i64,
+                    "paystream_records_restored_total" => g(&m.records_restored) as i64,
+                    _ => m.lag.load(Ordering::Relaxed),
+                };
+                let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {v}");
+            }
+        }
+        out
+    }
+}

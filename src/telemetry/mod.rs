@@ -1,0 +1,20 @@
+//! Logging set-up and metrics.
+//!
+//! Metrics are typed: each thing worth counting is one field of [`Metrics`] with its meaning in
+//! its doc comment, rendered at `GET /metrics` in the Prometheus text format.
+
+mod metrics;
+
+pub use metrics::{Metrics, TaskMetrics};
+
+/// Install the `tracing` subscriber: `RUST_LOG` if set, else `info` (and quieter dependencies).
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,hyper=warn,reqwest=warn"));
+    // A second init (tests calling main-like code twice) is harmless: ignore the error.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

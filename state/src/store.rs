@@ -1,0 +1,76 @@
+//! The key-value store contract every store layer implements.
+//!
+//! Stores are stacked layers, as in Kafka Streams (`metered(logging(rocksdb))`): the bottom layer
+//! keeps bytes ([`crate::rocks::RocksDbStore`] on disk, [`crate::memory::InMemoryStore`] in tests),
+//! [`crate::logging::LoggingStore`] sends every write to the changelog. Keys and values are bytes
+//! here; typed values go through [`crate::codec`].
+
+use thiserror::Error;
+
+/// What can go wrong in a store. Every variant names the store so a log line is enough to act on.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The underlying database failed (I/O, corruption, ...).
+    #[error("store {store}: database error: {message}")]
+    Backend { store: String, message: String },
+    /// Stored bytes could not be decoded (wrong format version, truncated, ...).
+    #[error("store {store}: cannot decode value: {message}")]
+    Codec { store: String, message: String },
+    /// A write could not be handed to the changelog.
+    #[error("store {store}: changelog: {message}")]
+    Changelog { store: String, message: String },
+    /// Filesystem trouble around the store (directories, checkpoint files).
+    #[error("store {store}: {context}: {source}")]
+    Io {
+        store: String,
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A mutable byte-oriented key-value store owned by one task (one store of one partition).
+///
+/// Implementations are used from one thread at a time (the task's); concurrent readers use a
+/// separate read handle where the implementation offers one (see `RocksDbStore::reader`).
+pub trait KeyValueStore: Send {
+    /// The store's name (as used in the topology and the changelog topic name).
+    fn name(&self) -> &str;
+    /// The value under `key`, if any.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Insert or overwrite `key`.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Remove `key` (a no-op when absent).
+    fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
+    /// Make every write so far durable locally. Called before a checkpoint is written, so that a
+    /// checkpoint never claims more than the local files hold.
+    fn flush(&mut self) -> Result<(), StoreError>;
+    /// Visit every entry in key order until `f` returns `false`.
+    fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
+    /// Number of entries (may be an estimate for on-disk stores).
+    fn approximate_len(&self) -> Result<u64, StoreError>;
+}
+
+impl<S: KeyValueStore + ?Sized> KeyValueStore for Box<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(key)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        (**self).put(key, value)
+    }
+    fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        (**self).delete(key)
+    }
+    fn flush(&mut self) -> Result<(), StoreError> {
+        (**self).flush()
+    }
+    fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
+        (**self).for_each(f)
+    }
+    fn approximate_len(&self) -> Result<u64, StoreError> {
+        (**self).approximate_len()
+    }
+}

@@ -1,0 +1,302 @@
+//! Fixture for integration tests: a real Apache Kafka broker (started by `deploy/kafka.sh`,
+//! idempotently), unique topic names per test, paystream instances as child processes (so a
+//! test can `kill -9` them), and helpers to compare served views with the generator's model.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use paystream::query::OrderResponse;
+use paystream_topology::order::OrderView;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+/// The repository root (for `deploy/kafka.sh`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Bootstrap servers of the test broker: `PAYSTREAM_TEST_BOOTSTRAP` if set, else one broker
+/// started (or found running) by `deploy/kafka.sh start`.
+pub fn bootstrap() -> String {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP
+        .get_or_init(|| {
+            if let Ok(b) = std::env::var("PAYSTREAM_TEST_BOOTSTRAP") {
+                return b;
+            }
+            let out = Command::new("bash")
+                .arg(repo_root().join("deploy/kafka.sh"))
+                .arg("start")
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run deploy/kafka.sh start");
+            assert!(out.status.success(), "deploy/kafka.sh start failed");
+            String::from_utf8(out.stdout)
+                .expect("utf8")
+                .trim()
+                .lines()
+                .last()
+                .expect("bootstrap line")
+                .to_owned()
+        })
+        .clone()
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000_000)
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Create a topic and wait until metadata shows it.
+pub async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let res = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics");
+    for r in res {
+        r.expect("topic created");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (b, n) = (bootstrap(), name.to_owned());
+        let count =
+            tokio::task::spawn_blocking(move || paystream::kafka::admin::partition_count(&b, &n))
+                .await
+                .expect("join")
+                .expect("metadata");
+        if count == Some(partitions) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} did not appear");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A `paystream run` child process.
+pub struct Proc {
+    pub child: Child,
+    pub http: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Start `paystream run` with the given settings; its log goes to `<state_dir>/../<port>.log`.
+    pub fn run(app_id: &str, topic: &str, state_dir: &Path, port: u16, extra: &[&str]) -> Proc {
+        let http = format!("127.0.0.1:{port}");
+        let log = state_dir.with_extension(format!("{port}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_paystream"))
+            .args([
+                "run",
+                "--bootstrap-servers",
+                &bootstrap(),
+                "--application-id",
+                app_id,
+                "--input-topic",
+                topic,
+            ])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(["--http-addr", &http, "--commit-interval-ms", "200"])
+            .args(extra)
+            .env("RUST_LOG", "info,paystream=debug,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn paystream");
+        Proc { child, http, log }
+    }
+
+    /// SIGKILL: no flush, no commit, no checkpoint.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!(
+                    "paystream did not stop within 60 s of SIGTERM; log: {}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Fail the test if the process exited.
+    pub fn assert_alive(&mut self) {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            panic!("paystream exited with {s}; log:\n{}", self.log_tail());
+        }
+    }
+
+    /// `GET /health` as JSON (None while not answering).
+    pub async fn health(&self) -> Option<serde_json::Value> {
+        let resp = reqwest::get(format!("http://{}/health", self.http))
+            .await
+            .ok()?;
+        resp.json().await.ok()
+    }
+
+    /// Poll `/health` until `cond` holds (deadline), failing with the log if the process dies.
+    pub async fn wait_health(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_alive();
+            if let Some(h) = self.health().await {
+                if cond(&h) {
+                    return h;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Read a model file written by `produce --model-out`.
+pub fn read_model(path: &Path) -> HashMap<String, OrderView> {
+    std::fs::read_to_string(path)
+        .expect("model file")
+        .lines()
+        .map(|l| {
+            let v: OrderView = serde_json::from_str(l).expect("model line");
+            (v.order_id.clone(), v)
+        })
+        .collect()
+}
+
+/// Query every order of the model on `http` until all equal the model or `timeout` passes.
+/// Returns the ids still differing (empty = success).
+pub async fn wait_views_match(
+    http: &str,
+    model: &HashMap<String, OrderView>,
+    timeout: Duration,
+) -> Vec<String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + timeout;
+    let mut pending: Vec<String> = model.keys().cloned().collect();
+    loop {
+        let mut still = Vec::new();
+        for chunk in pending.chunks(64) {
+            let futs = chunk.iter().map(|id| {
+                let client = client.clone();
+                let url = format!("http://{http}/orders/{id}");
+                async move {
+                    let r = client.get(url).send().await.ok()?;
+                    if !r.status().is_success() {
+                        return None;
+                    }
+                    r.json::<OrderResponse>().await.ok()
+                }
+            });
+            let answers = futures::future::join_all(futs).await;
+            for (id, a) in chunk.iter().zip(answers) {
+                if a.map(|a| a.order) != model.get(id).cloned() {
+                    still.push(id.clone());
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() || Instant::now() > deadline {
+            return pending;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Produce generated traffic (in-process) and write the model next to `dir`.
+pub async fn produce(
+    topic: &str,
+    orders: u64,
+    events: Option<u64>,
+    malformed: u64,
+    rate: Option<u64>,
+    model: &Path,
+) -> paystream::produce::ProduceReport {
+    let opts = paystream::produce::ProduceOptions {
+        bootstrap_servers: bootstrap(),
+        topic: topic.to_owned(),
+        rate,
+        create_topic: false,
+        partitions: 12,
+        replication_factor: 1,
+        model_out: Some(model.to_owned()),
+        generator: paystream::produce::GeneratorOptions {
+            orders,
+            events,
+            malformed,
+            ..Default::default()
+        },
+    };
+    tokio::task::spawn_blocking(move || paystream::produce::produce(&opts))
+        .await
+        .expect("join")
+        .expect("produce")
+}

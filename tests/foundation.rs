@@ -1,0 +1,230 @@
+//! End-to-end tests of one instance against a real Kafka broker: the materialized view equals the
+//! generator's model after normal processing, after `kill -9` mid-stream, after losing the local
+//! state directory, and with malformed records mixed in.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 12;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_thousand_events_fold_into_the_model() {
+    let topic = unique("orders");
+    create_topic(&topic, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("model.jsonl");
+    let report = produce(&topic, 10_000, Some(50_000), 0, None, &model_path).await;
+    assert_eq!(report.events, 50_000);
+    let model = read_model(&model_path);
+    assert_eq!(model.len(), 10_000);
+
+    let mut p = Proc::run(
+        &unique("app"),
+        &topic,
+        &dir.path().join("state"),
+        free_port(),
+        &[],
+    );
+    p.wait_health("50,000 records processed", Duration::from_secs(180), |h| {
+        h["records_processed"] == 50_000
+    })
+    .await;
+    let differing = wait_views_match(&p.http, &model, Duration::from_secs(60)).await;
+    assert!(
+        differing.is_empty(),
+        "{} orders differ from the model, e.g. {:?}",
+        differing.len(),
+        &differing[..differing.len().min(5)]
+    );
+    assert_eq!(
+        p.terminate().code(),
+        Some(0),
+        "clean shutdown exits 0; log:\n{}",
+        p.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_mid_stream_loses_nothing_and_applies_nothing_twice() {
+    let topic = unique("orders");
+    create_topic(&topic, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("model.jsonl");
+    let state = dir.path().join("state");
+    let app = unique("app");
+    let port = free_port();
+
+    let mut p = Proc::run(&app, &topic, &state, port, &[]);
+    p.wait_health("ready", Duration::from_secs(60), |h| h["ready"] == true)
+        .await;
+    // Produce at a bounded rate so the kill lands mid-stream.
+    let producer = {
+        let (topic, model_path) = (topic.clone(), model_path.clone());
+        tokio::spawn(async move {
+            produce(&topic, 10_000, Some(50_000), 0, Some(25_000), &model_path).await
+        })
+    };
+    p.wait_health("some records processed", Duration::from_secs(120), |h| {
+        h["records_processed"].as_u64().unwrap_or(0) > 10_000
+    })
+    .await;
+    p.kill9();
+    let mut p = Proc::run(&app, &topic, &state, port, &[]);
+    let report = producer.await.unwrap();
+    assert_eq!(report.events, 50_000);
+    let model = read_model(&model_path);
+    p.wait_health("ready after restart", Duration::from_secs(120), |h| {
+        h["ready"] == true
+    })
+    .await;
+    let differing = wait_views_match(&p.http, &model, Duration::from_secs(120)).await;
+    assert!(
+        differing.is_empty(),
+        "{} orders differ after kill -9, e.g. {:?}",
+        differing.len(),
+        &differing[..differing.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_state_directory_is_restored_from_the_changelog() {
+    let topic = unique("orders");
+    create_topic(&topic, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("model.jsonl");
+    let state = dir.path().join("state");
+    let app = unique("app");
+    let port = free_port();
+    produce(&topic, 5_000, Some(20_000), 0, None, &model_path).await;
+    let model = read_model(&model_path);
+
+    let mut p = Proc::run(&app, &topic, &state, port, &[]);
+    p.wait_health("all processed", Duration::from_secs(120), |h| {
+        h["records_processed"] == 20_000
+    })
+    .await;
+    assert!(wait_views_match(&p.http, &model, Duration::from_secs(60))
+        .await
+        .is_empty());
+    assert_eq!(p.terminate().code(), Some(0));
+
+    std::fs::remove_dir_all(&state).unwrap();
+    let mut p = Proc::run(&app, &topic, &state, port, &[]);
+    let h = p
+        .wait_health("ready after restore", Duration::from_secs(120), |h| {
+            h["ready"] == true
+        })
+        .await;
+    // Everything came back from the changelog; nothing was reprocessed from the source.
+    assert!(
+        h["records_restored"].as_u64().unwrap() >= model.len() as u64,
+        "{h}"
+    );
+    assert_eq!(h["records_processed"], 0, "{h}");
+    let differing = wait_views_match(&p.http, &model, Duration::from_secs(30)).await;
+    assert!(
+        differing.is_empty(),
+        "{} orders differ after restore, e.g. {:?}",
+        differing.len(),
+        &differing[..differing.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_go_to_the_dead_letter_topic_with_a_reason() {
+    let topic = unique("orders");
+    create_topic(&topic, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("model.jsonl");
+    let report = produce(&topic, 3_000, None, 1_000, None, &model_path).await;
+    let model = read_model(&model_path);
+
+    let mut p = Proc::run(
+        &unique("app"),
+        &topic,
+        &dir.path().join("state"),
+        free_port(),
+        &[],
+    );
+    let total = report.events;
+    p.wait_health("all processed", Duration::from_secs(120), |h| {
+        h["records_processed"] == total
+    })
+    .await;
+    let h = p.health().await.unwrap();
+    assert_eq!(h["records_dead_lettered"], 1_000, "{h}");
+    let differing = wait_views_match(&p.http, &model, Duration::from_secs(60)).await;
+    assert!(
+        differing.is_empty(),
+        "good orders must be correct: {:?}",
+        &differing[..differing.len().min(5)]
+    );
+
+    // Read the DLQ back: 1,000 records, each with a reason header and its source coordinates.
+    let dlq = format!("{topic}.DLQ");
+    let records = tokio::task::spawn_blocking(move || read_all(&dlq, 1_000))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1_000);
+    let reasons = [
+        "invalid_json",
+        "unknown_type",
+        "missing_field",
+        "missing_key",
+    ];
+    for (reason, offset) in &records {
+        assert!(
+            reasons.contains(&reason.as_str()),
+            "unexpected reason {reason}"
+        );
+        assert!(*offset >= 0);
+    }
+    for r in reasons {
+        assert!(
+            records.iter().any(|(x, _)| x == r),
+            "no record dead-lettered for {r}"
+        );
+    }
+}
+
+/// Read `expect` records of `topic` from the beginning: (reason header, source offset header).
+fn read_all(topic: &str, expect: usize) -> Vec<(String, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("dlq-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while out.len() < expect && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let mut reason = String::new();
+            let mut offset = -1;
+            if let Some(h) = m.headers() {
+                for hd in h.iter() {
+                    let v = String::from_utf8_lossy(hd.value.unwrap_or_default()).to_string();
+                    match hd.key {
+                        "paystream.dlq.reason" => reason = v,
+                        "paystream.source.offset" => offset = v.parse().unwrap_or(-1),
+                        _ => {}
+                    }
+                }
+            }
+            out.push((reason, offset));
+        }
+    }
+    out
+}

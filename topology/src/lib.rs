@@ -1,0 +1,31 @@
+//! paystream-topology: what happens to a record, with no Kafka and no RocksDB in sight.
+//!
+//! Entry point: use [`StreamsBuilder`] to build a [`Topology`]; test it with [`TestDriver`]. The
+//! runtime (root crate) executes the same `Topology` against Kafka partitions and RocksDB stores
+//! by implementing [`TaskIo`].
+//!
+//! # Layout
+//! - [`processor`]: the processor API: [`Record`], [`Processor`], [`ProcessorContext`], and
+//!   [`TaskIo`], the boundary an executor implements (stores, sinks, dead letters).
+//! - [`dsl`]: [`StreamsBuilder`] and [`KStream`], describing a topology as a chain of
+//!   `filter` / `map` / `process` / `to`.
+//! - [`topology`]: the validated, shareable [`Topology`] and [`TaskProcessors`], the per-task
+//!   chain that runs one record through every node.
+//! - [`driver`]: [`TestDriver`], runs a topology over in-memory partitions and stores.
+//! - [`partitioner`]: Kafka's murmur2 and the Java default partitioner rule, in one place.
+//! - [`order`]: the payment-order domain (parse, fold rules, stored view) and the shipped
+//!   order-view topology.
+#![warn(unreachable_pub)]
+
+pub mod driver;
+pub mod dsl;
+pub mod order;
+pub mod partitioner;
+pub mod processor;
+pub mod topology;
+
+pub use driver::{DeadLetter, TestDriver};
+pub use dsl::{KStream, StreamsBuilder};
+pub use partitioner::{murmur2, partition_for_key};
+pub use processor::{ProcessError, Processor, ProcessorContext, Record, RecordMeta, TaskIo};
+pub use topology::{StoreSpec, TaskProcessors, Topology, TopologyError};

@@ -1,0 +1,402 @@
+//! A validated, immutable topology and the per-task processor chain it instantiates.
+//!
+//! Entry point: build a [`Topology`] with [`crate::dsl::StreamsBuilder`]; the runtime (or the
+//! [`crate::driver::TestDriver`]) calls [`Topology::instantiate`] once per task (partition) and
+//! feeds each record of that partition to [`TaskProcessors::process`].
+//!
+//! A topology here is one linear chain, which is all paystream's shipped topologies need:
+//!
+//! ```text
+//! source topic --> node 0 --> node 1 --> ... --> node n-1 --> every sink topic
+//! ```
+//!
+//! A `Topology` is shared by every task on every stream thread, so it holds no per-task state:
+//! processors are created by factories (kept in `Arc`s) and the stores are only *declared*
+//! ([`StoreSpec`]); the executor creates them per partition and hands them over through
+//! [`TaskIo`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::processor::{ProcessError, Processor, ProcessorContext, Record, RecordMeta, TaskIo};
+
+/// A key-value store a topology uses. The executor creates one instance per partition, backed by
+/// the changelog topic `<application-id>-<name>-changelog`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSpec {
+    pub name: String,
+}
+
+/// Why [`crate::dsl::StreamsBuilder::build`] rejected a topology. Every check here is about the
+/// topology alone; whether topics exist is the runtime's business.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TopologyError {
+    #[error("topology has no source: call StreamsBuilder::stream once")]
+    NoSource,
+    #[error("topology reads {} source topics ({}); exactly one is supported", .0.len(), .0.join(", "))]
+    MultipleSources(Vec<String>),
+    #[error("{what} name is empty")]
+    EmptyName { what: &'static str },
+    /// Store names become part of changelog topic names, so they obey Kafka's topic name rules too.
+    #[error("{what} name {name:?} is not a legal kafka topic name: {why}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        why: &'static str,
+    },
+    #[error("store {0:?} is declared more than once")]
+    DuplicateStore(String),
+    #[error("sink topic {0:?} is declared more than once")]
+    DuplicateSink(String),
+    #[error("sink topic {0:?} is also the source topic (the topology would feed itself)")]
+    SinkIsSource(String),
+    #[error("node {node} comes after a sink; a topology is one linear chain, so add sinks last")]
+    NodeAfterSink { node: String },
+}
+
+/// Predicate of a `filter` node.
+pub(crate) type FilterFn = Arc<dyn Fn(&Record) -> bool + Send + Sync>;
+/// Function of a `map` node.
+pub(crate) type MapFn = Arc<dyn Fn(Record) -> Record + Send + Sync>;
+/// Creates a fresh processor for one task.
+pub(crate) type ProcessorFactory = Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>;
+
+/// What a node does (the shared, immutable part; see [`TaskNode`] for the per-task part).
+#[derive(Clone)]
+pub(crate) enum NodeKind {
+    Filter(FilterFn),
+    Map(MapFn),
+    Process {
+        stores: Vec<String>,
+        factory: ProcessorFactory,
+    },
+}
+
+/// One node of the chain with its Kafka Streams-style name (`KSTREAM-FILTER-0000000001`).
+#[derive(Clone)]
+pub(crate) struct NodeSpec {
+    pub(crate) name: String,
+    pub(crate) kind: NodeKind,
+}
+
+/// A sink node: records leaving the last node are sent to `topic`.
+#[derive(Debug, Clone)]
+pub(crate) struct SinkSpec {
+    pub(crate) name: String,
+    pub(crate) topic: String,
+}
+
+/// The raw material [`Topology::validate`] turns into a [`Topology`] (the DSL fills it in).
+pub(crate) struct Draft {
+    pub(crate) source_name: String,
+    pub(crate) source_topic: String,
+    pub(crate) nodes: Vec<NodeSpec>,
+    pub(crate) sinks: Vec<SinkSpec>,
+    /// The first node added after a sink, if any (rejected by validation).
+    pub(crate) node_after_sink: Option<String>,
+}
+
+/// A validated linear topology: one source topic, a chain of nodes, zero or more sink topics.
+///
+/// Cheap to clone and `Send + Sync`: one topology serves every task of an instance.
+#[derive(Clone)]
+pub struct Topology {
+    source_name: String,
+    source_topic: String,
+    nodes: Arc<[NodeSpec]>,
+    sinks: Arc<[SinkSpec]>,
+    stores: Vec<StoreSpec>,
+}
+
+impl Topology {
+    /// Check a draft and freeze it. Pure: no topic or store is touched.
+    pub(crate) fn validate(draft: Draft) -> Result<Self, TopologyError> {
+        check_name("source topic", &draft.source_topic)?;
+        if let Some(node) = draft.node_after_sink {
+            return Err(TopologyError::NodeAfterSink { node });
+        }
+        let mut stores: Vec<StoreSpec> = Vec::new();
+        for node in draft.nodes.iter() {
+            if let NodeKind::Process { stores: names, .. } = &node.kind {
+                for name in names {
+                    check_name("store", name)?;
+                    if stores.iter().any(|s| &s.name == name) {
+                        return Err(TopologyError::DuplicateStore(name.clone()));
+                    }
+                    stores.push(StoreSpec { name: name.clone() });
+                }
+            }
+        }
+        for (i, sink) in draft.sinks.iter().enumerate() {
+            check_name("sink topic", &sink.topic)?;
+            if sink.topic == draft.source_topic {
+                return Err(TopologyError::SinkIsSource(sink.topic.clone()));
+            }
+            if draft.sinks[..i].iter().any(|s| s.topic == sink.topic) {
+                return Err(TopologyError::DuplicateSink(sink.topic.clone()));
+            }
+        }
+        Ok(Self {
+            source_name: draft.source_name,
+            source_topic: draft.source_topic,
+            nodes: draft.nodes.into(),
+            sinks: draft.sinks.into(),
+            stores,
+        })
+    }
+
+    /// The one topic this topology reads.
+    pub fn source_topic(&self) -> &str {
+        &self.source_topic
+    }
+
+    /// The key-value stores the topology's processors declared, in declaration order. The
+    /// executor creates each of them for every task before the first record.
+    pub fn stores(&self) -> &[StoreSpec] {
+        &self.stores
+    }
+
+    /// The topics the topology writes to (in declaration order).
+    pub fn sink_topics(&self) -> Vec<String> {
+        self.sinks.iter().map(|s| s.topic.clone()).collect()
+    }
+
+    /// A human-readable description, one line per node, in the spirit of Kafka Streams'
+    /// `TopologyDescription`: `-->` names the successors, `<--` the predecessor of a sink.
+    pub fn describe(&self) -> String {
+        self.to_string()
+    }
+
+    /// Fresh processor instances for one task. Each call gives independent state; call it once per
+    /// partition the instance owns (active or standby-promoted).
+    pub fn instantiate(&self) -> TaskProcessors {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|node| match &node.kind {
+                NodeKind::Filter(f) => TaskNode::Filter(Arc::clone(f)),
+                NodeKind::Map(f) => TaskNode::Map(Arc::clone(f)),
+                NodeKind::Process { factory, .. } => TaskNode::Process(factory()),
+            })
+            .collect();
+        TaskProcessors {
+            nodes,
+            sinks: Arc::clone(&self.sinks),
+            initialized: false,
+            batch: Vec::new(),
+            next: Vec::new(),
+        }
+    }
+
+    /// Name of the node after `index` in the chain (`None` = after the last node), for `describe`.
+    fn successors(&self, index: Option<usize>) -> String {
+        let next = index.map_or(0, |i| i + 1);
+        if let Some(node) = self.nodes.get(next) {
+            return node.name.clone();
+        }
+        if self.sinks.is_empty() {
+            return "none".to_owned();
+        }
+        let names: Vec<&str> = self.sinks.iter().map(|s| s.name.as_str()).collect();
+        names.join(", ")
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "Source: {} (topic: {}) --> {}",
+            self.source_name,
+            self.source_topic,
+            self.successors(None)
+        )?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let detail = match &node.kind {
+                NodeKind::Process { stores, .. } if !stores.is_empty() => {
+                    format!(" (stores: [{}])", stores.join(", "))
+                }
+                _ => String::new(),
+            };
+            writeln!(
+                f,
+                "Processor: {}{detail} --> {}",
+                node.name,
+                self.successors(Some(i))
+            )?;
+        }
+        let last = self
+            .nodes
+            .last()
+            .map_or(self.source_name.as_str(), |n| n.name.as_str());
+        for sink in self.sinks.iter() {
+            writeln!(f, "Sink: {} (topic: {}) <-- {last}", sink.name, sink.topic)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topology {{\n{self}}}")
+    }
+}
+
+/// Kafka's topic name rules (`org.apache.kafka.common.internals.Topic.validate`).
+fn check_name(what: &'static str, name: &str) -> Result<(), TopologyError> {
+    let invalid = |why| TopologyError::InvalidName {
+        what,
+        name: name.to_owned(),
+        why,
+    };
+    if name.is_empty() {
+        return Err(TopologyError::EmptyName { what });
+    }
+    if name == "." || name == ".." {
+        return Err(invalid("\".\" and \"..\" are reserved"));
+    }
+    if name.len() > 249 {
+        return Err(invalid("longer than 249 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid(
+            "only ascii letters, digits, '.', '_' and '-' are allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// The per-task instance of a node: filters and maps are shared closures, processors are owned.
+enum TaskNode {
+    Filter(FilterFn),
+    Map(MapFn),
+    Process(Box<dyn Processor>),
+}
+
+/// The processor chain of one task (one partition), created by [`Topology::instantiate`].
+///
+/// Lifecycle: created → initialized (first [`TaskProcessors::init`], or implicitly by the first
+/// [`TaskProcessors::process`]) → processing. `init` runs each processor's `init` exactly once.
+pub struct TaskProcessors {
+    nodes: Vec<TaskNode>,
+    sinks: Arc<[SinkSpec]>,
+    initialized: bool,
+    /// Records entering the current node (reused between records to avoid allocating).
+    batch: Vec<Record>,
+    /// Records the current node forwarded: the next node's input.
+    next: Vec<Record>,
+}
+
+impl TaskProcessors {
+    /// Call every processor's `init` (once; later calls do nothing). `meta` describes the task
+    /// (topic, partition) and the first record's offset.
+    pub fn init(&mut self, io: &mut dyn TaskIo, meta: &RecordMeta) -> Result<(), ProcessError> {
+        if self.initialized {
+            return Ok(());
+        }
+        let mut forwarded = Vec::new();
+        for node in &mut self.nodes {
+            if let TaskNode::Process(processor) = node {
+                let mut ctx = ProcessorContext::new(&mut *io, meta, &mut forwarded);
+                processor.init(&mut ctx)?;
+            }
+        }
+        // Forwarding from `init` has nowhere meaningful to go (no record is being processed).
+        if !forwarded.is_empty() {
+            tracing::warn!(
+                count = forwarded.len(),
+                "records forwarded from processor init were dropped"
+            );
+        }
+        self.initialized = true;
+        Ok(())
+    }
+
+    /// Run one record through the chain: what node `i` forwards is node `i + 1`'s input; what the
+    /// last node forwards is sent to every sink with [`TaskIo::send`].
+    ///
+    /// Nodes run one after another over the whole batch (breadth-first), which yields the same
+    /// sink order as Kafka Streams' depth-first forwarding for a linear chain. An error stops the
+    /// record where it is; the caller must not commit its offset.
+    pub fn process(
+        &mut self,
+        io: &mut dyn TaskIo,
+        meta: &RecordMeta,
+        record: Record,
+    ) -> Result<(), ProcessError> {
+        self.init(io, meta)?;
+        self.batch.clear();
+        self.next.clear();
+        self.batch.push(record);
+        for node in &mut self.nodes {
+            for record in self.batch.drain(..) {
+                match node {
+                    TaskNode::Filter(keep) => {
+                        if keep(&record) {
+                            self.next.push(record);
+                        }
+                    }
+                    TaskNode::Map(f) => self.next.push(f(record)),
+                    TaskNode::Process(processor) => {
+                        let mut ctx = ProcessorContext::new(&mut *io, meta, &mut self.next);
+                        processor.process(&mut ctx, record)?;
+                    }
+                }
+            }
+            std::mem::swap(&mut self.batch, &mut self.next);
+            if self.batch.is_empty() {
+                return Ok(());
+            }
+        }
+        let Some((last, rest)) = self.sinks.split_last() else {
+            self.batch.clear();
+            return Ok(());
+        };
+        for record in self.batch.drain(..) {
+            for sink in rest {
+                io.send(&sink.topic, record.clone())?;
+            }
+            io.send(&last.topic, record)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topology_and_task_are_shareable() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Topology>();
+        send::<TaskProcessors>();
+    }
+
+    #[test]
+    fn kafka_topic_name_rules() {
+        assert!(check_name("store", "orders").is_ok());
+        assert!(check_name("store", "a.b_c-D9").is_ok());
+        assert_eq!(
+            check_name("store", ""),
+            Err(TopologyError::EmptyName { what: "store" })
+        );
+        for bad in [".", "..", "has space", "slash/", "ünicode"] {
+            assert!(
+                matches!(
+                    check_name("store", bad),
+                    Err(TopologyError::InvalidName { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(check_name("store", &"x".repeat(249)).is_ok());
+        assert!(check_name("store", &"x".repeat(250)).is_err());
+    }
+}
