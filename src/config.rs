@@ -96,6 +96,36 @@ pub struct RunArgs {
     /// Replication factor for topics paystream creates (changelog, DLQ). [default: 1]
     #[arg(long, env = "PAYSTREAM_REPLICATION_FACTOR", value_name = "N")]
     pub replication_factor: Option<i32>,
+
+    /// How long the group waits for a silent instance before giving its partitions away. Lower
+    /// means faster failover after a crash; queries keep being answered from standbys meanwhile.
+    /// [default: 10000]
+    #[arg(long, env = "PAYSTREAM_SESSION_TIMEOUT_MS", value_name = "MS")]
+    pub session_timeout_ms: Option<u64>,
+
+    /// Static group membership: a stable id per instance (e.g. its host name) so a restart within
+    /// the session timeout gets its partitions back without a rebalance. [default: none]
+    #[arg(long, env = "PAYSTREAM_GROUP_INSTANCE_ID", value_name = "ID")]
+    pub group_instance_id: Option<String>,
+
+    /// After warm-up copies were placed, rebalance again this much later to move actives onto
+    /// them once caught up. [default: 5000]
+    #[arg(
+        long,
+        env = "PAYSTREAM_PROBING_REBALANCE_INTERVAL_MS",
+        value_name = "MS"
+    )]
+    pub probing_rebalance_interval_ms: Option<u64>,
+
+    /// Run without group coordination: this instance owns every partition (no standbys, no
+    /// scale-out). For a single instance, or brokers that cannot host paystream's group.
+    #[arg(long, env = "PAYSTREAM_STANDALONE")]
+    pub standalone: bool,
+
+    /// Changelog records a copy may be behind and still take over a partition without a warm-up
+    /// round. [default: 10000]
+    #[arg(long, env = "PAYSTREAM_ACCEPTABLE_RECOVERY_LAG", value_name = "N")]
+    pub acceptable_recovery_lag: Option<i64>,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -112,6 +142,11 @@ struct FileConfig {
     commit_interval_ms: Option<u64>,
     dlq_topic: Option<String>,
     replication_factor: Option<i32>,
+    session_timeout_ms: Option<u64>,
+    group_instance_id: Option<String>,
+    probing_rebalance_interval_ms: Option<u64>,
+    acceptable_recovery_lag: Option<i64>,
+    standalone: Option<bool>,
 }
 
 /// Validated settings of one instance.
@@ -128,6 +163,11 @@ pub struct RunSettings {
     pub commit_interval: Duration,
     pub dlq_topic: String,
     pub replication_factor: i32,
+    pub session_timeout: Duration,
+    pub group_instance_id: Option<String>,
+    pub probing_rebalance_interval: Duration,
+    pub acceptable_recovery_lag: i64,
+    pub standalone: bool,
 }
 
 /// Default Kafka bootstrap address (a local broker).
@@ -239,6 +279,37 @@ impl RunArgs {
                 format!("{replication_factor} is outside 1..=16"),
             ));
         }
+        let session_ms = self
+            .session_timeout_ms
+            .or(file.session_timeout_ms)
+            .unwrap_or(10_000);
+        if !(1_000..=300_000).contains(&session_ms) {
+            return Err(invalid(
+                "session-timeout-ms",
+                format!("{session_ms} is outside 1000..=300000"),
+            ));
+        }
+        let group_instance_id = self.group_instance_id.clone().or(file.group_instance_id);
+        if let Some(id) = &group_instance_id {
+            validate_topic_like("group-instance-id", id)?;
+        }
+        let probing_ms = self
+            .probing_rebalance_interval_ms
+            .or(file.probing_rebalance_interval_ms)
+            .unwrap_or(5_000);
+        if !(100..=3_600_000).contains(&probing_ms) {
+            return Err(invalid(
+                "probing-rebalance-interval-ms",
+                format!("{probing_ms} is outside 100..=3600000"),
+            ));
+        }
+        let acceptable_recovery_lag = self
+            .acceptable_recovery_lag
+            .or(file.acceptable_recovery_lag)
+            .unwrap_or(10_000);
+        if acceptable_recovery_lag < 0 {
+            return Err(invalid("acceptable-recovery-lag", "must not be negative"));
+        }
         Ok(RunSettings {
             bootstrap_servers,
             application_id,
@@ -250,6 +321,11 @@ impl RunArgs {
             commit_interval: Duration::from_millis(commit_ms),
             dlq_topic,
             replication_factor,
+            session_timeout: Duration::from_millis(session_ms),
+            group_instance_id,
+            probing_rebalance_interval: Duration::from_millis(probing_ms),
+            acceptable_recovery_lag,
+            standalone: self.standalone || file.standalone.unwrap_or(false),
         })
     }
 }

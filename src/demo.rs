@@ -82,6 +82,8 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         state_dir: Some(state_dir.clone()),
         http_addr: Some(opts.http_addr.clone()),
         standby_replicas: Some(0),
+        // The mock cluster cannot host paystream's own group protocol.
+        standalone: true,
         ..Default::default()
     }
     .build()?;

@@ -16,6 +16,7 @@
 //! - [`query`]: the axum interactive-query layer (`GET /orders/{id}`, `/metadata`, `/health`).
 //! - [`produce`]: the seeded traffic generator and its model of every order's final view.
 //! - [`demo`]: `paystream demo`, on librdkafka's mock cluster.
+//! - [`drill`]: `paystream drill`, failover rehearsals on a cluster of child processes.
 //! - [`bench`]: `paystream bench`, the measurements behind BENCHMARKS.md.
 //! - [`telemetry`]: logging set-up and typed metric events.
 //!
@@ -27,6 +28,7 @@ pub mod bench;
 pub mod config;
 pub mod coordination;
 pub mod demo;
+pub mod drill;
 pub mod kafka;
 pub mod produce;
 pub mod query;

@@ -100,7 +100,7 @@ impl Connection {
 
     async fn negotiate_versions(&mut self, timeout: Duration) -> Result<(), MembershipError> {
         let mut version = ApiVersionsRequest::VERSIONS.max;
-        for _attempt in 0..2 {
+        for _attempt in 0..5 {
             let mut req = ApiVersionsRequest::default();
             if version >= 3 {
                 req.client_software_name = StrBytes::from_static_str("paystream");
@@ -112,14 +112,20 @@ impl Connection {
             let code =
                 peek_i16(&body, 0).ok_or_else(|| self.protocol("empty ApiVersions response"))?;
             let resp = if code == UNSUPPORTED_VERSION {
-                let resp = ApiVersionsResponse::decode(&mut body.clone(), 0)
-                    .map_err(|e| self.protocol(format!("decoding ApiVersions v0 fallback: {e}")))?;
-                let broker_max = resp
-                    .api_keys
-                    .iter()
-                    .find(|k| k.api_key == ApiKey::ApiVersions as i16)
-                    .map(|k| k.max_version)
-                    .unwrap_or(0);
+                // Kafka lists its versions in the v0 layout; other brokers (librdkafka's mock
+                // cluster) send something else: then just step down one version.
+                let broker_max = match ApiVersionsResponse::decode(&mut body.clone(), 0) {
+                    Ok(resp) => resp
+                        .api_keys
+                        .iter()
+                        .find(|k| k.api_key == ApiKey::ApiVersions as i16)
+                        .map(|k| k.max_version)
+                        .unwrap_or(0),
+                    Err(_) if version > 0 => version - 1,
+                    Err(e) => {
+                        return Err(self.protocol(format!("decoding ApiVersions v0 fallback: {e}")))
+                    }
+                };
                 let next = broker_max.min(ApiVersionsRequest::VERSIONS.max);
                 if next >= version {
                     return Err(self.protocol(format!(

@@ -30,6 +30,8 @@ pub struct GeneratorOptions {
     pub start_ts: i64,
     /// Orders in flight at once (how widely orders interleave).
     pub concurrency: usize,
+    /// Number of the first order (`O-<first_order>`), so several runs can add distinct orders.
+    pub first_order: u64,
 }
 
 impl Default for GeneratorOptions {
@@ -46,6 +48,7 @@ impl Default for GeneratorOptions {
             malformed: 0,
             start_ts: 1_764_000_000_000,
             concurrency: 64,
+            first_order: 0,
         }
     }
 }
@@ -98,12 +101,12 @@ pub fn order_id(i: u64) -> String {
 }
 
 fn walk(rng: &mut SplitMix64, opts: &GeneratorOptions, i: u64) -> Vec<OrderEvent> {
-    let id = order_id(i);
+    let id = order_id(opts.first_order + i);
     let member = format!("M-{}", rng.below(100_000));
     let phone = format!("+8210{:08}", rng.below(100_000_000));
     let amount = 1_000 + 100 * rng.below(5_000) as i64;
     let currency = if rng.chance(0.9) { "KRW" } else { "USD" };
-    let mut ts = opts.start_ts + (i as i64) * 37 + rng.below(1_000) as i64;
+    let mut ts = opts.start_ts + ((opts.first_order + i) as i64) * 37 + rng.below(1_000) as i64;
     let mut types = vec![EventType::ApprovalRequested];
     if rng.chance(opts.incomplete_rate) {
         if rng.chance(0.5) {

@@ -20,6 +20,14 @@ pub enum QueryError {
     Internal(String),
     #[error("no such route")]
     RouteNotFound,
+    #[error("invalid query parameter: {0}")]
+    InvalidParam(String),
+    #[error("order {id} did not reach {want} in time (state: {})", state.unwrap_or("unknown order"))]
+    WaitTimeout {
+        id: String,
+        want: &'static str,
+        state: Option<&'static str>,
+    },
 }
 
 impl QueryError {
@@ -32,12 +40,15 @@ impl QueryError {
             QueryError::Store(_) => "store_unavailable",
             QueryError::Internal(_) => "internal_error",
             QueryError::RouteNotFound => "route_not_found",
+            QueryError::InvalidParam(_) => "invalid_parameter",
+            QueryError::WaitTimeout { .. } => "wait_timeout",
         }
     }
 
     fn status(&self) -> StatusCode {
         match self {
-            QueryError::InvalidId(_) => StatusCode::BAD_REQUEST,
+            QueryError::InvalidId(_) | QueryError::InvalidParam(_) => StatusCode::BAD_REQUEST,
+            QueryError::WaitTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             QueryError::NotFound { .. } | QueryError::RouteNotFound => StatusCode::NOT_FOUND,
             QueryError::PartitionUnavailable { .. } | QueryError::Store(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -50,8 +61,11 @@ impl QueryError {
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // 503s are expected while partitions move; only real faults are worth a warning.
+        if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(self, QueryError::Store(_)) {
             tracing::warn!(error = %self, "query failed");
+        } else {
+            tracing::debug!(error = %self, "query refused");
         }
         let body = Json(json!({ "error": self.code(), "message": self.to_string() }));
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -8,39 +8,50 @@
 //! RocksDB read on a blocking thread → decode → JSON.
 
 mod error;
+pub mod routing;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use paystream_topology::order::{decode_order, OrderView, ORDERS_STORE};
+use paystream_topology::order::{decode_order, EventType, OrderView, ORDERS_STORE};
 use paystream_topology::partition_for_key;
 use serde::Serialize;
 
 pub use error::QueryError;
 
-use crate::runtime::local::{LocalStores, Role};
+use crate::runtime::local::{LocalPartition, LocalStores, Role};
 use crate::runtime::stream_thread::{SharedStatus, Status};
 use crate::telemetry::Metrics;
+use routing::{forward, Forwarded, RoutingTable, ALLOW_STANDBY, FORWARDED};
 
 /// Longest order id accepted (ids are Kafka keys; anything longer is a client mistake).
 pub const MAX_ID_LEN: usize = 256;
+/// Longest `wait_for` long-poll.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How long a forwarded hop may take (on top of any `timeout_ms`).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct QueryState {
     pub local: Arc<LocalStores>,
-    /// Partitions of the input topic, from topic metadata.
+    /// Partitions of the input topic, from topic metadata (never from the assignment).
     pub partition_count: i32,
     /// `HOST:PORT` this instance is reached at (`served_by`).
     pub self_addr: String,
     pub metrics: Arc<Metrics>,
     pub status: Arc<SharedStatus>,
+    pub routing: Arc<RoutingTable>,
+    /// Pooled client for forwarding.
+    pub client: reqwest::Client,
 }
 
 /// The query API's routes.
@@ -83,56 +94,218 @@ fn validate_id(id: Result<Path<String>, PathRejection>) -> Result<String, QueryE
     Ok(id)
 }
 
+/// Query parameters of `GET /orders/{id}`.
+#[derive(Debug, Default)]
+struct OrderParams {
+    /// Refuse answers from standby copies (503 instead).
+    active_only: bool,
+    wait_for: Option<EventType>,
+    timeout: Duration,
+}
+
+fn parse_params(raw: Option<&str>) -> Result<OrderParams, QueryError> {
+    let mut p = OrderParams {
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let pairs: HashMap<&str, &str> = raw
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .collect();
+    for (k, v) in pairs {
+        match k {
+            "consistency" => match v {
+                "active" => p.active_only = true,
+                "any" => p.active_only = false,
+                _ => {
+                    return Err(QueryError::InvalidParam(format!(
+                        "consistency must be active or any, not {v:?}"
+                    )))
+                }
+            },
+            "wait_for" => {
+                p.wait_for = Some(v.parse().map_err(|_| {
+                    QueryError::InvalidParam(format!("wait_for: unknown state {v:?}"))
+                })?)
+            }
+            "timeout_ms" => {
+                let ms: u64 = v.parse().map_err(|_| {
+                    QueryError::InvalidParam(format!("timeout_ms: {v:?} is not a number"))
+                })?;
+                p.timeout = Duration::from_millis(ms).min(MAX_WAIT);
+            }
+            other => {
+                return Err(QueryError::InvalidParam(format!(
+                    "unknown parameter {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(p)
+}
+
 async fn get_order(
     State(st): State<QueryState>,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<OrderResponse>, QueryError> {
-    let result = lookup(&st, id).await;
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let result = route_order(&st, id, raw.as_deref(), &headers).await;
     let counter = match &result {
-        Ok(_) => &st.metrics.queries_ok,
+        Ok(r) if r.status().is_success() => &st.metrics.queries_ok,
+        Ok(r) if r.status() == StatusCode::NOT_FOUND => &st.metrics.queries_not_found,
         Err(QueryError::NotFound { .. }) => &st.metrics.queries_not_found,
-        Err(_) => &st.metrics.queries_failed,
+        _ => &st.metrics.queries_failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    result.map(Json)
+    match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
 }
 
-async fn lookup(
+/// Local active → forward to the active → local standby → forward to a standby → 503.
+async fn route_order(
     st: &QueryState,
     id: Result<Path<String>, PathRejection>,
-) -> Result<OrderResponse, QueryError> {
+    raw: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, QueryError> {
     let id = validate_id(id)?;
+    let params = parse_params(raw)?;
     let partition = partition_for_key(id.as_bytes(), st.partition_count);
-    let local = st
-        .local
-        .get(partition)
-        .ok_or(QueryError::PartitionUnavailable { partition })?;
+    let local = st.local.get(partition);
+    if let Some(l) = local.as_ref().filter(|l| l.role == Role::Active) {
+        return serve_local(st, l, &id, partition, &params).await;
+    }
+    if headers.contains_key(FORWARDED) {
+        // Loop guard: answer from here or not at all.
+        return match local {
+            Some(l) if headers.contains_key(ALLOW_STANDBY) => {
+                serve_local(st, &l, &id, partition, &params).await
+            }
+            _ => Err(QueryError::PartitionUnavailable { partition }),
+        };
+    }
+    let path = match raw {
+        Some(q) => format!("/orders/{}?{q}", percent_encode(&id)),
+        None => format!("/orders/{}", percent_encode(&id)),
+    };
+    let timeout = FORWARD_TIMEOUT
+        + if params.wait_for.is_some() {
+            params.timeout
+        } else {
+            Duration::ZERO
+        };
+    let owners = st.routing.owners(partition);
+    if let Some(o) = owners
+        .as_ref()
+        .filter(|o| !o.active.is_empty() && o.active != st.self_addr)
+    {
+        match forward(&st.client, &o.active, &path, &st.self_addr, false, timeout).await {
+            Forwarded::Answer(r) => return Ok(r),
+            Forwarded::Unavailable(why) => tracing::debug!(partition, why, "active unavailable"),
+        }
+    }
+    if params.active_only {
+        return Err(QueryError::PartitionUnavailable { partition });
+    }
+    if let Some(l) = &local {
+        return serve_local(st, l, &id, partition, &params).await;
+    }
+    // The active itself goes first again: while it is being promoted it still holds the
+    // partition as a (nearly caught-up) standby copy.
+    let mut fallbacks: Vec<String> = Vec::new();
+    if let Some(o) = owners {
+        fallbacks.push(o.active);
+        fallbacks.extend(o.standbys);
+    }
+    fallbacks.retain(|s| !s.is_empty() && *s != st.self_addr);
+    for s in &fallbacks {
+        match forward(&st.client, s, &path, &st.self_addr, true, timeout).await {
+            Forwarded::Answer(r) => return Ok(r),
+            Forwarded::Unavailable(why) => tracing::debug!(partition, why, "standby unavailable"),
+        }
+    }
+    Err(QueryError::PartitionUnavailable { partition })
+}
+
+/// Ids are mostly `[A-Za-z0-9-]`; escape anything else for the forwarded URL.
+fn percent_encode(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Read from a local copy; with `wait_for`, poll until the order reaches that state.
+async fn serve_local(
+    st: &QueryState,
+    local: &LocalPartition,
+    id: &str,
+    partition: i32,
+    params: &OrderParams,
+) -> Result<Response, QueryError> {
     let reader = local
         .readers
         .get(ORDERS_STORE)
         .cloned()
         .ok_or(QueryError::PartitionUnavailable { partition })?;
-    let key = id.clone();
-    // RocksDB reads block: keep them off the async workers.
-    let bytes = tokio::task::spawn_blocking(move || reader.get(key.as_bytes()))
-        .await
-        .map_err(|e| QueryError::Internal(e.to_string()))?
-        .map_err(|e| QueryError::Store(e.to_string()))?
-        .ok_or_else(|| QueryError::NotFound {
-            id: id.clone(),
-            partition,
-        })?;
-    let stored = decode_order(&bytes).map_err(|e| QueryError::Store(e.to_string()))?;
-    Ok(OrderResponse {
-        order: stored.view,
-        partition,
-        served_by: st.self_addr.clone(),
-        role: match local.role {
-            Role::Active => "active".into(),
-            Role::Standby => "standby".into(),
-        },
-        lag: local.lag(),
-    })
+    let deadline = Instant::now() + params.timeout;
+    loop {
+        let (r, key) = (reader.clone(), id.to_owned());
+        // RocksDB reads block: keep them off the async workers.
+        let bytes = tokio::task::spawn_blocking(move || r.get(key.as_bytes()))
+            .await
+            .map_err(|e| QueryError::Internal(e.to_string()))?
+            .map_err(|e| QueryError::Store(e.to_string()))?;
+        let view = match bytes {
+            Some(b) => Some(
+                decode_order(&b)
+                    .map_err(|e| QueryError::Store(e.to_string()))?
+                    .view,
+            ),
+            None => None,
+        };
+        let reached = match (&view, params.wait_for) {
+            (Some(_), None) => true,
+            (Some(v), Some(want)) => v.state == want,
+            (None, _) => false,
+        };
+        if reached || params.wait_for.is_none() || Instant::now() >= deadline {
+            let role = match local.role {
+                Role::Active => "active",
+                Role::Standby => "standby",
+            };
+            return match (view, params.wait_for) {
+                (Some(order), _) if reached => Ok(Json(OrderResponse {
+                    order,
+                    partition,
+                    served_by: st.self_addr.clone(),
+                    role: role.into(),
+                    lag: local.lag(),
+                })
+                .into_response()),
+                (order, Some(want)) => Err(QueryError::WaitTimeout {
+                    id: id.to_owned(),
+                    want: want.as_str(),
+                    state: order.map(|o| o.state.as_str()),
+                }),
+                (_, None) => Err(QueryError::NotFound {
+                    id: id.to_owned(),
+                    partition,
+                }),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[derive(Serialize)]
@@ -158,7 +331,12 @@ async fn get_location(
     }))
 }
 
+/// Active and standby endpoints of `partition`: the group's partition map, or this instance's
+/// own copies before the first assignment.
 fn owners(st: &QueryState, partition: i32) -> (Option<String>, Vec<String>) {
+    if let Some(o) = st.routing.owners(partition) {
+        return (Some(o.active).filter(|a| !a.is_empty()), o.standbys);
+    }
     match st.local.get(partition).map(|l| l.role) {
         Some(Role::Active) => (Some(st.self_addr.clone()), vec![]),
         Some(Role::Standby) => (None, vec![st.self_addr.clone()]),
@@ -178,6 +356,7 @@ struct PartitionInfo {
 struct Metadata {
     partition_count: i32,
     served_by: String,
+    generation: i32,
     partitions: Vec<PartitionInfo>,
 }
 
@@ -196,6 +375,7 @@ async fn get_metadata(State(st): State<QueryState>) -> Json<Metadata> {
     Json(Metadata {
         partition_count: st.partition_count,
         served_by: st.self_addr.clone(),
+        generation: st.routing.generation(),
         partitions,
     })
 }

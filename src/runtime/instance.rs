@@ -9,10 +9,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunSettings;
+use crate::coordination::leader::GroupAssignor;
+use crate::coordination::membership::{GroupMember, MembershipConfig, MembershipError};
+use crate::coordination::protocol::SubscriptionInfo;
 use crate::kafka::admin::{ensure_topics, partition_count, TopicSpec};
 use crate::kafka::producer::OutputProducer;
 use crate::kafka::KafkaError;
+use crate::query::routing::RoutingTable;
 use crate::query::{self, QueryState};
+use crate::runtime::group::{commit_channel, run_standalone, GroupLoop};
 use crate::runtime::local::LocalStores;
 use crate::runtime::stream_thread::{SharedStatus, Status, StreamThread, StreamThreadError};
 use crate::telemetry::Metrics;
@@ -32,6 +37,14 @@ pub enum RunError {
     Panicked,
     #[error("http server: {0}")]
     Http(#[source] std::io::Error),
+    #[error("group membership: {0}")]
+    Group(#[from] MembershipError),
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running instance's shared parts (for embedding, tests and the demo).
@@ -107,18 +120,80 @@ impl Instance {
         let metrics = Metrics::new();
         let local = LocalStores::new();
         let status = Arc::new(SharedStatus::default());
+        let routing = Arc::new(RoutingTable::default());
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(32)
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .build()
+            .map_err(|e| RunError::Http(std::io::Error::other(e)))?;
         let query_state = QueryState {
             local: local.clone(),
             partition_count: partitions,
             self_addr: settings.advertised_addr.clone(),
             metrics: metrics.clone(),
             status: status.clone(),
+            routing: routing.clone(),
+            client,
+        };
+
+        // Group membership: who runs what, and the partition map for routing.
+        let process_id = process_id(&settings)?;
+        let store_names: Vec<String> = topology.stores().iter().map(|s| s.name.clone()).collect();
+        let subscription = Arc::new(std::sync::Mutex::new(SubscriptionInfo {
+            process_id: process_id.clone(),
+            endpoint: settings.advertised_addr.clone(),
+            prev_active: vec![],
+            prev_standby: vec![],
+            offsets: local_offsets(&settings, &store_names, partitions),
+        }));
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+        let (committer, commits) = commit_channel();
+        let group_task = if settings.standalone {
+            tracing::info!("standalone: this instance owns all {partitions} partitions");
+            let (addr, app, b, t) = (
+                settings.advertised_addr.clone(),
+                settings.application_id.clone(),
+                bootstrap.clone(),
+                input.clone(),
+            );
+            tokio::spawn(async move {
+                run_standalone(partitions, addr, cmd_tx, commits, routing, b, app, t).await;
+                Ok(())
+            })
+        } else {
+            let mut membership = MembershipConfig::new(
+                bootstrap.split(',').map(|s| s.trim().to_owned()).collect(),
+                settings.application_id.clone(),
+                input.clone(),
+            );
+            membership.client_id = format!("paystream-{}", settings.advertised_addr);
+            membership.session_timeout = settings.session_timeout;
+            membership.heartbeat_interval =
+                (settings.session_timeout / 5).min(std::time::Duration::from_secs(1));
+            membership.group_instance_id = settings.group_instance_id.clone();
+            let member = GroupMember::connect(membership).await?;
+            let mut assignor = GroupAssignor::new(partitions, settings.standby_replicas);
+            assignor.acceptable_recovery_lag = settings.acceptable_recovery_lag;
+            let group = GroupLoop {
+                member,
+                assignor,
+                commands: cmd_tx,
+                commits,
+                subscription: subscription.clone(),
+                routing,
+                shutdown: shutdown.clone(),
+                probing_interval: settings.probing_rebalance_interval,
+                heartbeat_interval: (settings.session_timeout / 5)
+                    .min(std::time::Duration::from_secs(1)),
+                leave_on_shutdown: settings.group_instance_id.is_none(),
+            };
+            tracing::info!(process_id = %process_id, "joining group {}", settings.application_id);
+            tokio::spawn(group.run())
         };
 
         let thread = StreamThread {
             settings: settings.clone(),
             topology,
-            partitions: (0..partitions).collect(),
             producer,
             dlq_partitions,
             sink_partitions,
@@ -126,6 +201,9 @@ impl Instance {
             metrics,
             status: status.clone(),
             shutdown: shutdown.clone(),
+            commands: cmd_rx,
+            committer,
+            subscription,
         };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -155,6 +233,11 @@ impl Instance {
             Err(_) => Err(RunError::Panicked),
         };
         shutdown.cancel();
+        match group_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "group loop ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "group loop task failed"),
+        }
         match server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "http server error"),
@@ -162,4 +245,64 @@ impl Instance {
         }
         result
     }
+}
+
+/// The instance's stable identity, kept in `<state-dir>/<app-id>/process-id` so a restarted
+/// instance is recognised (and gets back the partitions whose stores it still has).
+fn process_id(settings: &RunSettings) -> Result<String, RunError> {
+    let dir = settings.state_dir.join(&settings.application_id);
+    let path = dir.join("process-id");
+    let err = |source| RunError::StateDir {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_owned();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = format!("{:x}-{:x}", nanos, std::process::id());
+    std::fs::write(&path, &id).map_err(err)?;
+    Ok(id)
+}
+
+/// Changelog offsets of the stores left on disk by an earlier run (from their checkpoints), so
+/// the leader can hand those partitions back to this instance instead of restoring elsewhere.
+fn local_offsets(
+    settings: &RunSettings,
+    stores: &[String],
+    partitions: i32,
+) -> std::collections::BTreeMap<i32, i64> {
+    use paystream_state::checkpoint::Checkpoint;
+    let mut out = std::collections::BTreeMap::new();
+    for p in 0..partitions {
+        let mut min: Option<i64> = None;
+        for s in stores {
+            let dir = crate::runtime::task::store_dir(
+                &settings.state_dir,
+                &settings.application_id,
+                p,
+                s,
+            );
+            match Checkpoint::read(&dir) {
+                Ok(Some(c)) => {
+                    min = Some(min.map_or(c.changelog_offset, |m: i64| m.min(c.changelog_offset)))
+                }
+                _ => {
+                    min = None;
+                    break;
+                }
+            }
+        }
+        if let Some(m) = min {
+            out.insert(p, m);
+        }
+    }
+    out
 }

@@ -1,10 +1,12 @@
 //! The processing runtime of one instance.
 //!
-//! Entry point: [`Instance::run`]. An instance owns one [`task::Task`] per partition it
-//! processes; the [`stream_thread`] polls the source, runs each record through its task's
-//! topology, writes stores and changelogs, and commits. Before a task runs, [`restore`] brings its
-//! stores up to the changelog's end. Queries read stores through [`local::LocalStores`].
+//! Entry point: [`Instance::run`]. The [`group`] loop keeps the instance in the consumer group and
+//! hands each new assignment to the [`stream_thread`], which owns one [`task::Task`] per
+//! partition it holds (active: source → topology → stores + changelogs; standby: changelog →
+//! store), and commits. Before an active runs, [`restore`] brings its stores up to the
+//! changelog's end. Queries read stores through [`local::LocalStores`].
 
+pub mod group;
 pub mod instance;
 pub mod local;
 pub mod restore;

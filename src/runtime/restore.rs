@@ -56,8 +56,9 @@ struct Pending {
     batch: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-/// Restore every store of `tasks` (all in state `Created`) and move them to `Restoring` and, when
-/// done, leave them ready to run (the caller moves them to `Running`).
+/// Restore every store of `tasks` (in state `Created`: from the checkpoint; or `Suspended`: from
+/// where the live copy is) to the changelog's end; they are left in `Restoring` and the caller
+/// moves them to `Running`.
 pub fn restore_tasks(
     bootstrap: &str,
     group_id: &str,
@@ -76,9 +77,15 @@ pub fn restore_tasks(
     let mut pending: HashMap<(String, i32), Pending> = HashMap::new();
     let mut total: i64 = 0;
     for (ti, task) in tasks.iter_mut().enumerate() {
+        let fresh = task.state() == TaskState::Created;
         task.transition(TaskState::Restoring)?;
         let partition = task.partition;
         for (si, s) in task.stores.iter_mut().enumerate() {
+            if !fresh {
+                // A live copy (standby being promoted, active resumed): it holds exactly up to
+                // its changelog position.
+                s.checkpointed = Some(s.changelog_end);
+            }
             let topic = s.changelog_topic.to_string();
             let (lo, hi) = consumer
                 .fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
@@ -104,7 +111,7 @@ pub fn restore_tasks(
                     lo
                 }
             };
-            s.changelog_end = start.max(s.changelog_end.min(hi));
+            s.changelog_end = start;
             if start >= hi {
                 s.changelog_end = hi;
                 continue;

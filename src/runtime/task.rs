@@ -2,14 +2,17 @@
 //!
 //! ```text
 //!   Created ──restore──▶ Restoring ──caught up──▶ Running ──suspend──▶ Suspended ──close──▶ Closed
-//!      │                    │                        ▲                     │
-//!      │                    │                        └──────resume─────────┘
+//!      │                    ▲                        ▲                     │
+//!      │                    └──── catch up (promote) ─┼─────────────────────┤
+//!      │                                             └──────resume─────────┘
 //!      └────────────────────┴──────────────────────── close ──────────────────────────▶ Closed
 //! ```
 //! `Created`: stores opened, nothing read yet. `Restoring`: applying the changelog from the
-//! local checkpoint (or from the beginning) to its end. `Running`: processing source records.
-//! `Suspended`: flushed, checkpointed and committed, keeping its stores (a revoked partition that
-//! may come back). `Closed`: stores closed. [`Task::transition`] refuses any other move.
+//! local checkpoint (or from the beginning) to its end. `Running`: an active processes source
+//! records; a standby applies changelog records as they arrive. `Suspended`: flushed,
+//! checkpointed and committed, keeping its stores (a revoked active, or a standby about to be
+//! promoted: `Suspended → Restoring` catches up the changelog's tail before it runs as active).
+//! `Closed`: stores closed. [`Task::transition`] refuses any other move.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +49,7 @@ impl TaskState {
                 | (Restoring, Running)
                 | (Running, Suspended)
                 | (Suspended, Running)
+                | (Suspended, Restoring)
                 | (_, Closed)
         ) && self != Closed
     }
@@ -97,6 +101,8 @@ pub struct TaskStore {
 /// One partition's processing unit.
 pub struct Task {
     pub partition: i32,
+    /// Active (processes the source) or standby (replays the changelog).
+    pub role: Role,
     state: TaskState,
     pub stores: Vec<TaskStore>,
     processors: TaskProcessors,
@@ -169,6 +175,7 @@ impl Task {
         }
         Ok(Self {
             partition,
+            role: Role::Active,
             state: TaskState::Created,
             stores,
             processors: topology.instantiate(),
@@ -197,9 +204,9 @@ impl Task {
     }
 
     /// What queries may read of this task.
-    pub fn local_partition(&self, role: Role) -> LocalPartition {
+    pub fn local_partition(&self) -> LocalPartition {
         LocalPartition {
-            role,
+            role: self.role,
             readers: self
                 .stores
                 .iter()
@@ -243,6 +250,40 @@ impl Task {
             .records_processed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Standby: apply one changelog record of store `store` (no re-logging: the changelog is
+    /// where it came from).
+    pub fn apply_changelog(
+        &mut self,
+        store: usize,
+        key: &[u8],
+        value: Option<&[u8]>,
+        offset: i64,
+    ) -> Result<(), TaskError> {
+        let partition = self.partition;
+        let Some(s) = self.stores.get_mut(store) else {
+            return Ok(());
+        };
+        let inner = s.store.inner_mut();
+        let r = match value {
+            Some(v) => inner.put(key, v),
+            None => inner.delete(key),
+        };
+        r.map_err(|source| TaskError::Store { partition, source })?;
+        s.changelog_end = offset + 1;
+        s.writes_since_checkpoint += 1;
+        Ok(())
+    }
+
+    /// Changelog offset the local copy holds (the smallest over its stores), for the group's
+    /// "how caught up am I" metadata.
+    pub fn changelog_position(&self) -> i64 {
+        self.stores
+            .iter()
+            .map(|s| s.changelog_end)
+            .min()
+            .unwrap_or(0)
     }
 
     /// After the producer has been flushed: record how far the changelog is acknowledged, and

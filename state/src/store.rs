@@ -1,7 +1,7 @@
 //! The key-value store contract every store layer implements.
 //!
 //! Stores are stacked layers, as in Kafka Streams (`metered(logging(rocksdb))`): the bottom layer
-//! keeps bytes ([`crate::rocks::RocksDbStore`] on disk, [`crate::memory::InMemoryStore`] in tests),
+//! keeps bytes (`rocks::RocksDbStore` on disk, [`crate::memory::InMemoryStore`] in tests),
 //! [`crate::logging::LoggingStore`] sends every write to the changelog. Keys and values are bytes
 //! here; typed values go through [`crate::codec`].
 

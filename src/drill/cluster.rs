@@ -1,0 +1,333 @@
+//! A cluster of `paystream run` child processes on loopback, for drills and tests.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use paystream_topology::order::StoredOrder;
+use paystream_topology::partition_for_key;
+
+use super::{step, DrillError, DrillOptions};
+use crate::query::OrderResponse;
+
+/// The instances, by index. `live` lists the endpoints that answer queries (killed or not yet
+/// ready instances are left out, as a load balancer would).
+pub struct Cluster {
+    opts: DrillOptions,
+    app: String,
+    topic: String,
+    procs: Vec<Option<Child>>,
+    pub ports: Vec<u16>,
+    pub live: Arc<RwLock<Vec<String>>>,
+    client: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+impl Cluster {
+    pub fn new(opts: &DrillOptions, app: &str, topic: &str) -> Self {
+        Self {
+            opts: opts.clone(),
+            app: app.to_owned(),
+            topic: topic.to_owned(),
+            procs: (0..opts.instances).map(|_| None).collect(),
+            ports: (0..opts.instances).map(|_| free_port()).collect(),
+            live: Arc::new(RwLock::new(Vec::new())),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
+    }
+
+    fn state_dir(&self, i: usize) -> PathBuf {
+        self.opts
+            .work_dir
+            .join(&self.app)
+            .join(format!("instance-{i}"))
+    }
+
+    /// Start (or restart, with the same state directory and port) instance `i`. It joins the
+    /// live set once `/health` says it is ready (see [`Cluster::wait_stable`]).
+    pub fn start(&mut self, i: usize) -> Result<(), DrillError> {
+        let dir = self.state_dir(i);
+        std::fs::create_dir_all(&dir).map_err(step("state dir"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .map_err(step("log file"))?;
+        let child = Command::new(&self.opts.binary)
+            .arg("run")
+            .args(["--bootstrap-servers", &self.opts.bootstrap_servers])
+            .args(["--application-id", &self.app, "--input-topic", &self.topic])
+            .arg("--state-dir")
+            .arg(&dir)
+            .args(["--http-addr", &self.endpoint(i)])
+            .args(["--commit-interval-ms", "200"])
+            .args([
+                "--standby-replicas",
+                &self.opts.standby_replicas.to_string(),
+            ])
+            .args([
+                "--session-timeout-ms",
+                &self.opts.session_timeout_ms.to_string(),
+            ])
+            .args(["--probing-rebalance-interval-ms", "2000"])
+            .env(
+                "RUST_LOG",
+                std::env::var("PAYSTREAM_DRILL_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(step("start instance"))?;
+        self.procs[i] = Some(child);
+        Ok(())
+    }
+
+    /// Take `i` out of the live set, then SIGKILL it (no flush, no commit, no leave).
+    pub async fn kill9(&mut self, i: usize) {
+        let ep = self.endpoint(i);
+        if let Ok(mut l) = self.live.write() {
+            l.retain(|e| *e != ep);
+        }
+        // Let queries already sent to it finish before it dies.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop_all(&mut self) {
+        for p in self.procs.iter_mut() {
+            if let Some(mut c) = p.take() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    async fn json(&self, ep: &str, path: &str) -> Option<serde_json::Value> {
+        let r = self
+            .client
+            .get(format!("http://{ep}{path}"))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.procs.len())
+            .filter(|i| self.procs[*i].is_some())
+            .collect()
+    }
+
+    /// Wait until every running instance is ready, all report the same generation, and every
+    /// partition's active is a running instance; then they are all live.
+    pub async fn wait_stable(&mut self, timeout: Duration) -> Result<(), DrillError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for i in self.running() {
+                if let Some(Ok(Some(status))) = self.procs[i].as_mut().map(|c| c.try_wait()) {
+                    return Err(DrillError::Step(format!(
+                        "instance {i} exited ({status}); see {}",
+                        self.state_dir(i).with_extension("log").display()
+                    )));
+                }
+            }
+            let eps: Vec<String> = self
+                .running()
+                .into_iter()
+                .map(|i| self.endpoint(i))
+                .collect();
+            let mut gens = Vec::new();
+            let mut ok = true;
+            for ep in &eps {
+                let ready = self
+                    .json(ep, "/health")
+                    .await
+                    .is_some_and(|h| h["ready"] == true);
+                let md = self.json(ep, "/metadata").await;
+                match (ready, md) {
+                    (true, Some(md)) => {
+                        gens.push(md["generation"].as_i64().unwrap_or(-1));
+                        let all_active = md["partitions"].as_array().is_some_and(|ps| {
+                            ps.iter().all(|p| {
+                                p["active"]
+                                    .as_str()
+                                    .is_some_and(|a| eps.iter().any(|e| e == a))
+                            })
+                        });
+                        ok &= all_active;
+                    }
+                    _ => ok = false,
+                }
+            }
+            gens.dedup();
+            if ok && gens.len() == 1 {
+                if let Ok(mut l) = self.live.write() {
+                    *l = eps;
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(DrillError::Step(
+                    "cluster did not become stable in time".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Highest generation any live instance reports.
+    pub async fn generation(&self) -> i64 {
+        let eps = self.live.read().map(|l| l.clone()).unwrap_or_default();
+        let mut g = -1;
+        for ep in eps {
+            if let Some(md) = self.json(&ep, "/metadata").await {
+                g = g.max(md["generation"].as_i64().unwrap_or(-1));
+            }
+        }
+        g
+    }
+
+    /// Sweep one known key per partition over the live instances until all answer 200.
+    pub async fn wait_all_partitions_answer(
+        &self,
+        known: &[String],
+        timeout: Duration,
+    ) -> Result<Instant, DrillError> {
+        let mut per_partition: BTreeMap<i32, &String> = BTreeMap::new();
+        for k in known {
+            per_partition
+                .entry(partition_for_key(k.as_bytes(), 12))
+                .or_insert(k);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let eps = self.live.read().map(|l| l.clone()).unwrap_or_default();
+            let mut all = !eps.is_empty();
+            for (n, k) in per_partition.values().enumerate() {
+                let ep = &eps[n % eps.len().max(1)];
+                let ok = matches!(self.client.get(format!("http://{ep}/orders/{k}")).send().await, Ok(r) if r.status().is_success());
+                all &= ok;
+            }
+            if all {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                return Err(DrillError::Step(
+                    "partitions did not answer again in time".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until a live instance reports a newer generation in which every partition's active
+    /// is live.
+    pub async fn wait_all_active(
+        &self,
+        after_generation: i64,
+        timeout: Duration,
+    ) -> Result<Instant, DrillError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let eps = self.live.read().map(|l| l.clone()).unwrap_or_default();
+            for ep in &eps {
+                if let Some(md) = self.json(ep, "/metadata").await {
+                    let newer = md["generation"].as_i64().unwrap_or(-1) > after_generation;
+                    let all = md["partitions"].as_array().is_some_and(|ps| {
+                        ps.iter().all(|p| {
+                            p["active"]
+                                .as_str()
+                                .is_some_and(|a| eps.iter().any(|e| e == a))
+                        })
+                    });
+                    if newer && all {
+                        return Ok(Instant::now());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(DrillError::Step(
+                    "no new generation with every partition active in time".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Query every order of `model` on the live instances until all equal the model or the time
+    /// is up; returns the ids still differing.
+    pub async fn wait_views(
+        &self,
+        model: &BTreeMap<String, StoredOrder>,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut pending: Vec<&String> = model.keys().collect();
+        loop {
+            let eps = self.live.read().map(|l| l.clone()).unwrap_or_default();
+            let mut still = Vec::new();
+            for chunk in pending.chunks(64) {
+                let futs = chunk.iter().enumerate().map(|(n, id)| {
+                    let url = format!("http://{}/orders/{id}", eps[n % eps.len().max(1)]);
+                    let client = self.client.clone();
+                    async move {
+                        let r = client.get(url).send().await.ok()?;
+                        if !r.status().is_success() {
+                            return None;
+                        }
+                        r.json::<OrderResponse>().await.ok()
+                    }
+                });
+                for (id, a) in chunk.iter().zip(futures::future::join_all(futs).await) {
+                    if a.map(|a| a.order) != model.get(*id).map(|m| m.view.clone()) {
+                        still.push(*id);
+                    }
+                }
+            }
+            pending = still;
+            if pending.is_empty() || Instant::now() > deadline {
+                return pending.into_iter().cloned().collect();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut() {
+            if let Some(mut c) = p.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
