@@ -6,4 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/paystream/target}"
 bash deploy/setup.sh --build-only
-exec cargo run --quiet --bin paystream -- demo "$@"
+# Build exactly what the test suite builds (--workspace --all-targets): a narrower build resolves
+# other features for shared dependencies and would compile RocksDB a second time.
+cargo build --quiet --workspace --all-targets
+exec "$CARGO_TARGET_DIR/debug/paystream" demo "$@"

@@ -14,13 +14,10 @@ use paystream_state::store::KeyValueStore;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::RunArgs;
 use crate::kafka::admin::{ensure_topics, TopicSpec};
 use crate::kafka::client::restore_consumer_config;
 use crate::produce::{produce, GeneratorOptions, ProduceOptions};
-use crate::runtime::Instance;
 
 /// Options of `paystream bench`.
 #[derive(Debug, Clone)]
@@ -48,14 +45,6 @@ pub struct Figure {
     pub name: &'static str,
     pub value: f64,
     pub unit: &'static str,
-}
-
-/// Peak resident set size of this process, from /proc (Linux), in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 /// Run every measurement and return the figures (also printed as they come).
@@ -107,7 +96,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
     // 2. Ingest into the view.
     let state_dir = opts.work_dir.join(format!("state-{nanos}"));
     let app_id = format!("bench-{nanos}");
-    let (ingest, _) = rt.block_on(run_instance(
+    let (ingest, _, rss) = rt.block_on(run_instance(
         opts,
         &topic,
         &app_id,
@@ -119,9 +108,9 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
         value: opts.events as f64 / ingest.as_secs_f64(),
         unit: "events/s",
     });
-    if let Some(rss) = peak_rss_mib() {
+    if let Some(rss) = rss {
         push(Figure {
-            name: "peak RSS after ingest (whole bench process)",
+            name: "peak RSS of the instance during ingest",
             value: rss,
             unit: "MiB",
         });
@@ -129,7 +118,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
 
     // 3. Restore from the changelog.
     std::fs::remove_dir_all(&state_dir).map_err(step("wipe state"))?;
-    let (restore, restored) = rt.block_on(run_instance(
+    let (restore, restored, _) = rt.block_on(run_instance(
         opts,
         &topic,
         &app_id,
@@ -170,32 +159,39 @@ enum Phase {
     Restore,
 }
 
-/// Start an instance; Ingest: time from its first processed record until all are processed.
-/// Restore: time from start until it is ready, and how many records it restored.
+/// Start an instance as its own process (so its memory is its own); Ingest: time from its first
+/// processed record until all are processed, and its peak RSS. Restore: time from start until it
+/// is ready, and how many records it restored.
 async fn run_instance(
     opts: &BenchOptions,
     topic: &str,
     app_id: &str,
     state_dir: &std::path::Path,
     phase: Phase,
-) -> Result<(Duration, u64), BenchError> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(step("bind"))?;
-    let addr = listener.local_addr().map_err(step("bind"))?;
-    let settings = RunArgs {
-        bootstrap_servers: Some(opts.bootstrap_servers.clone()),
-        application_id: Some(app_id.to_owned()),
-        input_topic: Some(topic.to_owned()),
-        state_dir: Some(state_dir.to_owned()),
-        http_addr: Some(addr.to_string()),
-        ..Default::default()
-    }
-    .build()
-    .map_err(step("settings"))?;
-    let shutdown = CancellationToken::new();
+) -> Result<(Duration, u64, Option<f64>), BenchError> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(step("port"))?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let exe = std::env::current_exe().map_err(step("binary"))?;
+    let mut child = std::process::Command::new(exe)
+        .arg("run")
+        .args([
+            "--bootstrap-servers",
+            &opts.bootstrap_servers,
+            "--application-id",
+            app_id,
+        ])
+        .args(["--input-topic", topic, "--http-addr", &addr, "--standalone"])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(step("start instance"))?;
+    let pid = child.id();
     let started = Instant::now();
-    let instance = tokio::spawn(Instance::run(settings, listener, shutdown.clone()));
     let client = reqwest::Client::new();
     let mut first: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(1800);
@@ -205,8 +201,8 @@ async fn run_instance(
                 "instance did not finish within 30 minutes".into(),
             ));
         }
-        if instance.is_finished() {
-            break Err(BenchError::Step("instance stopped early".into()));
+        if let Ok(Some(s)) = child.try_wait() {
+            break Err(BenchError::Step(format!("instance exited early: {s}")));
         }
         let h: Option<serde_json::Value> =
             match client.get(format!("http://{addr}/health")).send().await {
@@ -236,13 +232,28 @@ async fn run_instance(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    shutdown.cancel();
-    match instance.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(BenchError::Step(format!("instance: {e}"))),
-        Err(e) => return Err(BenchError::Step(format!("instance: {e}"))),
+    let rss = peak_rss_of(pid);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let stop_deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < stop_deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    result
+    let _ = child.kill();
+    let _ = child.wait();
+    result.map(|(d, n)| (d, n, rss))
+}
+
+/// Peak resident set size of process `pid` in MiB (Linux).
+fn peak_rss_of(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn raw_consume(

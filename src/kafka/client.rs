@@ -58,3 +58,18 @@ pub fn admin_config(bootstrap: &str) -> ClientConfig {
     c.set("bootstrap.servers", bootstrap);
     c
 }
+
+/// Client context for consumers that read to the end on purpose (restore): reaching the end of
+/// a partition is the goal, not an error worth an ERROR log line.
+pub struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            return;
+        }
+        tracing::error!(%error, reason, "librdkafka error");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}

@@ -427,3 +427,6 @@ async fn get_metrics(State(st): State<QueryState>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,7 +19,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::client::restore_consumer_config;
+use crate::kafka::client::{restore_consumer_config, QuietEof};
 use crate::runtime::task::{Task, TaskError, TaskState};
 
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -66,8 +66,8 @@ pub fn restore_tasks(
     shutdown: &CancellationToken,
 ) -> Result<RestoreSummary, RestoreError> {
     let started = Instant::now();
-    let consumer: BaseConsumer = restore_consumer_config(bootstrap, group_id)
-        .create()
+    let consumer: BaseConsumer<QuietEof> = restore_consumer_config(bootstrap, group_id)
+        .create_with_context(QuietEof)
         .map_err(|source| RestoreError::Kafka {
             topic: "-".into(),
             partition: -1,

@@ -201,32 +201,13 @@ pub fn parse_event(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrderEven
     let key = std::str::from_utf8(key)
         .map_err(|e| InvalidEvent::new("invalid_utf8_key", format!("key is not utf-8: {e}")))?;
 
-    // Through `Value` first, so that a missing field or an unknown type gets its own reason
+    // Fast path: straight into the struct (one pass, no intermediate tree). Only a record that
+    // fails goes through `Value`, so that a missing field or an unknown type gets its own reason
     // instead of serde's generic message.
-    let json: serde_json::Value = serde_json::from_slice(value)
-        .map_err(|e| InvalidEvent::new("invalid_json", e.to_string()))?;
-    let Some(object) = json.as_object() else {
-        return Err(InvalidEvent::new(
-            "invalid_json",
-            format!("expected a json object, got {}", json_kind(&json)),
-        ));
+    let event: OrderEvent = match serde_json::from_slice(value) {
+        Ok(e) => e,
+        Err(direct) => return Err(classify_invalid(value, direct)),
     };
-    for field in REQUIRED_FIELDS {
-        if object.get(field).is_none_or(serde_json::Value::is_null) {
-            return Err(InvalidEvent::new(
-                "missing_field",
-                format!("required field {field:?} is missing"),
-            ));
-        }
-    }
-    if let Some(serde_json::Value::String(t)) = object.get("type") {
-        if let Err(e) = t.parse::<EventType>() {
-            return Err(InvalidEvent::new("unknown_type", e.to_string()));
-        }
-    }
-    let event: OrderEvent = serde_json::from_value(json)
-        .map_err(|e| InvalidEvent::new("invalid_json", e.to_string()))?;
-
     if event.order_id.is_empty() {
         return Err(InvalidEvent::new("empty_id", "order_id is empty"));
     }
@@ -243,6 +224,34 @@ pub fn parse_event(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrderEven
         ));
     }
     Ok(event)
+}
+
+/// Why `value` is not a valid event (called only after the direct parse failed).
+fn classify_invalid(value: &[u8], direct: serde_json::Error) -> InvalidEvent {
+    let json: serde_json::Value = match serde_json::from_slice(value) {
+        Ok(j) => j,
+        Err(e) => return InvalidEvent::new("invalid_json", e.to_string()),
+    };
+    let Some(object) = json.as_object() else {
+        return InvalidEvent::new(
+            "invalid_json",
+            format!("expected a json object, got {}", json_kind(&json)),
+        );
+    };
+    for field in REQUIRED_FIELDS {
+        if object.get(field).is_none_or(serde_json::Value::is_null) {
+            return InvalidEvent::new(
+                "missing_field",
+                format!("required field {field:?} is missing"),
+            );
+        }
+    }
+    if let Some(serde_json::Value::String(t)) = object.get("type") {
+        if let Err(e) = t.parse::<EventType>() {
+            return InvalidEvent::new("unknown_type", e.to_string());
+        }
+    }
+    InvalidEvent::new("invalid_json", direct.to_string())
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
