@@ -35,6 +35,12 @@ pub enum BenchError {
     Step(String),
 }
 
+impl From<crate::drill::DrillError> for BenchError {
+    fn from(e: crate::drill::DrillError) -> Self {
+        BenchError::Step(e.to_string())
+    }
+}
+
 fn step<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BenchError {
     move |e| BenchError::Step(format!("{what}: {e}"))
 }
@@ -304,4 +310,153 @@ fn raw_rocksdb(dir: &std::path::Path, events: u64) -> Result<Duration, BenchErro
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
     Ok(elapsed)
+}
+
+/// IQ latency at a fixed request rate on a 2-instance cluster: every key is asked of the instance
+/// that holds its active (local read) and of the other one (one forwarded hop).
+pub fn latency(opts: &BenchOptions, rate: u64, queries: u64) -> Result<Vec<Figure>, BenchError> {
+    use crate::drill::cluster::Cluster;
+    use crate::drill::DrillOptions;
+
+    let rt = tokio::runtime::Runtime::new().map_err(step("runtime"))?;
+    rt.block_on(async {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let topic = format!("latency-{nanos}");
+        ensure_topics(
+            &opts.bootstrap_servers,
+            &[TopicSpec {
+                name: topic.clone(),
+                partitions: opts.partitions,
+                replication_factor: 1,
+                configs: vec![],
+            }],
+        )
+        .await
+        .map_err(step("create topic"))?;
+        let generator = GeneratorOptions {
+            orders: 10_000,
+            ..Default::default()
+        };
+        let model = crate::produce::Traffic::generate(&generator)
+            .map_err(BenchError::Step)?
+            .model();
+        let p = ProduceOptions {
+            bootstrap_servers: opts.bootstrap_servers.clone(),
+            topic: topic.clone(),
+            rate: None,
+            create_topic: false,
+            partitions: opts.partitions,
+            replication_factor: 1,
+            model_out: None,
+            generator,
+        };
+        tokio::task::spawn_blocking(move || produce(&p))
+            .await
+            .map_err(step("produce"))?
+            .map_err(step("produce"))?;
+        let drill = DrillOptions {
+            bootstrap_servers: opts.bootstrap_servers.clone(),
+            instances: 2,
+            rounds: 0,
+            restart: false,
+            victim: None,
+            orders_before: 0,
+            orders_during: 0,
+            rate: 0,
+            query_rate: 0,
+            standby_replicas: 0,
+            session_timeout_ms: 10_000,
+            work_dir: opts.work_dir.clone(),
+            binary: std::env::current_exe().map_err(step("binary"))?,
+            seed: 42,
+        };
+        let mut cluster = Cluster::new(&drill, &format!("latency-{nanos}"), &topic);
+        cluster.start(0)?;
+        cluster.start(1)?;
+        cluster
+            .wait_stable(Duration::from_secs(120))
+            .await
+            .map_err(step("cluster"))?;
+        if !cluster
+            .wait_views(&model, Duration::from_secs(120))
+            .await
+            .is_empty()
+        {
+            return Err(BenchError::Step("views never matched the model".into()));
+        }
+        // Which instance holds each partition's active.
+        let eps = [cluster.endpoint(0), cluster.endpoint(1)];
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(4)
+            .build()
+            .map_err(step("client"))?;
+        let md: serde_json::Value = client
+            .get(format!("http://{}/metadata", eps[0]))
+            .send()
+            .await
+            .map_err(step("metadata"))?
+            .json()
+            .await
+            .map_err(step("metadata"))?;
+        let owner = |p: i32| {
+            md["partitions"][p as usize]["active"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        };
+        let keys: Vec<&String> = model.keys().collect();
+        let (mut local, mut forwarded) = (Vec::new(), Vec::new());
+        let pause = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+        let mut next = Instant::now();
+        for i in 0..queries {
+            let key = keys[(i as usize * 7919) % keys.len()];
+            let active = owner(crate::partition_for_key(key.as_bytes(), opts.partitions));
+            let other = if active == eps[0] { &eps[1] } else { &eps[0] };
+            for (ep, into) in [(&active, &mut local), (other, &mut forwarded)] {
+                next += pause / 2;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                }
+                let t = Instant::now();
+                let r = client
+                    .get(format!("http://{ep}/orders/{key}"))
+                    .send()
+                    .await
+                    .map_err(step("query"))?;
+                let ok = r.status().is_success();
+                let _ = r.bytes().await;
+                if !ok {
+                    return Err(BenchError::Step(format!("query for {key} on {ep} failed")));
+                }
+                into.push(t.elapsed());
+            }
+        }
+        cluster.stop_all();
+        let pct = |v: &mut Vec<Duration>, q: f64| {
+            v.sort_unstable();
+            v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+        };
+        let mut out = Vec::new();
+        for (name, v) in [("local", &mut local), ("forwarded", &mut forwarded)] {
+            for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+                let f = Figure {
+                    name: match (name, label) {
+                        ("local", "p50") => "IQ latency, local read, p50",
+                        ("local", _) => "IQ latency, local read, p99",
+                        (_, "p50") => "IQ latency, forwarded one hop, p50",
+                        _ => "IQ latency, forwarded one hop, p99",
+                    },
+                    value: pct(v, q),
+                    unit: "µs",
+                };
+                println!("{:<44} {:>14.0} {}", f.name, f.value, f.unit);
+                out.push(f);
+            }
+        }
+        Ok(out)
+    })
 }

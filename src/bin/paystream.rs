@@ -121,6 +121,13 @@ struct BenchArgs {
     /// Directory for the instance's state during the run.
     #[arg(long, default_value = "./paystream-bench")]
     work_dir: PathBuf,
+    /// Instead: measure query latency (local vs forwarded) on a 2-instance cluster, this many
+    /// queries of each kind at --query-rate per second.
+    #[arg(long, value_name = "QUERIES")]
+    latency: Option<u64>,
+    /// Requests per second for --latency.
+    #[arg(long, default_value_t = 200)]
+    query_rate: u64,
 }
 
 #[derive(clap::Args)]
@@ -245,7 +252,11 @@ fn main() -> ExitCode {
                 partitions: a.partitions,
                 work_dir: a.work_dir,
             };
-            match paystream::bench::run(&opts) {
+            let result = match a.latency {
+                Some(n) => paystream::bench::latency(&opts, a.query_rate, n),
+                None => paystream::bench::run(&opts),
+            };
+            match result {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -36,6 +36,8 @@ use routing::{forward, Forwarded, RoutingTable, ALLOW_STANDBY, FORWARDED};
 pub const MAX_ID_LEN: usize = 256;
 /// Longest `wait_for` long-poll.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How long a query keeps looking for a copy that can answer before it gives up with 503.
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(3);
 /// How long a forwarded hop may take (on top of any `timeout_ms`).
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -152,7 +154,25 @@ async fn get_order(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let result = route_order(&st, id, raw.as_deref(), &headers).await;
+    // While partitions move (a rebalance, a promotion catching up its changelog tail) there can
+    // be a moment when no copy answers; the client should see latency then, not an error. Only
+    // the first instance retries: forwarded requests answer at once, so retries never multiply.
+    let deadline = Instant::now() + UNAVAILABLE_RETRY;
+    let id = match validate_id(id) {
+        Ok(id) => id,
+        Err(e) => {
+            st.metrics.queries_failed.fetch_add(1, Ordering::Relaxed);
+            return e.into_response();
+        }
+    };
+    let mut result = route_order(&st, &id, raw.as_deref(), &headers).await;
+    while matches!(result, Err(QueryError::PartitionUnavailable { .. }))
+        && !headers.contains_key(FORWARDED)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        result = route_order(&st, &id, raw.as_deref(), &headers).await;
+    }
     let counter = match &result {
         Ok(r) if r.status().is_success() => &st.metrics.queries_ok,
         Ok(r) if r.status() == StatusCode::NOT_FOUND => &st.metrics.queries_not_found,
@@ -169,16 +189,15 @@ async fn get_order(
 /// Local active → forward to the active → local standby → forward to a standby → 503.
 async fn route_order(
     st: &QueryState,
-    id: Result<Path<String>, PathRejection>,
+    id: &str,
     raw: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, QueryError> {
-    let id = validate_id(id)?;
     let params = parse_params(raw)?;
     let partition = partition_for_key(id.as_bytes(), st.partition_count);
     let local = st.local.get(partition);
     if let Some(l) = local.as_ref().filter(|l| l.role == Role::Active) {
-        return serve_local(st, l, &id, partition, &params).await;
+        return serve_local(st, l, id, partition, &params).await;
     }
     if headers.contains_key(FORWARDED) {
         // Loop guard: answer from here or not at all.
@@ -190,8 +209,8 @@ async fn route_order(
         };
     }
     let path = match raw {
-        Some(q) => format!("/orders/{}?{q}", percent_encode(&id)),
-        None => format!("/orders/{}", percent_encode(&id)),
+        Some(q) => format!("/orders/{}?{q}", percent_encode(id)),
+        None => format!("/orders/{}", percent_encode(id)),
     };
     let timeout = FORWARD_TIMEOUT
         + if params.wait_for.is_some() {
@@ -213,7 +232,7 @@ async fn route_order(
         return Err(QueryError::PartitionUnavailable { partition });
     }
     if let Some(l) = &local {
-        return serve_local(st, l, &id, partition, &params).await;
+        return serve_local(st, l, id, partition, &params).await;
     }
     // The active itself goes first again: while it is being promoted it still holds the
     // partition as a (nearly caught-up) standby copy.

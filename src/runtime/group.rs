@@ -230,15 +230,49 @@ impl GroupLoop {
 /// that cannot host paystream's group (librdkafka's mock cluster in `paystream demo`) and by
 /// users who run exactly one instance. Offsets are committed as a simple consumer (generation
 /// -1), which the broker accepts only while no group member owns the group id.
-pub async fn run_standalone(
+pub struct Standalone {
+    pub partitions: i32,
+    pub self_addr: String,
+    pub commands: std::sync::mpsc::Sender<Command>,
+    pub commits: mpsc::Receiver<CommitRequest>,
+    pub routing: Arc<RoutingTable>,
+    pub bootstrap: String,
+    pub group_id: String,
+    pub topic: String,
+}
+
+impl Standalone {
+    /// Hand the stream thread every partition, then serve its commits until it is done.
+    pub async fn run(self) {
+        let Standalone {
+            partitions,
+            self_addr,
+            commands,
+            commits,
+            routing,
+            bootstrap,
+            group_id,
+            topic,
+        } = self;
+        run_standalone(
+            partitions,
+            self_addr,
+            commands,
+            commits,
+            routing,
+            (bootstrap, group_id, topic),
+        )
+        .await;
+    }
+}
+
+async fn run_standalone(
     partitions: i32,
     self_addr: String,
     commands: std::sync::mpsc::Sender<Command>,
     mut commits: mpsc::Receiver<CommitRequest>,
     routing: Arc<RoutingTable>,
-    bootstrap: String,
-    group_id: String,
-    topic: String,
+    (bootstrap, group_id, topic): (String, String, String),
 ) {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     use rdkafka::{Offset, TopicPartitionList};

@@ -17,7 +17,7 @@ use crate::kafka::producer::OutputProducer;
 use crate::kafka::KafkaError;
 use crate::query::routing::RoutingTable;
 use crate::query::{self, QueryState};
-use crate::runtime::group::{commit_channel, run_standalone, GroupLoop};
+use crate::runtime::group::{commit_channel, GroupLoop, Standalone};
 use crate::runtime::local::LocalStores;
 use crate::runtime::stream_thread::{SharedStatus, Status, StreamThread, StreamThreadError};
 use crate::telemetry::Metrics;
@@ -156,8 +156,18 @@ impl Instance {
                 bootstrap.clone(),
                 input.clone(),
             );
+            let standalone = Standalone {
+                partitions,
+                self_addr: addr,
+                commands: cmd_tx,
+                commits,
+                routing,
+                bootstrap: b,
+                group_id: app,
+                topic: t,
+            };
             tokio::spawn(async move {
-                run_standalone(partitions, addr, cmd_tx, commits, routing, b, app, t).await;
+                standalone.run().await;
                 Ok(())
             })
         } else {

@@ -315,20 +315,6 @@ impl StreamThread {
             .chain(info.warmup.iter())
             .copied()
             .collect();
-        // Close what we no longer hold (files and checkpoint stay for a later return).
-        let gone: Vec<i32> = tasks
-            .keys()
-            .copied()
-            .filter(|p| !want_active.contains(p) && !want_standby.contains(p))
-            .collect();
-        for p in gone {
-            if let Some(mut t) = tasks.remove(&p) {
-                t.checkpoint(&self.producer, true)?;
-                t.transition(TaskState::Closed)?;
-                self.local.remove(p);
-                tracing::info!(partition = p, "closed task");
-            }
-        }
         // Open what is new; catch up actives (new, resumed or promoted) to the changelog's end.
         let mut to_restore: Vec<Task> = Vec::new();
         for &p in want_active.iter().chain(want_standby.iter()) {
@@ -383,6 +369,21 @@ impl StreamThread {
             for mut t in to_restore {
                 t.transition(TaskState::Running)?;
                 tasks.insert(t.partition, t);
+            }
+        }
+        // Close what we no longer hold, only now: until the new copies were restored, the old ones
+        // kept answering queries. Files and checkpoint stay for a later return.
+        let gone: Vec<i32> = tasks
+            .keys()
+            .copied()
+            .filter(|p| !want_active.contains(p) && !want_standby.contains(p))
+            .collect();
+        for p in gone {
+            if let Some(mut t) = tasks.remove(&p) {
+                t.checkpoint(&self.producer, true)?;
+                t.transition(TaskState::Closed)?;
+                self.local.remove(p);
+                tracing::info!(partition = p, "closed task");
             }
         }
         for (p, t) in tasks.iter() {
