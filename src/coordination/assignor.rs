@@ -39,8 +39,10 @@
 //!    active's instance, never two copies on one instance. A warm-up is a copy too (so no standby
 //!    beside it on the same instance) but it comes on top of the standbys, which then use only
 //!    the remaining instances: a lagging warm-up never displaces a standby ready for failover.
-//!    Standbys go first to instances that already hold a copy (previous standby or active, or any
-//!    reported offset), then to the lowest lag, then to the least loaded (all copies counted).
+//!    Standbys go first to instances below their fair share of copies (actives + standbys +
+//!    warm-ups, divided by instances, rounded up), then to instances that already hold a copy
+//!    (previous standby or active, or any reported offset), then to the lowest lag, then to the
+//!    least loaded.
 //! 6. Determinism: the same input, with members in any order, gives the same output.
 //! 7. The partition map lists per partition the active's endpoint and the standby and warm-up
 //!    endpoints, most caught up first.
@@ -364,12 +366,19 @@ fn place_standbys(
             || client.prev_active.contains(&p)
             || client.offsets.contains_key(&p)
     };
+    // Every instance should carry its share of copies (actives + standbys + warm-ups): an
+    // instance left without standbys would have nothing to take over with. Instances under the
+    // fair share come first; among them, those already holding a copy (no restore needed).
+    let copies = owner.len() * (1 + want) + warmups.iter().map(Vec::len).sum::<usize>();
+    let cap = copies.div_ceil(clients.len().max(1));
     let mut standbys = vec![Vec::new(); owner.len()];
     for (i, p) in (0..).take(owner.len()).enumerate() {
         let mut taken: Vec<usize> = warmups[i].iter().copied().chain([owner[i]]).collect();
         for _ in 0..want {
             let free = (0..clients.len()).filter(|c| !taken.contains(c));
-            let Some(c) = free.min_by_key(|&c| (!holds_copy(c, p), lags[c][i], load[c], c)) else {
+            let Some(c) =
+                free.min_by_key(|&c| (load[c] >= cap, !holds_copy(c, p), lags[c][i], load[c], c))
+            else {
                 break;
             };
             taken.push(c);
@@ -462,6 +471,32 @@ mod tests {
         assert!(map
             .into_iter()
             .all(|o| o.standbys.len() == 1 && o.standbys[0] != o.active));
+    }
+
+    #[test]
+    fn a_third_member_joining_two_that_hold_each_others_copies_gets_standbys_too() {
+        // Caught up everywhere, so actives may move; standbys must spread as well, or the
+        // newcomer's partitions would have standbys while it holds none to take over with.
+        let mut a = member(0);
+        let mut b = member(1);
+        a.prev_active = (0..6).collect();
+        a.prev_standby = (6..12).collect();
+        b.prev_active = (6..12).collect();
+        b.prev_standby = (0..6).collect();
+        for p in 0..12 {
+            a.offsets.insert(p, 0);
+            b.offsets.insert(p, 0);
+        }
+        let out = assign(&AssignorInput {
+            members: vec![a, b, member(2)],
+            partitions: 12,
+            standby_replicas: 1,
+            ..Default::default()
+        });
+        for (id, m) in &out.members {
+            assert_eq!(m.active.len(), 4, "{id}: {m:?}");
+            assert!(!m.standby.is_empty(), "{id} holds no standby: {m:?}");
+        }
     }
 
     #[test]

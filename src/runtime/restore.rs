@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use paystream_state::checkpoint::Checkpoint;
 use paystream_state::rocks::RocksDbStore;
 use paystream_state::store::KeyValueStore;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -313,14 +312,7 @@ fn finish(
     for task in tasks.iter_mut() {
         let partition = task.partition;
         for s in &mut task.stores {
-            let err = |source| TaskError::Store { partition, source };
-            s.store.flush().map_err(err)?;
-            Checkpoint {
-                changelog_offset: s.changelog_end,
-            }
-            .write(&s.dir)
-            .map_err(err)?;
-            s.checkpointed = Some(s.changelog_end);
+            s.checkpoint_now(partition)?;
         }
     }
     Ok(())

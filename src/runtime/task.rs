@@ -98,6 +98,23 @@ pub struct TaskStore {
     writes_since_checkpoint: u64,
 }
 
+impl TaskStore {
+    /// Flush the store, then record its changelog position as durable. The order matters: a
+    /// checkpoint must never claim more than the local files hold.
+    pub fn checkpoint_now(&mut self, partition: i32) -> Result<(), TaskError> {
+        let err = |source| TaskError::Store { partition, source };
+        self.store.flush().map_err(err)?;
+        Checkpoint {
+            changelog_offset: self.changelog_end,
+        }
+        .write(&self.dir)
+        .map_err(err)?;
+        self.checkpointed = Some(self.changelog_end);
+        self.writes_since_checkpoint = 0;
+        Ok(())
+    }
+}
+
 /// One partition's processing unit.
 pub struct Task {
     pub partition: i32,
@@ -299,15 +316,7 @@ impl Task {
                 continue;
             }
             if s.writes_since_checkpoint >= CHECKPOINT_DELTA || force {
-                let err = |source| TaskError::Store { partition, source };
-                s.store.flush().map_err(err)?;
-                Checkpoint {
-                    changelog_offset: s.changelog_end,
-                }
-                .write(&s.dir)
-                .map_err(err)?;
-                s.checkpointed = Some(s.changelog_end);
-                s.writes_since_checkpoint = 0;
+                s.checkpoint_now(partition)?;
             }
         }
         Ok(())
