@@ -203,7 +203,7 @@ async fn route_order(
         // Loop guard: answer from here or not at all.
         return match local {
             Some(l) if headers.contains_key(ALLOW_STANDBY) => {
-                serve_local(st, &l, &id, partition, &params).await
+                serve_local(st, &l, id, partition, &params).await
             }
             _ => Err(QueryError::PartitionUnavailable { partition }),
         };
