@@ -127,6 +127,8 @@ pub struct Task {
     pub next_offset: Option<i64>,
     pub committed_offset: Option<i64>,
     pub metrics: Arc<TaskMetrics>,
+    /// Where the record being processed came from (reused across records).
+    meta: RecordMeta,
 }
 
 /// Where the task writes what its topology emits.
@@ -199,6 +201,11 @@ impl Task {
             next_offset: None,
             committed_offset: None,
             metrics,
+            meta: RecordMeta {
+                topic: String::new(),
+                partition,
+                offset: -1,
+            },
         })
     }
 
@@ -243,24 +250,25 @@ impl Task {
     ) -> Result<(), TaskError> {
         debug_assert_eq!(self.state, TaskState::Running);
         let partition = self.partition;
-        let meta = RecordMeta {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-        };
+        // One RecordMeta per task, reused: no allocation per record on the hot path.
+        if self.meta.topic != topic {
+            self.meta.topic = topic.to_owned();
+        }
+        self.meta.offset = offset;
+        let meta = &self.meta;
         let mut io = Io {
             stores: &mut self.stores,
             outputs,
-            meta: &meta,
+            meta,
             metrics: &self.metrics,
         };
         if self.next_offset.is_none() {
             self.processors
-                .init(&mut io, &meta)
+                .init(&mut io, meta)
                 .map_err(|source| TaskError::Process { partition, source })?;
         }
         self.processors
-            .process(&mut io, &meta, record)
+            .process(&mut io, meta, record)
             .map_err(|source| TaskError::Process { partition, source })?;
         self.next_offset = Some(offset + 1);
         self.metrics
