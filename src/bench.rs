@@ -78,20 +78,17 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
         }],
     ))
     .map_err(step("create topic"))?;
-    let report = produce(&ProduceOptions {
-        bootstrap_servers: opts.bootstrap_servers.clone(),
-        topic: topic.clone(),
-        rate: None,
-        create_topic: false,
-        partitions: opts.partitions,
-        replication_factor: 1,
-        model_out: None,
-        generator: GeneratorOptions {
-            orders: opts.orders,
-            events: Some(opts.events),
-            ..Default::default()
-        },
-    })
+    let generator = GeneratorOptions {
+        orders: opts.orders,
+        events: Some(opts.events),
+        ..Default::default()
+    };
+    let report = produce(&ProduceOptions::to_existing(
+        &opts.bootstrap_servers,
+        &topic,
+        generator,
+        None,
+    ))
     .map_err(step("produce"))?;
     push(Figure {
         name: "produce (librdkafka, acks=all, idempotent)",
@@ -343,16 +340,7 @@ pub fn latency(opts: &BenchOptions, rate: u64, queries: u64) -> Result<Vec<Figur
         let model = crate::produce::Traffic::generate(&generator)
             .map_err(BenchError::Step)?
             .model();
-        let p = ProduceOptions {
-            bootstrap_servers: opts.bootstrap_servers.clone(),
-            topic: topic.clone(),
-            rate: None,
-            create_topic: false,
-            partitions: opts.partitions,
-            replication_factor: 1,
-            model_out: None,
-            generator,
-        };
+        let p = ProduceOptions::to_existing(&opts.bootstrap_servers, &topic, generator, None);
         tokio::task::spawn_blocking(move || produce(&p))
             .await
             .map_err(step("produce"))?

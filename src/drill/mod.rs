@@ -215,16 +215,7 @@ async fn send(
     generator: GeneratorOptions,
     rate: Option<u64>,
 ) -> Result<(), DrillError> {
-    let p = ProduceOptions {
-        bootstrap_servers: opts.bootstrap_servers.clone(),
-        topic: topic.to_owned(),
-        rate: rate.filter(|r| *r > 0),
-        create_topic: false,
-        partitions: 12,
-        replication_factor: 1,
-        model_out: None,
-        generator,
-    };
+    let p = ProduceOptions::to_existing(&opts.bootstrap_servers, topic, generator, rate);
     tokio::task::spawn_blocking(move || produce(&p))
         .await
         .map_err(step("producer"))?

@@ -28,6 +28,28 @@ pub struct ProduceOptions {
     pub generator: GeneratorOptions,
 }
 
+impl ProduceOptions {
+    /// Traffic for a topic that already exists (its partition count is read from metadata), no
+    /// model file: what benchmarks and drills use.
+    pub fn to_existing(
+        bootstrap: &str,
+        topic: &str,
+        generator: GeneratorOptions,
+        rate: Option<u64>,
+    ) -> Self {
+        Self {
+            bootstrap_servers: bootstrap.to_owned(),
+            topic: topic.to_owned(),
+            rate: rate.filter(|r| *r > 0),
+            create_topic: false,
+            partitions: 12,
+            replication_factor: 1,
+            model_out: None,
+            generator,
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ProduceError {
     #[error("topic {0} does not exist: pass --create-topic or create it")]

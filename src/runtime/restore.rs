@@ -73,7 +73,9 @@ pub fn restore_tasks(
             source,
         })?;
     let mut tpl = TopicPartitionList::new();
-    let mut pending: HashMap<(String, i32), Pending> = HashMap::new();
+    // Keyed by (topic index, partition): looking a record up must not allocate a String.
+    let mut pending: HashMap<(usize, i32), Pending> = HashMap::new();
+    let mut topics: Vec<String> = Vec::new();
     let mut total: i64 = 0;
     for (ti, task) in tasks.iter_mut().enumerate() {
         let fresh = task.state() == TaskState::Created;
@@ -123,8 +125,15 @@ pub fn restore_tasks(
                     source,
                 })?;
             tracing::info!(partition, store = %s.name, from = start, to = hi, "restoring from changelog");
+            let ti_topic = match topics.iter().position(|t| *t == topic) {
+                Some(i) => i,
+                None => {
+                    topics.push(topic);
+                    topics.len() - 1
+                }
+            };
             pending.insert(
-                (topic, partition),
+                (ti_topic, partition),
                 Pending {
                     task: ti,
                     store: si,
@@ -158,8 +167,10 @@ pub fn restore_tasks(
         match consumer.poll(Duration::from_millis(100)) {
             None => flush_batches(tasks, &mut pending)?,
             Some(Ok(msg)) => {
-                let key = (msg.topic().to_owned(), msg.partition());
-                let Some(p) = pending.get_mut(&key) else {
+                let Some(t) = topics.iter().position(|t| t == msg.topic()) else {
+                    continue;
+                };
+                let Some(p) = pending.get_mut(&(t, msg.partition())) else {
                     continue;
                 };
                 if p.done {
@@ -181,7 +192,8 @@ pub fn restore_tasks(
             Some(Err(RdError::PartitionEOF(partition))) => {
                 // EOF carries no topic; every store of a task has its own topic, so mark the
                 // partitions whose position reached their end.
-                for ((topic, part), p) in pending.iter_mut() {
+                for ((t, part), p) in pending.iter_mut() {
+                    let topic = &topics[*t];
                     if *part != partition || p.done {
                         continue;
                     }
@@ -292,7 +304,7 @@ fn apply(tasks: &mut [Task], p: &mut Pending) -> Result<(), RestoreError> {
 
 fn flush_batches(
     tasks: &mut [Task],
-    pending: &mut HashMap<(String, i32), Pending>,
+    pending: &mut HashMap<(usize, i32), Pending>,
 ) -> Result<(), RestoreError> {
     for p in pending.values_mut() {
         apply(tasks, p)?;
@@ -303,7 +315,7 @@ fn flush_batches(
 /// Flush restored stores and checkpoint them at the end offset they reached.
 fn finish(
     tasks: &mut [Task],
-    pending: &HashMap<(String, i32), Pending>,
+    pending: &HashMap<(usize, i32), Pending>,
 ) -> Result<(), RestoreError> {
     for p in pending.values() {
         let task = &mut tasks[p.task];
