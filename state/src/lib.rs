@@ -13,10 +13,14 @@
 //! - [`logging`]: [`LoggingStore`], the layer that sends every write to a [`ChangelogWriter`].
 //! - [`codec`]: versioned binary values (a format-version byte, then postcard).
 //! - [`memory`]: [`InMemoryStore`], a `BTreeMap` store for tests and the topology test driver.
+//! - [`window`]: the [`WindowStore`] contract (values per key and window start, expired by
+//!   retention), its key encoding, [`InMemoryWindowStore`] and [`LoggingWindowStore`].
 //! - [`checkpoint`]: [`Checkpoint`] files recording the changelog offset the local state is
 //!   durable up to.
 //! - `rocks` (feature `rocksdb`, on by default): `RocksDbStore`, one RocksDB database per store
 //!   and partition directory, and `RocksDbReader`, its read handle for query threads.
+//! - `rocks_window` (feature `rocksdb`): `RocksDbWindowStore`, a window store as one RocksDB
+//!   database per time segment (expired segments are dropped whole), and `RocksDbWindowReader`.
 //!
 //! Stores are stacked like Kafka Streams' `logging(rocksdb)`:
 //!
@@ -35,7 +39,10 @@ pub mod logging;
 pub mod memory;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
+#[cfg(feature = "rocksdb")]
+pub mod rocks_window;
 pub mod store;
+pub mod window;
 
 pub use checkpoint::Checkpoint;
 pub use codec::CodecError;
@@ -43,4 +50,7 @@ pub use logging::{ChangelogWriter, LoggingStore};
 pub use memory::InMemoryStore;
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDbReader, RocksDbStore};
+#[cfg(feature = "rocksdb")]
+pub use rocks_window::{RocksDbWindowReader, RocksDbWindowStore};
 pub use store::{KeyValueStore, StoreError};
+pub use window::{InMemoryWindowStore, LoggingWindowStore, WindowStore};

@@ -12,16 +12,21 @@
 //! instance would, and `get` must route by key just like an interactive query.
 //!
 //! Processing is synchronous: when `pipe` returns, the record has gone through the whole chain.
-//! There is no changelog, commit or wall-clock time here.
+//! Time is controlled: stream time follows the piped timestamps, wall-clock time moves only with
+//! [`TestDriver::advance_wall_clock`]. [`TestDriver::restart_partition`] simulates a crash and
+//! restore: the partition's processors start over, internal-changelog stores keep their content
+//! (as a full restore would give), and ledger stores are rebuilt from what the partition sent to
+//! their topics.
 
 use std::collections::BTreeMap;
 
 use paystream_state::memory::InMemoryStore;
 use paystream_state::store::KeyValueStore;
+use paystream_state::window::{InMemoryWindowStore, WindowStore};
 
 use crate::partitioner::partition_for_key;
 use crate::processor::{ProcessError, Record, RecordMeta, TaskIo};
-use crate::topology::{TaskProcessors, Topology};
+use crate::topology::{Changelog, StoreKind, StoreSpec, TaskProcessors, Topology};
 
 /// A record a processor sent to the dead-letter queue, with why and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +44,34 @@ pub struct DeadLetter {
 struct Task {
     processors: TaskProcessors,
     stores: BTreeMap<String, InMemoryStore>,
+    windows: BTreeMap<String, InMemoryWindowStore>,
     next_offset: i64,
+}
+
+impl Task {
+    fn new(topology: &Topology) -> Self {
+        let mut stores = BTreeMap::new();
+        let mut windows = BTreeMap::new();
+        for s in topology.stores() {
+            match s.kind {
+                StoreKind::KeyValue => {
+                    stores.insert(s.name.clone(), InMemoryStore::new(s.name.clone()));
+                }
+                StoreKind::Window { retention_ms } => {
+                    windows.insert(
+                        s.name.clone(),
+                        InMemoryWindowStore::new(s.name.clone(), retention_ms),
+                    );
+                }
+            }
+        }
+        Self {
+            processors: topology.instantiate(),
+            stores,
+            windows,
+            next_offset: 0,
+        }
+    }
 }
 
 /// Runs a topology over in-memory partitions; see the module documentation.
@@ -48,7 +80,10 @@ pub struct TestDriver {
     partitions: i32,
     tasks: BTreeMap<i32, Task>,
     outputs: BTreeMap<String, Vec<Record>>,
+    /// Everything ever sent, per topic, with the sending partition (ledger restores read it).
+    sent: BTreeMap<String, Vec<(i32, Record)>>,
     dead_letters: Vec<DeadLetter>,
+    wall_clock: i64,
 }
 
 impl TestDriver {
@@ -66,7 +101,9 @@ impl TestDriver {
             partitions,
             tasks: BTreeMap::new(),
             outputs: BTreeMap::new(),
+            sent: BTreeMap::new(),
             dead_letters: Vec::new(),
+            wall_clock: 0,
         }
     }
 
@@ -108,15 +145,10 @@ impl TestDriver {
     pub fn pipe_record(&mut self, record: Record) -> Result<(), ProcessError> {
         let partition = self.partition_of(record.key.as_deref());
         let topology = &self.topology;
-        let task = self.tasks.entry(partition).or_insert_with(|| Task {
-            processors: topology.instantiate(),
-            stores: topology
-                .stores()
-                .iter()
-                .map(|s| (s.name.clone(), InMemoryStore::new(s.name.clone())))
-                .collect(),
-            next_offset: 0,
-        });
+        let task = self
+            .tasks
+            .entry(partition)
+            .or_insert_with(|| Task::new(topology));
         let meta = RecordMeta {
             topic: topology.source_topic().to_owned(),
             partition,
@@ -125,12 +157,85 @@ impl TestDriver {
         task.next_offset += 1;
         let mut io = DriverIo {
             stores: &mut task.stores,
+            windows: &mut task.windows,
             outputs: &mut self.outputs,
+            sent: &mut self.sent,
             dead_letters: &mut self.dead_letters,
             meta: &meta,
         };
         // `process` runs the processors' `init` before the partition's first record.
-        task.processors.process(&mut io, &meta, record)
+        task.processors
+            .process(&mut io, &meta, record, self.wall_clock)
+    }
+
+    /// Move the wall clock forward by `ms` and fire every wall-clock punctuation that became due,
+    /// partition by partition.
+    pub fn advance_wall_clock(&mut self, ms: i64) -> Result<(), ProcessError> {
+        self.wall_clock += ms;
+        for (&partition, task) in self.tasks.iter_mut() {
+            let meta = RecordMeta {
+                topic: self.topology.source_topic().to_owned(),
+                partition,
+                offset: -1,
+            };
+            let mut io = DriverIo {
+                stores: &mut task.stores,
+                windows: &mut task.windows,
+                outputs: &mut self.outputs,
+                sent: &mut self.sent,
+                dead_letters: &mut self.dead_letters,
+                meta: &meta,
+            };
+            task.processors
+                .punctuate_wall_clock(&mut io, &meta, self.wall_clock)?;
+        }
+        Ok(())
+    }
+
+    /// The driver's wall clock (starts at 0).
+    pub fn wall_clock(&self) -> i64 {
+        self.wall_clock
+    }
+
+    /// Simulate a crash of `partition`'s task and its restore elsewhere: fresh processors (stream
+    /// time and schedules start over), internal-changelog stores as a full restore gives them,
+    /// ledger stores rebuilt from every record this partition sent to their topics.
+    pub fn restart_partition(&mut self, partition: i32) -> Result<(), ProcessError> {
+        let Some(old) = self.tasks.remove(&partition) else {
+            return Ok(());
+        };
+        let mut task = Task::new(&self.topology);
+        task.next_offset = old.next_offset;
+        for spec in self.topology.stores() {
+            match &spec.changelog {
+                Changelog::Internal => match spec.kind {
+                    StoreKind::KeyValue => {
+                        if let Some(s) = old.stores.get(&spec.name) {
+                            task.stores.insert(spec.name.clone(), s.clone());
+                        }
+                    }
+                    StoreKind::Window { .. } => {
+                        if let Some(s) = old.windows.get(&spec.name) {
+                            task.windows.insert(spec.name.clone(), s.clone());
+                        }
+                    }
+                },
+                Changelog::Ledger { topic, key_of } => {
+                    let records = self.sent.get(topic).map(Vec::as_slice).unwrap_or_default();
+                    let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = records
+                        .iter()
+                        .filter(|(p, _)| *p == partition)
+                        .filter_map(|(_, r)| {
+                            let (k, v) = (r.key.as_deref()?, r.value.as_deref()?);
+                            Some((key_of(k, v, r.timestamp)?, Some(v.to_vec())))
+                        })
+                        .collect();
+                    restore_ledger(&mut task, spec, &entries)?;
+                }
+            }
+        }
+        self.tasks.insert(partition, task);
+        Ok(())
     }
 
     /// Take every record the sinks sent to `topic` so far (in send order); a second call returns
@@ -150,6 +255,30 @@ impl TestDriver {
         self.tasks.get(&partition)?.stores.get(name)
     }
 
+    /// The window store `name` of `partition` (see [`TestDriver::store`]).
+    pub fn window_store(&self, name: &str, partition: i32) -> Option<&InMemoryWindowStore> {
+        self.tasks.get(&partition)?.windows.get(name)
+    }
+
+    /// Stream time of `partition` (`i64::MIN` before its first record).
+    pub fn stream_time(&self, partition: i32) -> i64 {
+        self.tasks
+            .get(&partition)
+            .map_or(i64::MIN, |t| t.processors.stream_time())
+    }
+
+    /// Records `partition`'s processors dropped as late.
+    pub fn late_records(&self, partition: i32) -> u64 {
+        self.tasks
+            .get(&partition)
+            .map_or(0, |t| t.processors.late_records())
+    }
+
+    /// Partitions that have a task (received at least one record).
+    pub fn active_partitions(&self) -> Vec<i32> {
+        self.tasks.keys().copied().collect()
+    }
+
     /// Look `key` up in store `store` of the partition that owns it (murmur2), the way an
     /// interactive query is routed.
     pub fn get(&self, store: &str, key: &[u8]) -> Option<Vec<u8>> {
@@ -164,10 +293,36 @@ impl TestDriver {
     }
 }
 
+fn restore_ledger(
+    task: &mut Task,
+    spec: &StoreSpec,
+    entries: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> Result<(), ProcessError> {
+    match spec.kind {
+        StoreKind::KeyValue => {
+            if let Some(store) = task.stores.get_mut(&spec.name) {
+                for (k, v) in entries {
+                    if let Some(v) = v {
+                        store.put(k, v)?;
+                    }
+                }
+            }
+        }
+        StoreKind::Window { .. } => {
+            if let Some(store) = task.windows.get_mut(&spec.name) {
+                store.restore_batch(entries)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What one partition's processors see while a record is processed.
 struct DriverIo<'a> {
     stores: &'a mut BTreeMap<String, InMemoryStore>,
+    windows: &'a mut BTreeMap<String, InMemoryWindowStore>,
     outputs: &'a mut BTreeMap<String, Vec<Record>>,
+    sent: &'a mut BTreeMap<String, Vec<(i32, Record)>>,
     dead_letters: &'a mut Vec<DeadLetter>,
     meta: &'a RecordMeta,
 }
@@ -179,7 +334,17 @@ impl TaskIo for DriverIo<'_> {
             .map(|s| s as &mut dyn KeyValueStore)
     }
 
+    fn window_store(&mut self, name: &str) -> Option<&mut dyn WindowStore> {
+        self.windows
+            .get_mut(name)
+            .map(|s| s as &mut dyn WindowStore)
+    }
+
     fn send(&mut self, topic: &str, record: Record) -> Result<(), ProcessError> {
+        self.sent
+            .entry(topic.to_owned())
+            .or_default()
+            .push((self.meta.partition, record.clone()));
         self.outputs
             .entry(topic.to_owned())
             .or_default()

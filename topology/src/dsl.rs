@@ -28,7 +28,7 @@
 use std::sync::Arc;
 
 use crate::processor::{Processor, Record};
-use crate::topology::{Draft, NodeKind, NodeSpec, SinkSpec, Topology, TopologyError};
+use crate::topology::{Draft, NodeKind, NodeSpec, SinkSpec, StoreSpec, Topology, TopologyError};
 
 /// Collects the operations of a topology; [`StreamsBuilder::build`] validates and freezes them.
 #[derive(Default)]
@@ -115,11 +115,26 @@ impl KStream<'_> {
     where
         F: Fn() -> Box<dyn Processor> + Send + Sync + 'static,
     {
-        let stores = store_names.iter().map(|s| (*s).to_owned()).collect();
+        let stores = store_names
+            .iter()
+            .map(|s| StoreSpec::key_value(s))
+            .collect();
+        self.process_with(stores, &[], factory)
+    }
+
+    /// Run a custom [`Processor`] with any kind of store ([`StoreSpec::key_value`],
+    /// [`StoreSpec::window`], ledgers) and `outputs`: topics it sends to directly with
+    /// `ctx.send(topic, record)` instead of forwarding down the chain (e.g. a notification topic
+    /// and its "suppressed" twin). Outputs are sink topics: the executor checks they exist.
+    pub fn process_with<F>(self, stores: Vec<StoreSpec>, outputs: &[&str], factory: F) -> Self
+    where
+        F: Fn() -> Box<dyn Processor> + Send + Sync + 'static,
+    {
         self.push(
             "PROCESSOR",
             NodeKind::Process {
                 stores,
+                outputs: outputs.iter().map(|t| (*t).to_owned()).collect(),
                 factory: Arc::new(factory),
             },
         )

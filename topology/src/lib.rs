@@ -15,17 +15,27 @@
 //! - [`partitioner`]: Kafka's murmur2 and the Java default partitioner rule, in one place.
 //! - [`order`]: the payment-order domain (parse, fold rules, stored view) and the shipped
 //!   order-view topology.
+//! - [`sms`]: the SMS notification processor (dedup ledgers, per-phone cap).
+//! - [`approval`]: the missing-completion detector (stream-time punctuation, alert ledger).
+//! - [`shipped`]: the chain `paystream run` executes: order view, then SMS and the detector
+//!   when switched on.
 #![warn(unreachable_pub)]
 
+pub mod approval;
 pub mod driver;
 pub mod dsl;
 pub mod order;
 pub mod partitioner;
 pub mod processor;
+pub mod shipped;
+pub mod sms;
 pub mod topology;
 
 pub use driver::{DeadLetter, TestDriver};
 pub use dsl::{KStream, StreamsBuilder};
 pub use partitioner::{murmur2, partition_for_key};
-pub use processor::{ProcessError, Processor, ProcessorContext, Record, RecordMeta, TaskIo};
-pub use topology::{StoreSpec, TaskProcessors, Topology, TopologyError};
+pub use processor::{
+    ProcessError, Processor, ProcessorContext, PunctuationType, Record, RecordMeta, TaskIo,
+};
+pub use shipped::{shipped_topology, ShippedTopologies};
+pub use topology::{Changelog, StoreKind, StoreSpec, TaskProcessors, Topology, TopologyError};

@@ -443,8 +443,10 @@ pub fn try_order_view_topology(input_topic: &str) -> Result<Topology, TopologyEr
     builder.build()
 }
 
-/// Parses, folds and stores; see [`order_view_topology`].
-struct OrderViewProcessor;
+/// Parses, folds and stores; see [`order_view_topology`]. Valid records are forwarded unchanged
+/// (to the windowed topologies in [`crate::shipped`]); invalid ones go to the dead-letter queue
+/// and stop here.
+pub struct OrderViewProcessor;
 
 impl Processor for OrderViewProcessor {
     fn process(
@@ -489,6 +491,7 @@ impl Processor for OrderViewProcessor {
                 }
             }
         }
+        ctx.forward(record);
         Ok(())
     }
 }

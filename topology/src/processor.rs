@@ -9,6 +9,7 @@
 //! by implementing [`TaskIo`]; nothing here knows about Kafka or RocksDB.
 
 use paystream_state::store::{KeyValueStore, StoreError};
+use paystream_state::window::WindowStore;
 use thiserror::Error;
 
 /// One record flowing through a topology. Keys and values are bytes; nodes decode what they need.
@@ -50,14 +51,22 @@ pub enum ProcessError {
     Store(#[from] StoreError),
     #[error("topology uses store {0:?} but the task has no such store")]
     MissingStore(String),
+    #[error("processor sends to topic {0:?}, which it did not declare as an output")]
+    UndeclaredOutput(String),
+    #[error("schedule() is only allowed in Processor::init (interval {0} ms)")]
+    ScheduleOutsideInit(i64),
     #[error("{0}")]
     Other(String),
 }
 
 /// What the executor of a task provides: its stores, its sinks, its dead-letter queue.
 pub trait TaskIo {
-    /// The task's store called `name` (already layered: logging, metering, ...).
+    /// The task's key-value store called `name` (already layered: logging, metering, ...).
     fn store(&mut self, name: &str) -> Option<&mut dyn KeyValueStore>;
+    /// The task's window store called `name` (executors without window stores keep the default).
+    fn window_store(&mut self, _name: &str) -> Option<&mut dyn WindowStore> {
+        None
+    }
     /// Send a record to a sink topic. Keyed records are partitioned with Kafka's murmur2 rule.
     fn send(&mut self, topic: &str, record: Record) -> Result<(), ProcessError>;
     /// Send a record that cannot be processed to the dead-letter topic with `reason` (a short
@@ -70,11 +79,45 @@ pub trait TaskIo {
     ) -> Result<(), ProcessError>;
 }
 
-/// The context handed to a [`Processor`] for one record.
+/// How a scheduled callback is clocked (Kafka Streams' `PunctuationType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PunctuationType {
+    /// Fires when the task's stream time (the largest record timestamp it has seen) has advanced
+    /// by the interval. Driven by data: a partition that receives nothing does not fire, and a
+    /// replay after a crash fires at the same event times again.
+    StreamTime,
+    /// Fires when the executor's wall clock has advanced by the interval, with or without data.
+    WallClock,
+}
+
+/// A callback a processor asked for in `init` (see [`ProcessorContext::schedule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleRequest {
+    pub kind: PunctuationType,
+    pub interval_ms: i64,
+}
+
+/// The time a context exposes: the task's stream time and the executor's wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskTime {
+    /// Largest record timestamp the task has processed (`i64::MIN` before the first record).
+    pub stream_time: i64,
+    /// The executor's clock in epoch ms (controlled by the test driver in tests).
+    pub wall_clock: i64,
+}
+
+/// The context handed to a [`Processor`] for one record (or one punctuation).
 pub struct ProcessorContext<'a> {
     pub(crate) io: &'a mut dyn TaskIo,
     pub(crate) meta: &'a RecordMeta,
     pub(crate) forwarded: &'a mut Vec<Record>,
+    pub(crate) time: TaskTime,
+    /// `Some` only during `init`: where `schedule` requests go.
+    pub(crate) schedules: Option<&'a mut Vec<ScheduleRequest>>,
+    /// Topics this node may `send` to.
+    pub(crate) outputs: &'a [String],
+    /// Records this node reported as late (added to the task's counter).
+    pub(crate) late: &'a mut u64,
 }
 
 impl<'a> ProcessorContext<'a> {
@@ -83,18 +126,25 @@ impl<'a> ProcessorContext<'a> {
         io: &'a mut dyn TaskIo,
         meta: &'a RecordMeta,
         forwarded: &'a mut Vec<Record>,
+        time: TaskTime,
+        outputs: &'a [String],
+        late: &'a mut u64,
     ) -> Self {
         Self {
             io,
             meta,
             forwarded,
+            time,
+            schedules: None,
+            outputs,
+            late,
         }
     }
     /// The partition (= task) this record belongs to.
     pub fn partition(&self) -> i32 {
         self.meta.partition
     }
-    /// The source offset of the record being processed.
+    /// The source offset of the record being processed (-1 in a punctuation).
     pub fn offset(&self) -> i64 {
         self.meta.offset
     }
@@ -102,15 +152,58 @@ impl<'a> ProcessorContext<'a> {
     pub fn topic(&self) -> &str {
         &self.meta.topic
     }
-    /// The task's store called `name`.
+    /// The task's stream time: the largest record timestamp processed so far, including the
+    /// current record (`i64::MIN` before any record).
+    pub fn stream_time(&self) -> i64 {
+        self.time.stream_time
+    }
+    /// The executor's wall clock, epoch ms.
+    pub fn wall_clock(&self) -> i64 {
+        self.time.wall_clock
+    }
+    /// The task's key-value store called `name`.
     pub fn store(&mut self, name: &str) -> Result<&mut dyn KeyValueStore, ProcessError> {
         self.io
             .store(name)
             .ok_or_else(|| ProcessError::MissingStore(name.to_owned()))
     }
+    /// The task's window store called `name`.
+    pub fn window_store(&mut self, name: &str) -> Result<&mut dyn WindowStore, ProcessError> {
+        self.io
+            .window_store(name)
+            .ok_or_else(|| ProcessError::MissingStore(name.to_owned()))
+    }
     /// Pass a record to the next node (or the sink, after the last node).
     pub fn forward(&mut self, record: Record) {
         self.forwarded.push(record);
+    }
+    /// Send a record straight to `topic`, one of the outputs this node declared (see
+    /// [`crate::dsl::KStream::process_with`]). Keyed records are partitioned with murmur2.
+    pub fn send(&mut self, topic: &str, record: Record) -> Result<(), ProcessError> {
+        if !self.outputs.iter().any(|t| t == topic) {
+            return Err(ProcessError::UndeclaredOutput(topic.to_owned()));
+        }
+        self.io.send(topic, record)
+    }
+    /// Ask for [`Processor::punctuate`] to be called every `interval_ms` of `kind` time. Only
+    /// in `init`; the first call comes one interval after the first record's time.
+    pub fn schedule(
+        &mut self,
+        kind: PunctuationType,
+        interval_ms: i64,
+    ) -> Result<(), ProcessError> {
+        match self.schedules.as_mut() {
+            Some(s) if interval_ms > 0 => {
+                s.push(ScheduleRequest { kind, interval_ms });
+                Ok(())
+            }
+            _ => Err(ProcessError::ScheduleOutsideInit(interval_ms)),
+        }
+    }
+    /// Count a record this node dropped because it arrived too late for its windows (beyond
+    /// grace). Counted per task; the runtime exports it as a metric.
+    pub fn record_late(&mut self) {
+        *self.late += 1;
     }
     /// Send `record` to the dead-letter topic with a reason code and detail; processing goes on.
     pub fn dead_letter(
@@ -135,4 +228,14 @@ pub trait Processor: Send {
         ctx: &mut ProcessorContext<'_>,
         record: Record,
     ) -> Result<(), ProcessError>;
+    /// A scheduled callback (see [`ProcessorContext::schedule`]); `timestamp` is the stream time
+    /// or wall-clock time that triggered it. Forwarded records continue down the chain.
+    fn punctuate(
+        &mut self,
+        _ctx: &mut ProcessorContext<'_>,
+        _kind: PunctuationType,
+        _timestamp: i64,
+    ) -> Result<(), ProcessError> {
+        Ok(())
+    }
 }

@@ -20,13 +20,101 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::processor::{ProcessError, Processor, ProcessorContext, Record, RecordMeta, TaskIo};
+use crate::processor::{
+    ProcessError, Processor, ProcessorContext, PunctuationType, Record, RecordMeta,
+    ScheduleRequest, TaskIo, TaskTime,
+};
 
-/// A key-value store a topology uses. The executor creates one instance per partition, backed by
-/// the changelog topic `<application-id>-<name>-changelog`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A store a topology uses. The executor creates one instance per partition, and makes it
+/// durable through its [`Changelog`].
+#[derive(Clone)]
 pub struct StoreSpec {
     pub name: String,
+    pub kind: StoreKind,
+    pub changelog: Changelog,
+}
+
+/// Key-value (one value per key) or window (values per key and window start, expiring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    KeyValue,
+    Window {
+        /// How long an entry is kept after its window start, in ms of the store's observed time.
+        retention_ms: i64,
+    },
+}
+
+/// Maps a record of a ledger topic to the store key it stands for (`None`: not an entry).
+/// For window stores the key is `paystream_state::window::encode_window_key(key, start)`.
+pub type LedgerFn = Arc<dyn Fn(&[u8], &[u8], i64) -> Option<Vec<u8>> + Send + Sync>;
+
+/// Where a store's durable copy lives.
+#[derive(Clone)]
+pub enum Changelog {
+    /// `<application-id>-<name>-changelog`, written by the logging layer on every write.
+    Internal,
+    /// The store is an index over records the processor itself sends to `topic` (one of its
+    /// outputs): writes are not logged, and restore and standbys rebuild the store by reading
+    /// `topic`'s partition and mapping each record with `key_of`. The store then says exactly
+    /// what is in the topic: what was acknowledged there is known after a crash, what never got
+    /// there is not. That is what makes "sent exactly once" hold without transactions.
+    Ledger { topic: String, key_of: LedgerFn },
+}
+
+impl fmt::Debug for Changelog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Changelog::Internal => f.write_str("Internal"),
+            Changelog::Ledger { topic, .. } => write!(f, "Ledger({topic})"),
+        }
+    }
+}
+
+impl fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSpec")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("changelog", &self.changelog)
+            .finish()
+    }
+}
+
+impl StoreSpec {
+    /// A key-value store with an internal changelog.
+    pub fn key_value(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind: StoreKind::KeyValue,
+            changelog: Changelog::Internal,
+        }
+    }
+    /// A window store keeping entries for `retention_ms`, with an internal changelog.
+    pub fn window(name: &str, retention_ms: i64) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind: StoreKind::Window { retention_ms },
+            changelog: Changelog::Internal,
+        }
+    }
+    /// Make this store a ledger of `topic` (see [`Changelog::Ledger`]).
+    pub fn ledger_of<F>(mut self, topic: &str, key_of: F) -> Self
+    where
+        F: Fn(&[u8], &[u8], i64) -> Option<Vec<u8>> + Send + Sync + 'static,
+    {
+        self.changelog = Changelog::Ledger {
+            topic: topic.to_owned(),
+            key_of: Arc::new(key_of),
+        };
+        self
+    }
+    /// The topic holding this store's durable copy.
+    pub fn changelog_topic(&self, application_id: &str) -> String {
+        match &self.changelog {
+            Changelog::Internal => format!("{application_id}-{}-changelog", self.name),
+            Changelog::Ledger { topic, .. } => topic.clone(),
+        }
+    }
 }
 
 /// Why [`crate::dsl::StreamsBuilder::build`] rejected a topology. Every check here is about the
@@ -54,6 +142,12 @@ pub enum TopologyError {
     SinkIsSource(String),
     #[error("node {node} comes after a sink; a topology is one linear chain, so add sinks last")]
     NodeAfterSink { node: String },
+    #[error("window store {0:?} needs a positive retention")]
+    BadRetention(String),
+    #[error("store {store:?} is a ledger of topic {topic:?}, which its processor does not declare as an output")]
+    LedgerNotAnOutput { store: String, topic: String },
+    #[error("output topic {0:?} is declared by more than one processor")]
+    DuplicateOutput(String),
 }
 
 /// Predicate of a `filter` node.
@@ -69,7 +163,9 @@ pub(crate) enum NodeKind {
     Filter(FilterFn),
     Map(MapFn),
     Process {
-        stores: Vec<String>,
+        stores: Vec<StoreSpec>,
+        /// Topics the processor sends to directly with `ctx.send`.
+        outputs: Vec<String>,
         factory: ProcessorFactory,
     },
 }
@@ -108,6 +204,7 @@ pub struct Topology {
     nodes: Arc<[NodeSpec]>,
     sinks: Arc<[SinkSpec]>,
     stores: Vec<StoreSpec>,
+    outputs: Vec<String>,
 }
 
 impl Topology {
@@ -118,14 +215,43 @@ impl Topology {
             return Err(TopologyError::NodeAfterSink { node });
         }
         let mut stores: Vec<StoreSpec> = Vec::new();
+        let mut all_outputs: Vec<String> = Vec::new();
         for node in draft.nodes.iter() {
-            if let NodeKind::Process { stores: names, .. } = &node.kind {
-                for name in names {
-                    check_name("store", name)?;
-                    if stores.iter().any(|s| &s.name == name) {
-                        return Err(TopologyError::DuplicateStore(name.clone()));
+            if let NodeKind::Process {
+                stores: specs,
+                outputs,
+                ..
+            } = &node.kind
+            {
+                for topic in outputs {
+                    check_name("output topic", topic)?;
+                    if *topic == draft.source_topic {
+                        return Err(TopologyError::SinkIsSource(topic.clone()));
                     }
-                    stores.push(StoreSpec { name: name.clone() });
+                    if all_outputs.contains(topic) {
+                        return Err(TopologyError::DuplicateOutput(topic.clone()));
+                    }
+                    all_outputs.push(topic.clone());
+                }
+                for spec in specs {
+                    check_name("store", &spec.name)?;
+                    if stores.iter().any(|s| s.name == spec.name) {
+                        return Err(TopologyError::DuplicateStore(spec.name.clone()));
+                    }
+                    if let StoreKind::Window { retention_ms } = spec.kind {
+                        if retention_ms <= 0 {
+                            return Err(TopologyError::BadRetention(spec.name.clone()));
+                        }
+                    }
+                    if let Changelog::Ledger { topic, .. } = &spec.changelog {
+                        if !outputs.contains(topic) {
+                            return Err(TopologyError::LedgerNotAnOutput {
+                                store: spec.name.clone(),
+                                topic: topic.clone(),
+                            });
+                        }
+                    }
+                    stores.push(spec.clone());
                 }
             }
         }
@@ -144,6 +270,7 @@ impl Topology {
             nodes: draft.nodes.into(),
             sinks: draft.sinks.into(),
             stores,
+            outputs: all_outputs,
         })
     }
 
@@ -158,9 +285,14 @@ impl Topology {
         &self.stores
     }
 
-    /// The topics the topology writes to (in declaration order).
+    /// The topics the topology writes to: chain sinks, then processor outputs (in declaration
+    /// order).
     pub fn sink_topics(&self) -> Vec<String> {
-        self.sinks.iter().map(|s| s.topic.clone()).collect()
+        self.sinks
+            .iter()
+            .map(|s| s.topic.clone())
+            .chain(self.outputs.iter().cloned())
+            .collect()
     }
 
     /// A human-readable description, one line per node, in the spirit of Kafka Streams'
@@ -178,7 +310,9 @@ impl Topology {
             .map(|node| match &node.kind {
                 NodeKind::Filter(f) => TaskNode::Filter(Arc::clone(f)),
                 NodeKind::Map(f) => TaskNode::Map(Arc::clone(f)),
-                NodeKind::Process { factory, .. } => TaskNode::Process(factory()),
+                NodeKind::Process {
+                    factory, outputs, ..
+                } => TaskNode::Process(factory(), outputs.clone()),
             })
             .collect();
         TaskProcessors {
@@ -187,6 +321,8 @@ impl Topology {
             initialized: false,
             batch: Vec::new(),
             next: Vec::new(),
+            clock: TaskClock::default(),
+            late: 0,
         }
     }
 
@@ -216,7 +352,8 @@ impl fmt::Display for Topology {
         for (i, node) in self.nodes.iter().enumerate() {
             let detail = match &node.kind {
                 NodeKind::Process { stores, .. } if !stores.is_empty() => {
-                    format!(" (stores: [{}])", stores.join(", "))
+                    let names: Vec<&str> = stores.iter().map(|s| s.name.as_str()).collect();
+                    format!(" (stores: [{}])", names.join(", "))
                 }
                 _ => String::new(),
             };
@@ -271,17 +408,23 @@ fn check_name(what: &'static str, name: &str) -> Result<(), TopologyError> {
     Ok(())
 }
 
-/// The per-task instance of a node: filters and maps are shared closures, processors are owned.
+/// The per-task instance of a node: filters and maps are shared closures, processors are owned
+/// (with the output topics they may `send` to).
 enum TaskNode {
     Filter(FilterFn),
     Map(MapFn),
-    Process(Box<dyn Processor>),
+    Process(Box<dyn Processor>, Vec<String>),
 }
 
 /// The processor chain of one task (one partition), created by [`Topology::instantiate`].
 ///
 /// Lifecycle: created → initialized (first [`TaskProcessors::init`], or implicitly by the first
 /// [`TaskProcessors::process`]) → processing. `init` runs each processor's `init` exactly once.
+///
+/// Time: the chain keeps the task's stream time (the largest record timestamp seen) and the
+/// processors' schedules ([`TaskClock`]). Stream-time punctuations fire after the record that
+/// advanced stream time past them; wall-clock ones when the executor calls
+/// [`TaskProcessors::punctuate_wall_clock`].
 pub struct TaskProcessors {
     nodes: Vec<TaskNode>,
     sinks: Arc<[SinkSpec]>,
@@ -290,20 +433,45 @@ pub struct TaskProcessors {
     batch: Vec<Record>,
     /// Records the current node forwarded: the next node's input.
     next: Vec<Record>,
+    clock: TaskClock,
+    /// Records processors reported as late (beyond their grace) and dropped.
+    late: u64,
 }
 
 impl TaskProcessors {
     /// Call every processor's `init` (once; later calls do nothing). `meta` describes the task
-    /// (topic, partition) and the first record's offset.
-    pub fn init(&mut self, io: &mut dyn TaskIo, meta: &RecordMeta) -> Result<(), ProcessError> {
+    /// (topic, partition) and the first record's offset. `wall_clock` starts the wall-clock
+    /// schedules.
+    pub fn init(
+        &mut self,
+        io: &mut dyn TaskIo,
+        meta: &RecordMeta,
+        wall_clock: i64,
+    ) -> Result<(), ProcessError> {
         if self.initialized {
             return Ok(());
         }
         let mut forwarded = Vec::new();
-        for node in &mut self.nodes {
-            if let TaskNode::Process(processor) = node {
-                let mut ctx = ProcessorContext::new(&mut *io, meta, &mut forwarded);
+        let time = TaskTime {
+            stream_time: self.clock.stream_time,
+            wall_clock,
+        };
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if let TaskNode::Process(processor, outputs) = node {
+                let mut requests = Vec::new();
+                let mut ctx = ProcessorContext::new(
+                    &mut *io,
+                    meta,
+                    &mut forwarded,
+                    time,
+                    outputs,
+                    &mut self.late,
+                );
+                ctx.schedules = Some(&mut requests);
                 processor.init(&mut ctx)?;
+                for r in requests {
+                    self.clock.add(index, r, wall_clock);
+                }
             }
         }
         // Forwarding from `init` has nowhere meaningful to go (no record is being processed).
@@ -317,8 +485,19 @@ impl TaskProcessors {
         Ok(())
     }
 
+    /// The task's stream time (`i64::MIN` before the first record).
+    pub fn stream_time(&self) -> i64 {
+        self.clock.stream_time
+    }
+
+    /// Records the processors dropped as too late so far.
+    pub fn late_records(&self) -> u64 {
+        self.late
+    }
+
     /// Run one record through the chain: what node `i` forwards is node `i + 1`'s input; what the
-    /// last node forwards is sent to every sink with [`TaskIo::send`].
+    /// last node forwards is sent to every sink with [`TaskIo::send`]. Then fire the stream-time
+    /// punctuations the record's timestamp made due.
     ///
     /// Nodes run one after another over the whole batch (breadth-first), which yields the same
     /// sink order as Kafka Streams' depth-first forwarding for a linear chain. An error stops the
@@ -328,12 +507,91 @@ impl TaskProcessors {
         io: &mut dyn TaskIo,
         meta: &RecordMeta,
         record: Record,
+        wall_clock: i64,
     ) -> Result<(), ProcessError> {
-        self.init(io, meta)?;
+        self.init(io, meta, wall_clock)?;
+        self.clock.observe(record.timestamp);
         self.batch.clear();
         self.next.clear();
         self.batch.push(record);
-        for node in &mut self.nodes {
+        self.run_from(0, io, meta, wall_clock)?;
+        let stream_time = self.clock.stream_time;
+        while let Some(index) = self.clock.due(PunctuationType::StreamTime, stream_time) {
+            self.punctuate_node(
+                index,
+                PunctuationType::StreamTime,
+                stream_time,
+                io,
+                meta,
+                wall_clock,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Fire every wall-clock punctuation due at `now` (the executor calls this regularly, with or
+    /// without records). Does nothing before `init`.
+    pub fn punctuate_wall_clock(
+        &mut self,
+        io: &mut dyn TaskIo,
+        meta: &RecordMeta,
+        now: i64,
+    ) -> Result<(), ProcessError> {
+        if !self.initialized {
+            return Ok(());
+        }
+        while let Some(index) = self.clock.due(PunctuationType::WallClock, now) {
+            self.punctuate_node(index, PunctuationType::WallClock, now, io, meta, now)?;
+        }
+        Ok(())
+    }
+
+    fn punctuate_node(
+        &mut self,
+        index: usize,
+        kind: PunctuationType,
+        timestamp: i64,
+        io: &mut dyn TaskIo,
+        meta: &RecordMeta,
+        wall_clock: i64,
+    ) -> Result<(), ProcessError> {
+        let time = TaskTime {
+            stream_time: self.clock.stream_time,
+            wall_clock,
+        };
+        self.batch.clear();
+        self.next.clear();
+        if let Some(TaskNode::Process(processor, outputs)) = self.nodes.get_mut(index) {
+            let mut ctx = ProcessorContext::new(
+                &mut *io,
+                meta,
+                &mut self.next,
+                time,
+                outputs,
+                &mut self.late,
+            );
+            processor.punctuate(&mut ctx, kind, timestamp)?;
+        }
+        std::mem::swap(&mut self.batch, &mut self.next);
+        self.run_from(index + 1, io, meta, wall_clock)
+    }
+
+    /// Run `self.batch` through nodes `start..` and then the sinks.
+    fn run_from(
+        &mut self,
+        start: usize,
+        io: &mut dyn TaskIo,
+        meta: &RecordMeta,
+        wall_clock: i64,
+    ) -> Result<(), ProcessError> {
+        let time = TaskTime {
+            stream_time: self.clock.stream_time,
+            wall_clock,
+        };
+        for node in self.nodes.iter_mut().skip(start) {
+            if self.batch.is_empty() {
+                return Ok(());
+            }
             for record in self.batch.drain(..) {
                 match node {
                     TaskNode::Filter(keep) => {
@@ -342,16 +600,20 @@ impl TaskProcessors {
                         }
                     }
                     TaskNode::Map(f) => self.next.push(f(record)),
-                    TaskNode::Process(processor) => {
-                        let mut ctx = ProcessorContext::new(&mut *io, meta, &mut self.next);
+                    TaskNode::Process(processor, outputs) => {
+                        let mut ctx = ProcessorContext::new(
+                            &mut *io,
+                            meta,
+                            &mut self.next,
+                            time,
+                            outputs,
+                            &mut self.late,
+                        );
                         processor.process(&mut ctx, record)?;
                     }
                 }
             }
             std::mem::swap(&mut self.batch, &mut self.next);
-            if self.batch.is_empty() {
-                return Ok(());
-            }
         }
         let Some((last, rest)) = self.sinks.split_last() else {
             self.batch.clear();
@@ -364,6 +626,71 @@ impl TaskProcessors {
             io.send(&last.topic, record)?;
         }
         Ok(())
+    }
+}
+
+/// Stream time and the schedules of one task's processors.
+#[derive(Debug)]
+struct TaskClock {
+    stream_time: i64,
+    schedules: Vec<Schedule>,
+}
+
+impl Default for TaskClock {
+    fn default() -> Self {
+        Self {
+            stream_time: i64::MIN,
+            schedules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Schedule {
+    node: usize,
+    kind: PunctuationType,
+    interval_ms: i64,
+    /// When it fires next; `None` for a stream-time schedule until the first record.
+    next: Option<i64>,
+}
+
+impl TaskClock {
+    fn add(&mut self, node: usize, request: ScheduleRequest, wall_clock: i64) {
+        let next = match request.kind {
+            PunctuationType::WallClock => Some(wall_clock.saturating_add(request.interval_ms)),
+            PunctuationType::StreamTime => (self.stream_time != i64::MIN)
+                .then(|| self.stream_time.saturating_add(request.interval_ms)),
+        };
+        self.schedules.push(Schedule {
+            node,
+            kind: request.kind,
+            interval_ms: request.interval_ms,
+            next,
+        });
+    }
+
+    /// Advance stream time to `ts` if it is later (stream time never goes back).
+    fn observe(&mut self, ts: i64) {
+        if ts <= self.stream_time {
+            return;
+        }
+        self.stream_time = ts;
+        for s in &mut self.schedules {
+            if s.kind == PunctuationType::StreamTime && s.next.is_none() {
+                s.next = Some(ts.saturating_add(s.interval_ms));
+            }
+        }
+    }
+
+    /// The node of the first `kind` schedule due at `now`, moving it to its next time. A
+    /// schedule that fell several intervals behind fires once, as in Kafka Streams.
+    fn due(&mut self, kind: PunctuationType, now: i64) -> Option<usize> {
+        let s = self
+            .schedules
+            .iter_mut()
+            .find(|s| s.kind == kind && s.next.is_some_and(|n| n <= now))?;
+        s.next = Some(now.saturating_add(s.interval_ms));
+        Some(s.node)
     }
 }
 

@@ -186,7 +186,7 @@ fn repeats_relog_the_current_value_unchanged() {
     };
     let mut run = |io: &mut LoggedTask, e: &OrderEvent| {
         let record = Record::new(e.order_id.clone(), json(e), e.ts);
-        task.process(io, &meta, record).unwrap();
+        task.process(io, &meta, record, 0).unwrap();
     };
     run(&mut io, &ev("O", "a", ApprovalCompleted, 1));
     let after_first = io.0.inner().get(b"O").unwrap();
@@ -219,7 +219,7 @@ fn undecodable_stored_value_stops_the_task() {
     };
     let e = ev("O", "a", ApprovalRequested, 1);
     let err = task
-        .process(&mut io, &meta, Record::new("O", json(&e), 1))
+        .process(&mut io, &meta, Record::new("O", json(&e), 1), 0)
         .unwrap_err();
     assert!(
         err.to_string()
