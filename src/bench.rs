@@ -187,6 +187,11 @@ async fn run_instance(
             app_id,
         ])
         .args(["--input-topic", topic, "--http-addr", &addr, "--standalone"])
+        .args(["--sms-topic", &format!("{app_id}.SEND_SMS")])
+        .args([
+            "--approval-timeout-topic",
+            &format!("{app_id}.APPROVAL_TIMEOUT"),
+        ])
         .arg("--state-dir")
         .arg(state_dir)
         .env("RUST_LOG", "warn")

@@ -14,8 +14,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use paystream_topology::ShippedTopologies;
 use serde::Deserialize;
 use thiserror::Error;
+
+mod windowed;
+
+pub use windowed::WindowedArgs;
+use windowed::WindowedFile;
 
 /// Errors in the configuration; each names the offending key.
 #[derive(Debug, Error)]
@@ -126,6 +132,9 @@ pub struct RunArgs {
     /// round. [default: 10000]
     #[arg(long, env = "PAYSTREAM_ACCEPTABLE_RECOVERY_LAG", value_name = "N")]
     pub acceptable_recovery_lag: Option<i64>,
+
+    #[command(flatten)]
+    pub windowed: WindowedArgs,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -147,6 +156,18 @@ struct FileConfig {
     probing_rebalance_interval_ms: Option<u64>,
     acceptable_recovery_lag: Option<i64>,
     standalone: Option<bool>,
+    sms_enabled: Option<bool>,
+    sms_topic: Option<String>,
+    sms_suppressed_topic: Option<String>,
+    sms_dedup_window_ms: Option<i64>,
+    sms_rate_limit: Option<u32>,
+    sms_rate_window_ms: Option<i64>,
+    sms_grace_ms: Option<i64>,
+    approval_timeout_enabled: Option<bool>,
+    approval_timeout_topic: Option<String>,
+    approval_timeout_ms: Option<i64>,
+    approval_timeout_grace_ms: Option<i64>,
+    approval_timeout_check_interval_ms: Option<i64>,
 }
 
 /// Validated settings of one instance.
@@ -168,6 +189,8 @@ pub struct RunSettings {
     pub probing_rebalance_interval: Duration,
     pub acceptable_recovery_lag: i64,
     pub standalone: bool,
+    /// Which windowed topologies run besides the order view.
+    pub shipped: ShippedTopologies,
 }
 
 /// Default Kafka bootstrap address (a local broker).
@@ -189,6 +212,20 @@ impl RunArgs {
         let file = match &self.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
+        };
+        let windowed_file = WindowedFile {
+            sms_enabled: file.sms_enabled,
+            sms_topic: file.sms_topic,
+            sms_suppressed_topic: file.sms_suppressed_topic,
+            sms_dedup_window_ms: file.sms_dedup_window_ms,
+            sms_rate_limit: file.sms_rate_limit,
+            sms_rate_window_ms: file.sms_rate_window_ms,
+            sms_grace_ms: file.sms_grace_ms,
+            approval_timeout_enabled: file.approval_timeout_enabled,
+            approval_timeout_topic: file.approval_timeout_topic,
+            approval_timeout_ms: file.approval_timeout_ms,
+            approval_timeout_grace_ms: file.approval_timeout_grace_ms,
+            approval_timeout_check_interval_ms: file.approval_timeout_check_interval_ms,
         };
         let bootstrap_servers = self
             .bootstrap_servers
@@ -310,6 +347,9 @@ impl RunArgs {
         if acceptable_recovery_lag < 0 {
             return Err(invalid("acceptable-recovery-lag", "must not be negative"));
         }
+        let shipped = self
+            .windowed
+            .build(&windowed_file, &input_topic, &dlq_topic)?;
         Ok(RunSettings {
             bootstrap_servers,
             application_id,
@@ -326,6 +366,7 @@ impl RunArgs {
             probing_rebalance_interval: Duration::from_millis(probing_ms),
             acceptable_recovery_lag,
             standalone: self.standalone || file.standalone.unwrap_or(false),
+            shipped,
         })
     }
 }

@@ -17,6 +17,7 @@ use crate::config::{RunArgs, RunSettings};
 use crate::produce::{produce, GeneratorOptions, ProduceOptions, Traffic};
 use crate::query::OrderResponse;
 use crate::runtime::Instance;
+use paystream_topology::shipped_topology;
 
 /// Options of `paystream demo`.
 #[derive(Debug, Clone)]
@@ -58,14 +59,6 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let app_id = "paystream-demo";
     let input = "PAYMENT.ORDER";
     let mock = MockCluster::new(1).map_err(|e| DemoError::Broker(e.to_string()))?;
-    for topic in [
-        input.to_owned(),
-        format!("{app_id}-orders-changelog"),
-        format!("{input}.DLQ"),
-    ] {
-        mock.create_topic(&topic, opts.partitions, 1)
-            .map_err(|e| DemoError::Broker(format!("create {topic}: {e}")))?;
-    }
     let bootstrap = mock.bootstrap_servers();
     let tmp;
     let state_dir = match &opts.state_dir {
@@ -87,6 +80,18 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         ..Default::default()
     }
     .build()?;
+    // The mock has no CreateTopics API: create every topic the instance would.
+    let topology =
+        shipped_topology(input, &settings.shipped).map_err(|e| DemoError::Broker(e.to_string()))?;
+    let mut topics = vec![input.to_owned(), settings.dlq_topic.clone()];
+    topics.extend(topology.stores().iter().map(|s| s.changelog_topic(app_id)));
+    topics.extend(topology.sink_topics());
+    topics.sort();
+    topics.dedup();
+    for topic in topics {
+        mock.create_topic(&topic, opts.partitions, 1)
+            .map_err(|e| DemoError::Broker(format!("create {topic}: {e}")))?;
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(drive(settings, opts.clone(), bootstrap, input));
     drop(mock);
@@ -147,6 +152,10 @@ async fn drive(
     println!("  curl -s http://{addr}/orders/O-000001");
     println!("  curl -s http://{addr}/orders/O-000001/location");
     println!("  curl -s http://{addr}/orders/NO-SUCH-ORDER      # 404 with a JSON error");
+    println!("  curl -s http://{addr}/sms/O-000001               # SMS sent or suppressed for it");
+    println!(
+        "  curl -s 'http://{addr}/alerts?status=open'       # approvals never completed (5 min)"
+    );
     println!("  curl -s http://{addr}/metadata");
     println!("  curl -s http://{addr}/health");
     println!("  curl -s http://{addr}/metrics");

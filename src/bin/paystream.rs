@@ -36,7 +36,7 @@ enum Command {
         keys: Vec<String>,
     },
     /// Run one processor instance (settings also from PAYSTREAM_* variables or --config FILE).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Generate realistic, reproducible PAYMENT.ORDER traffic.
     ///
     /// Each order walks APPROVAL_REQUESTED → APPROVAL_CALLBACK_COMPLETED → APPROVAL_COMPLETED or
@@ -206,7 +206,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Produce(a) => {
             let opts = ProduceOptions {
                 bootstrap_servers: a.bootstrap_servers,

@@ -76,6 +76,13 @@ impl Cluster {
             .arg(&dir)
             .args(["--http-addr", &self.endpoint(i)])
             .args(["--commit-interval-ms", "200"])
+            // Each drill's outputs are its own (a shared SEND_SMS would dedup against, and be
+            // rebuilt from, earlier drills).
+            .args(["--sms-topic", &format!("{}.SEND_SMS", self.app)])
+            .args([
+                "--approval-timeout-topic",
+                &format!("{}.APPROVAL_TIMEOUT", self.app),
+            ])
             .args([
                 "--standby-replicas",
                 &self.opts.standby_replicas.to_string(),

@@ -22,6 +22,8 @@ pub enum QueryError {
     RouteNotFound,
     #[error("invalid query parameter: {0}")]
     InvalidParam(String),
+    #[error("the {0} topology is switched off on this instance")]
+    TopologyDisabled(&'static str),
     #[error("order {id} did not reach {want} in time (state: {})", state.unwrap_or("unknown order"))]
     WaitTimeout {
         id: String,
@@ -41,6 +43,7 @@ impl QueryError {
             QueryError::Internal(_) => "internal_error",
             QueryError::RouteNotFound => "route_not_found",
             QueryError::InvalidParam(_) => "invalid_parameter",
+            QueryError::TopologyDisabled(_) => "topology_disabled",
             QueryError::WaitTimeout { .. } => "wait_timeout",
         }
     }
@@ -49,7 +52,9 @@ impl QueryError {
         match self {
             QueryError::InvalidId(_) | QueryError::InvalidParam(_) => StatusCode::BAD_REQUEST,
             QueryError::WaitTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            QueryError::NotFound { .. } | QueryError::RouteNotFound => StatusCode::NOT_FOUND,
+            QueryError::NotFound { .. }
+            | QueryError::RouteNotFound
+            | QueryError::TopologyDisabled(_) => StatusCode::NOT_FOUND,
             QueryError::PartitionUnavailable { .. } | QueryError::Store(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

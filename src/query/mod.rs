@@ -9,6 +9,7 @@
 
 mod error;
 pub mod routing;
+pub mod windowed;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -28,6 +29,7 @@ use serde::Serialize;
 pub use error::QueryError;
 
 use crate::runtime::local::{LocalPartition, LocalStores, Role};
+use crate::runtime::store::StoreReader;
 use crate::runtime::stream_thread::{SharedStatus, Status};
 use crate::telemetry::Metrics;
 use routing::{forward, Forwarded, RoutingTable, ALLOW_STANDBY, FORWARDED};
@@ -61,6 +63,8 @@ pub fn app(state: QueryState) -> Router {
     Router::new()
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/location", get(get_location))
+        .route("/sms/{id}", get(windowed::get_sms))
+        .route("/alerts", get(windowed::get_alerts))
         .route("/metadata", get(get_metadata))
         .route("/health", get(get_health))
         .route("/metrics", get(get_metrics))
@@ -78,7 +82,7 @@ pub struct OrderResponse {
     pub lag: i64,
 }
 
-fn validate_id(id: Result<Path<String>, PathRejection>) -> Result<String, QueryError> {
+pub(crate) fn validate_id(id: Result<Path<String>, PathRejection>) -> Result<String, QueryError> {
     let Path(id) = id.map_err(|e| QueryError::InvalidId(e.body_text()))?;
     if id.is_empty() || id.trim().is_empty() {
         return Err(QueryError::InvalidId("order id is empty".into()));
@@ -272,11 +276,10 @@ async fn serve_local(
     partition: i32,
     params: &OrderParams,
 ) -> Result<Response, QueryError> {
-    let reader = local
-        .readers
-        .get(ORDERS_STORE)
-        .cloned()
-        .ok_or(QueryError::PartitionUnavailable { partition })?;
+    let reader = match local.readers.get(ORDERS_STORE) {
+        Some(StoreReader::KeyValue(r)) => r.clone(),
+        _ => return Err(QueryError::PartitionUnavailable { partition }),
+    };
     let deadline = Instant::now() + params.timeout;
     loop {
         let (r, key) = (reader.clone(), id.to_owned());

@@ -60,7 +60,10 @@ fn fixture(role: Role, with_order: bool) -> Fixture {
         p,
         LocalPartition {
             role,
-            readers: HashMap::from([(ORDERS_STORE.to_owned(), store.reader())]),
+            readers: HashMap::from([(
+                ORDERS_STORE.to_owned(),
+                crate::runtime::store::StoreReader::KeyValue(store.reader()),
+            )]),
             metrics: metrics.task(p),
         },
     );

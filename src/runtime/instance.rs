@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use paystream_topology::order::order_view_topology;
+use paystream_topology::{shipped_topology, Changelog, StoreKind};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,8 @@ pub enum RunError {
     InputTopicMissing { topic: String, bootstrap: String },
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    #[error("topology: {0}")]
+    Topology(String),
     #[error("stream thread: {0}")]
     StreamThread(#[from] StreamThreadError),
     #[error("stream thread panicked")]
@@ -70,22 +72,50 @@ impl Instance {
             topic: input.clone(),
             bootstrap: bootstrap.clone(),
         })?;
-        let topology = Arc::new(order_view_topology(&input));
+        let topology = Arc::new(
+            shipped_topology(&input, &settings.shipped)
+                .map_err(|e| RunError::Topology(e.to_string()))?,
+        );
         tracing::info!(topology = %topology.describe(), "topology");
 
+        // Internal changelogs: compacted; a window store's also deletes what is older than the
+        // store keeps (plus a day, as Kafka Streams does), so it does not grow forever.
         let mut specs: Vec<TopicSpec> = topology
             .stores()
             .iter()
+            .filter(|st| matches!(st.changelog, Changelog::Internal))
             .map(|st| TopicSpec {
-                name: settings.changelog_topic(&st.name),
+                name: st.changelog_topic(&settings.application_id),
                 partitions,
                 replication_factor: settings.replication_factor,
-                configs: vec![("cleanup.policy".into(), "compact".into())],
+                configs: match st.kind {
+                    StoreKind::KeyValue => vec![("cleanup.policy".into(), "compact".into())],
+                    StoreKind::Window { retention_ms } => vec![
+                        ("cleanup.policy".into(), "compact,delete".into()),
+                        (
+                            "retention.ms".into(),
+                            retention_ms.saturating_add(86_400_000).to_string(),
+                        ),
+                    ],
+                },
             })
             .collect();
-        let tracked: Vec<(String, i32)> =
-            specs.iter().map(|t| (t.name.clone(), partitions)).collect();
-        // The DLQ may pre-exist with any partition count; only create it when missing.
+        // Output topics (SEND_SMS, alerts, ...) get the input's partition count: a ledger store
+        // of partition p is rebuilt from partition p of its topic, so keys must land alike.
+        // Existing ones must match (ensure_topics refuses otherwise).
+        for sink in topology.sink_topics() {
+            specs.push(TopicSpec {
+                name: sink,
+                partitions,
+                replication_factor: settings.replication_factor,
+                configs: vec![],
+            });
+        }
+        let tracked: Vec<(String, i32)> = topology
+            .stores()
+            .iter()
+            .map(|st| (st.changelog_topic(&settings.application_id), partitions))
+            .collect();
         let dlq_partitions = {
             let (b, t) = (bootstrap.clone(), settings.dlq_topic.clone());
             tokio::task::spawn_blocking(move || partition_count(&b, &t))
@@ -138,7 +168,15 @@ impl Instance {
 
         // Group membership: who runs what, and the partition map for routing.
         let process_id = process_id(&settings)?;
-        let store_names: Vec<String> = topology.stores().iter().map(|s| s.name.clone()).collect();
+        // Only stores with a checkpoint say how caught up a local copy is (ledgers are rebuilt),
+        // and the first of them is the one `Task::changelog_position` reports.
+        let store_names: Vec<String> = topology
+            .stores()
+            .iter()
+            .filter(|s| matches!(s.changelog, Changelog::Internal))
+            .take(1)
+            .map(|s| s.name.clone())
+            .collect();
         let subscription = Arc::new(std::sync::Mutex::new(SubscriptionInfo {
             process_id: process_id.clone(),
             endpoint: settings.advertised_addr.clone(),

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
-use paystream_state::rocks::RocksDbReader;
+use crate::runtime::store::StoreReader;
 
 use crate::telemetry::TaskMetrics;
 
 /// Whether a local copy is the partition's active (processing the source) or a standby.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Active,
@@ -22,7 +22,7 @@ pub enum Role {
 pub struct LocalPartition {
     pub role: Role,
     /// Read handles of the partition's stores, by store name.
-    pub readers: HashMap<String, RocksDbReader>,
+    pub readers: HashMap<String, StoreReader>,
     pub metrics: Arc<TaskMetrics>,
 }
 
@@ -71,6 +71,20 @@ impl LocalStores {
             Ok(p) => p.get(&partition).cloned(),
             Err(poisoned) => poisoned.into_inner().get(&partition).cloned(),
         }
+    }
+
+    /// Every local copy, sorted by partition.
+    pub fn snapshot(&self) -> Vec<(i32, LocalPartition)> {
+        let mut v: Vec<(i32, LocalPartition)> = match self.partitions.read() {
+            Ok(p) => p.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
+        };
+        v.sort_unstable_by_key(|(p, _)| *p);
+        v
     }
 
     /// Partitions held locally, with their role, sorted.

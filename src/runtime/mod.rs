@@ -10,6 +10,7 @@ pub mod group;
 pub mod instance;
 pub mod local;
 pub mod restore;
+pub mod store;
 pub mod stream_thread;
 pub mod task;
 

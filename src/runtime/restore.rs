@@ -2,15 +2,14 @@
 //!
 //! For each store, restore starts at the local checkpoint (the changelog offset up to which the
 //! local files are durable) or, without a usable checkpoint, at the changelog's beginning with
-//! the local store wiped. It reads to the end offset seen when restore began, applying records
+//! the local store wiped. Ledger stores (whose "changelog" is an output topic, e.g. `SEND_SMS`)
+//! never have a checkpoint: they are rebuilt from the topic's beginning on every open. It reads to the end offset seen when restore began, applying records
 //! in batches (a changelog record is a whole value, so applying one again is harmless), and
 //! finishes with a flush and a fresh checkpoint. Progress is logged every few seconds.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use paystream_state::rocks::RocksDbStore;
-use paystream_state::store::KeyValueStore;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -101,13 +100,15 @@ pub fn restore_tasks(
                     // The changelog no longer holds what lies between the checkpoint and its
                     // beginning (or was recreated): the local copy cannot be trusted.
                     tracing::warn!(partition, store = %s.name, checkpoint = c, lo, hi, "checkpoint outside the changelog; restoring from scratch");
-                    wipe(task_dir_store(s))?;
+                    s.wipe()
+                        .map_err(|source| TaskError::Store { partition, source })?;
                     lo
                 }
                 None => {
-                    if s.store.inner().approximate_len().unwrap_or(0) > 0 {
+                    if s.approximate_len().unwrap_or(0) > 0 {
                         tracing::warn!(partition, store = %s.name, "local store without checkpoint; restoring from scratch");
-                        wipe(task_dir_store(s))?;
+                        s.wipe()
+                            .map_err(|source| TaskError::Store { partition, source })?;
                     }
                     lo
                 }
@@ -176,9 +177,11 @@ pub fn restore_tasks(
                 if p.done {
                     continue;
                 }
-                if let Some(k) = msg.key() {
-                    p.batch
-                        .push((k.to_vec(), msg.payload().map(<[u8]>::to_vec)));
+                let ts = msg.timestamp().to_millis().unwrap_or(0);
+                if let Some(entry) =
+                    tasks[p.task].stores[p.store].map_record(msg.key(), msg.payload(), ts)
+                {
+                    p.batch.push(entry);
                 }
                 summary.records += 1;
                 if msg.offset() + 1 >= p.end {
@@ -257,33 +260,6 @@ pub fn restore_tasks(
     Ok(summary)
 }
 
-fn task_dir_store(s: &mut crate::runtime::task::TaskStore) -> &mut RocksDbStore {
-    s.checkpointed = None;
-    s.changelog_end = 0;
-    s.store.inner_mut()
-}
-
-/// Delete every entry of a store (the files stay open; simpler than reopening).
-fn wipe(store: &mut RocksDbStore) -> Result<(), RestoreError> {
-    let mut keys = Vec::new();
-    let map = |source| {
-        RestoreError::Task(TaskError::Store {
-            partition: -1,
-            source,
-        })
-    };
-    store
-        .for_each(&mut |k, _| {
-            keys.push((k.to_vec(), None));
-            true
-        })
-        .map_err(map)?;
-    for chunk in keys.chunks(BATCH) {
-        store.put_batch(chunk).map_err(map)?;
-    }
-    Ok(())
-}
-
 fn apply(tasks: &mut [Task], p: &mut Pending) -> Result<(), RestoreError> {
     if p.batch.is_empty() {
         return Ok(());
@@ -291,9 +267,7 @@ fn apply(tasks: &mut [Task], p: &mut Pending) -> Result<(), RestoreError> {
     let task = &mut tasks[p.task];
     let partition = task.partition;
     let s = &mut task.stores[p.store];
-    s.store
-        .inner_mut()
-        .put_batch(&p.batch)
+    s.apply_batch(&p.batch)
         .map_err(|source| TaskError::Store { partition, source })?;
     task.metrics
         .records_restored
@@ -324,7 +298,8 @@ fn finish(
     for task in tasks.iter_mut() {
         let partition = task.partition;
         for s in &mut task.stores {
-            s.checkpoint_now(partition)?;
+            s.checkpoint_now()
+                .map_err(|source| TaskError::Store { partition, source })?;
         }
     }
     Ok(())

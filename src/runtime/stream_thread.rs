@@ -44,6 +44,13 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Records handled per poll round before commands and the other consumer get a turn.
 const ROUND: usize = 2_000;
 
+/// The wall clock in epoch milliseconds (for wall-clock punctuation).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Coarse status of the instance, for `/health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -147,7 +154,7 @@ impl StreamThread {
             .topology
             .stores()
             .iter()
-            .map(|st| s.changelog_topic(&st.name))
+            .map(|st| st.changelog_topic(&s.application_id))
             .collect();
         let source: BaseConsumer<LagContext> =
             source_consumer_config(&s.bootstrap_servers, &s.application_id)
@@ -222,7 +229,11 @@ impl StreamThread {
                 None => {}
             }
 
+            let wall_clock = now_ms();
             if consumers.has_actives {
+                for task in tasks.values_mut() {
+                    task.punctuate_wall_clock(wall_clock, &outputs)?;
+                }
                 for _ in 0..ROUND {
                     match consumers
                         .source
@@ -244,7 +255,7 @@ impl StreamThread {
                                 timestamp: msg.timestamp().to_millis().unwrap_or(0),
                                 headers: Vec::new(),
                             };
-                            task.process(msg.topic(), msg.offset(), record, &outputs)?;
+                            task.process(msg.topic(), msg.offset(), record, &outputs, wall_clock)?;
                             dirty = true;
                         }
                         Some(Err(e)) => {
@@ -269,9 +280,13 @@ impl StreamThread {
                             if task.role != Role::Standby {
                                 continue;
                             }
-                            if let Some(k) = msg.key() {
-                                task.apply_changelog(store, k, msg.payload(), msg.offset())?;
-                            }
+                            task.apply_changelog(
+                                store,
+                                msg.key(),
+                                msg.payload(),
+                                msg.timestamp().to_millis().unwrap_or(0),
+                                msg.offset(),
+                            )?;
                         }
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "standby consumer error (librdkafka retries)");

@@ -18,16 +18,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use paystream_state::checkpoint::Checkpoint;
-use paystream_state::logging::LoggingStore;
-use paystream_state::rocks::{RocksDbReader, RocksDbStore};
 use paystream_state::store::{KeyValueStore, StoreError};
+use paystream_state::window::WindowStore;
 use paystream_topology::processor::{ProcessError, Record, RecordMeta, TaskIo};
 use paystream_topology::{partition_for_key, TaskProcessors, Topology};
 use thiserror::Error;
 
 use crate::kafka::producer::{dead_letter_headers, KafkaChangelogWriter, OutputProducer};
 use crate::runtime::local::{LocalPartition, Role};
+pub use crate::runtime::store::{StoreHandle, StoreReader, TaskStore};
 use crate::telemetry::TaskMetrics;
 
 /// Lifecycle of a task; see the module diagram.
@@ -84,37 +83,6 @@ pub enum TaskError {
 /// commit would make many tiny files; restore replays at most this much extra.
 pub const CHECKPOINT_DELTA: u64 = 10_000;
 
-/// One store of a task: RocksDB wrapped in changelog logging.
-pub struct TaskStore {
-    pub name: String,
-    pub dir: PathBuf,
-    pub changelog_topic: Arc<str>,
-    pub store: LoggingStore<RocksDbStore, KafkaChangelogWriter>,
-    pub reader: RocksDbReader,
-    /// Next changelog offset the local store does not contain yet (restore starts here).
-    pub changelog_end: i64,
-    /// Whether the store had a usable checkpoint when opened.
-    pub checkpointed: Option<i64>,
-    writes_since_checkpoint: u64,
-}
-
-impl TaskStore {
-    /// Flush the store, then record its changelog position as durable. The order matters: a
-    /// checkpoint must never claim more than the local files hold.
-    pub fn checkpoint_now(&mut self, partition: i32) -> Result<(), TaskError> {
-        let err = |source| TaskError::Store { partition, source };
-        self.store.flush().map_err(err)?;
-        Checkpoint {
-            changelog_offset: self.changelog_end,
-        }
-        .write(&self.dir)
-        .map_err(err)?;
-        self.checkpointed = Some(self.changelog_end);
-        self.writes_since_checkpoint = 0;
-        Ok(())
-    }
-}
-
 /// One partition's processing unit.
 pub struct Task {
     pub partition: i32,
@@ -129,6 +97,8 @@ pub struct Task {
     pub metrics: Arc<TaskMetrics>,
     /// Where the record being processed came from (reused across records).
     meta: RecordMeta,
+    /// Late records already added to the metrics.
+    late_seen: u64,
 }
 
 /// Where the task writes what its topology emits.
@@ -162,35 +132,11 @@ impl Task {
         let mut stores = Vec::new();
         for spec in topology.stores() {
             let dir = store_dir(state_dir, application_id, partition, &spec.name);
-            let err = |source| TaskError::Store { partition, source };
-            let checkpoint = Checkpoint::read(&dir).map_err(err)?;
-            let rocks = match RocksDbStore::open(&dir, &spec.name) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(partition, store = %spec.name, error = %e, "local store unusable; wiping it to restore from the changelog");
-                    RocksDbStore::destroy(&dir).map_err(err)?;
-                    RocksDbStore::open(&dir, &spec.name).map_err(err)?
-                }
-            };
-            // The checkpoint is meaningless for a store we just wiped.
-            let checkpoint = if rocks.approximate_len().map_err(err)? == 0 && checkpoint.is_some() {
-                None
-            } else {
-                checkpoint
-            };
-            let topic: Arc<str> = format!("{application_id}-{}-changelog", spec.name).into();
-            let reader = rocks.reader();
+            let topic: Arc<str> = spec.changelog_topic(application_id).into();
             let writer = KafkaChangelogWriter::new(producer.clone(), topic.clone(), partition);
-            stores.push(TaskStore {
-                name: spec.name.clone(),
-                dir,
-                changelog_topic: topic,
-                store: LoggingStore::new(rocks, writer),
-                reader,
-                changelog_end: checkpoint.as_ref().map_or(0, |c| c.changelog_offset),
-                checkpointed: checkpoint.map(|c| c.changelog_offset),
-                writes_since_checkpoint: 0,
-            });
+            let store = TaskStore::open(spec, dir, topic, writer)
+                .map_err(|source| TaskError::Store { partition, source })?;
+            stores.push(store);
         }
         Ok(Self {
             partition,
@@ -206,6 +152,7 @@ impl Task {
                 partition,
                 offset: -1,
             },
+            late_seen: 0,
         })
     }
 
@@ -240,13 +187,14 @@ impl Task {
         }
     }
 
-    /// Run one source record through the topology.
+    /// Run one source record through the topology (`wall_clock`: epoch ms, for processors).
     pub fn process(
         &mut self,
         topic: &str,
         offset: i64,
         record: Record,
         outputs: &TaskOutputs<'_>,
+        wall_clock: i64,
     ) -> Result<(), TaskError> {
         debug_assert_eq!(self.state, TaskState::Running);
         let partition = self.partition;
@@ -262,53 +210,79 @@ impl Task {
             meta,
             metrics: &self.metrics,
         };
-        if self.next_offset.is_none() {
-            self.processors
-                .init(&mut io, meta)
-                .map_err(|source| TaskError::Process { partition, source })?;
-        }
         self.processors
-            .process(&mut io, meta, record)
+            .process(&mut io, meta, record, wall_clock)
             .map_err(|source| TaskError::Process { partition, source })?;
         self.next_offset = Some(offset + 1);
         self.metrics
             .records_processed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let late = self.processors.late_records();
+        if late != self.late_seen {
+            self.metrics
+                .records_late
+                .fetch_add(late - self.late_seen, std::sync::atomic::Ordering::Relaxed);
+            self.late_seen = late;
+        }
         Ok(())
     }
 
-    /// Standby: apply one changelog record of store `store` (no re-logging: the changelog is
-    /// where it came from).
+    /// Fire the wall-clock punctuations due at `now` (epoch ms). Only for a running active that
+    /// has processed a record (its processors are initialized then).
+    pub fn punctuate_wall_clock(
+        &mut self,
+        now: i64,
+        outputs: &TaskOutputs<'_>,
+    ) -> Result<(), TaskError> {
+        if self.role != Role::Active || self.state != TaskState::Running {
+            return Ok(());
+        }
+        let partition = self.partition;
+        self.meta.offset = -1;
+        let mut io = Io {
+            stores: &mut self.stores,
+            outputs,
+            meta: &self.meta,
+            metrics: &self.metrics,
+        };
+        self.processors
+            .punctuate_wall_clock(&mut io, &self.meta, now)
+            .map_err(|source| TaskError::Process { partition, source })
+    }
+
+    /// Standby: apply one changelog (or ledger topic) record of store `store` (no re-logging:
+    /// the changelog is where it came from).
     pub fn apply_changelog(
         &mut self,
         store: usize,
-        key: &[u8],
+        key: Option<&[u8]>,
         value: Option<&[u8]>,
+        timestamp: i64,
         offset: i64,
     ) -> Result<(), TaskError> {
         let partition = self.partition;
         let Some(s) = self.stores.get_mut(store) else {
             return Ok(());
         };
-        let inner = s.store.inner_mut();
-        let r = match value {
-            Some(v) => inner.put(key, v),
-            None => inner.delete(key),
-        };
-        r.map_err(|source| TaskError::Store { partition, source })?;
+        if let Some(entry) = s.map_record(key, value, timestamp) {
+            s.apply_batch(std::slice::from_ref(&entry))
+                .map_err(|source| TaskError::Store { partition, source })?;
+        }
         s.changelog_end = offset + 1;
         s.writes_since_checkpoint += 1;
         Ok(())
     }
 
-    /// Changelog offset the local copy holds (the smallest over its stores), for the group's
-    /// "how caught up am I" metadata.
+    /// How caught up the local copy is, for the group's metadata: the changelog position of the
+    /// first store with an internal changelog (the order view's, which every event writes).
+    /// Offsets of different topics cannot be combined, and every instance reports the same
+    /// store, so the leader compares like with like.
     pub fn changelog_position(&self) -> i64 {
         self.stores
             .iter()
-            .map(|s| s.changelog_end)
-            .min()
-            .unwrap_or(0)
+            .find(|s| !s.is_ledger())
+            .or(self.stores.first())
+            .map_or(0, |s| s.changelog_end)
     }
 
     /// After the producer has been flushed: record how far the changelog is acknowledged, and
@@ -324,7 +298,8 @@ impl Task {
                 continue;
             }
             if s.writes_since_checkpoint >= CHECKPOINT_DELTA || force {
-                s.checkpoint_now(partition)?;
+                s.checkpoint_now()
+                    .map_err(|source| TaskError::Store { partition, source })?;
             }
         }
         Ok(())
@@ -345,7 +320,19 @@ impl TaskIo for Io<'_, '_> {
         // Every access may write; counting accesses over-estimates writes, which only makes
         // checkpoints a little more frequent.
         s.writes_since_checkpoint += 1;
-        Some(&mut s.store)
+        match &mut s.store {
+            StoreHandle::KeyValue(kv) => Some(kv),
+            StoreHandle::Window(_) => None,
+        }
+    }
+
+    fn window_store(&mut self, name: &str) -> Option<&mut dyn WindowStore> {
+        let s = self.stores.iter_mut().find(|s| s.name == name)?;
+        s.writes_since_checkpoint += 1;
+        match &mut s.store {
+            StoreHandle::Window(w) => Some(w),
+            StoreHandle::KeyValue(_) => None,
+        }
     }
 
     fn send(&mut self, topic: &str, record: Record) -> Result<(), ProcessError> {

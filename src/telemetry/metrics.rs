@@ -14,6 +14,8 @@ pub struct TaskMetrics {
     pub records_dead_lettered: AtomicU64,
     /// Records restored from the changelog into the task's store.
     pub records_restored: AtomicU64,
+    /// Records a windowed processor dropped because they arrived beyond its grace period.
+    pub records_late: AtomicU64,
     /// Source records behind the log end (from librdkafka statistics; -1 = unknown).
     pub lag: AtomicI64,
 }
@@ -100,6 +102,7 @@ impl Metrics {
             ("paystream_records_processed_total", "counter"),
             ("paystream_records_dead_lettered_total", "counter"),
             ("paystream_records_restored_total", "counter"),
+            ("paystream_records_late_total", "counter"),
             ("paystream_partition_lag", "gauge"),
         ] {
             let _ = writeln!(out, "# TYPE {name} {help}");
@@ -108,6 +111,7 @@ impl Metrics {
                     "paystream_records_processed_total" => g(&m.records_processed) as i64,
                     "paystream_records_dead_lettered_total" => g(&m.records_dead_lettered) as i64,
                     "paystream_records_restored_total" => g(&m.records_restored) as i64,
+                    "paystream_records_late_total" => g(&m.records_late) as i64,
                     _ => m.lag.load(Ordering::Relaxed),
                 };
                 let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {v}");

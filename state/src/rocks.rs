@@ -44,7 +44,7 @@ fn shared_block_cache() -> &'static Cache {
 
 /// Options tuned for this workload: write-heavy (every event is a read-modify-write of its order),
 /// reads by point lookup only (no range scans except a full `for_each`), on a small machine.
-fn db_options() -> Options {
+pub(crate) fn db_options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     // Two cores: two background threads, one flush and one compaction at a time. More would only
@@ -251,6 +251,17 @@ impl RocksDbReader {
     pub fn approximate_len(&self) -> Result<u64, StoreError> {
         estimate_num_keys(&self.db, &self.name)
     }
+
+    /// Visit every entry in key order until `f` returns `false` (a consistent snapshot).
+    pub fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
+        for item in self.db.iterator(IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| backend(&self.name, "iterate", e))?;
+            if !f(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn estimate_num_keys(db: &DB, name: &str) -> Result<u64, StoreError> {
@@ -259,7 +270,7 @@ fn estimate_num_keys(db: &DB, name: &str) -> Result<u64, StoreError> {
         .map_err(|e| backend(name, "read rocksdb.estimate-num-keys", e))
 }
 
-fn backend(store: &str, what: &str, e: rocksdb::Error) -> StoreError {
+pub(crate) fn backend(store: &str, what: &str, e: rocksdb::Error) -> StoreError {
     StoreError::Backend {
         store: store.to_owned(),
         message: format!("{what}: {e}"),

@@ -20,6 +20,9 @@ use std::collections::BTreeMap;
 use crate::logging::ChangelogWriter;
 use crate::store::StoreError;
 
+/// The visitor of [`WindowStore::fetch_all`]: (key, window start, value) → keep going?
+pub type WindowVisitor<'a> = dyn FnMut(&[u8], i64, &[u8]) -> bool + 'a;
+
 /// A window store owned by one task (one store of one partition). Times are epoch milliseconds.
 pub trait WindowStore: Send {
     /// The store's name (as used in the topology and the changelog topic name).
@@ -46,7 +49,7 @@ pub trait WindowStore: Send {
         &self,
         time_from: i64,
         time_to: i64,
-        f: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
+        f: &mut WindowVisitor<'_>,
     ) -> Result<(), StoreError>;
     /// Make every write so far durable locally (before a checkpoint is written).
     fn flush(&mut self) -> Result<(), StoreError>;
@@ -93,12 +96,7 @@ impl<S: WindowStore + ?Sized> WindowStore for Box<S> {
     fn fetch(&self, key: &[u8], from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
         (**self).fetch(key, from, to)
     }
-    fn fetch_all(
-        &self,
-        from: i64,
-        to: i64,
-        f: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
+    fn fetch_all(&self, from: i64, to: i64, f: &mut WindowVisitor<'_>) -> Result<(), StoreError> {
         (**self).fetch_all(from, to, f)
     }
     fn flush(&mut self) -> Result<(), StoreError> {
@@ -211,22 +209,17 @@ impl WindowStore for InMemoryWindowStore {
         Ok(())
     }
     fn fetch(&self, key: &[u8], from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let from = from.max(oldest_retained(self.observed, self.retention_ms));
         if from > to {
             return Ok(Vec::new());
         }
-        let from = from.max(oldest_retained(self.observed, self.retention_ms));
         Ok(self
             .entries
             .range((key.to_vec(), from)..=(key.to_vec(), to))
             .map(|((_, t), v)| (*t, v.clone()))
             .collect())
     }
-    fn fetch_all(
-        &self,
-        from: i64,
-        to: i64,
-        f: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
+    fn fetch_all(&self, from: i64, to: i64, f: &mut WindowVisitor<'_>) -> Result<(), StoreError> {
         let from = from.max(oldest_retained(self.observed, self.retention_ms));
         for ((k, t), v) in &self.entries {
             if *t >= from && *t <= to && !f(k, *t, v) {
@@ -304,12 +297,7 @@ impl<S: WindowStore, W: ChangelogWriter> WindowStore for LoggingWindowStore<S, W
     fn fetch(&self, key: &[u8], from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
         self.inner.fetch(key, from, to)
     }
-    fn fetch_all(
-        &self,
-        from: i64,
-        to: i64,
-        f: &mut dyn FnMut(&[u8], i64, &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
+    fn fetch_all(&self, from: i64, to: i64, f: &mut WindowVisitor<'_>) -> Result<(), StoreError> {
         self.inner.fetch_all(from, to, f)
     }
     fn flush(&mut self) -> Result<(), StoreError> {

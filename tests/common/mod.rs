@@ -129,6 +129,13 @@ impl Proc {
             .arg("--state-dir")
             .arg(state_dir)
             .args(["--http-addr", &http, "--commit-interval-ms", "200"])
+            // Output topics of the windowed topologies are per application here, so tests
+            // running side by side (with different partition counts) never share them.
+            .args(["--sms-topic", &format!("{app_id}.SEND_SMS")])
+            .args([
+                "--approval-timeout-topic",
+                &format!("{app_id}.APPROVAL_TIMEOUT"),
+            ])
             .args(extra)
             .env("RUST_LOG", "info,paystream=debug,rdkafka=warn")
             .stdout(Stdio::null())

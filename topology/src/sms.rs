@@ -70,11 +70,14 @@ impl Default for SmsConfig {
     }
 }
 
+/// Every template [`template_for`] can return.
+pub const TEMPLATES: [&str; 2] = ["payment_approved", "payment_cancelled"];
+
 /// The SMS a given event type asks for, if any.
 pub fn template_for(event_type: EventType) -> Option<&'static str> {
     match event_type {
-        EventType::ApprovalCompleted => Some("payment_approved"),
-        EventType::Cancelled => Some("payment_cancelled"),
+        EventType::ApprovalCompleted => Some(TEMPLATES[0]),
+        EventType::Cancelled => Some(TEMPLATES[1]),
         _ => None,
     }
 }

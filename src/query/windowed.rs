@@ -1,0 +1,400 @@
+//! Queries of the windowed topologies: `GET /sms/{order_id}` and `GET /alerts`.
+//!
+//! `/sms/{order_id}` is routed like `/orders/{id}`: the partition's active copy (here or one hop
+//! away), else a standby copy. It answers from the two SMS ledgers, which hold exactly what
+//! reached `SEND_SMS` and `SEND_SMS.SUPPRESSED`.
+//!
+//! `/alerts` is a scatter-gather: the instance asked reads the alert ledgers of its own copies
+//! and asks every other instance in the partition map for theirs (`local=true`, one hop, in
+//! parallel). Per partition the active copy's answer wins, a standby's fills in for an active
+//! that cannot answer, and partitions nobody answered for are listed in `partitions_missing`
+//! (with `complete: false`) rather than silently left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use paystream_topology::approval::{AlertStatus, ApprovalAlert, APPROVAL_ALERTS_STORE};
+use paystream_topology::partition_for_key;
+use paystream_topology::sms::{
+    ledger_key, SmsRequest, SuppressedSms, SMS_SENT_STORE, SMS_SUPPRESSED_STORE, TEMPLATES,
+};
+use serde::{Deserialize, Serialize};
+
+use super::routing::{forward, Forwarded, ALLOW_STANDBY, FORWARDED};
+use super::{percent_encode, validate_id, QueryError, QueryState, FORWARD_TIMEOUT};
+use crate::runtime::local::{LocalPartition, Role};
+use crate::runtime::store::StoreReader;
+
+/// Body of `GET /sms/{order_id}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SmsResponse {
+    pub order_id: String,
+    pub partition: i32,
+    /// Requests written to `SEND_SMS`, oldest first (`event_ts` is when).
+    pub sent: Vec<SmsRequest>,
+    /// Requests written to `SEND_SMS.SUPPRESSED`, with the reason.
+    pub suppressed: Vec<SuppressedSms>,
+    pub served_by: String,
+    pub role: Role,
+}
+
+pub(super) async fn get_sms(
+    State(st): State<QueryState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, QueryError> {
+    let id = validate_id(id)?;
+    let partition = partition_for_key(id.as_bytes(), st.partition_count);
+    let local = st.local.get(partition);
+    if let Some(l) = local.as_ref() {
+        if l.role == Role::Active
+            || (headers.contains_key(FORWARDED) && headers.contains_key(ALLOW_STANDBY))
+        {
+            return serve_sms(&st, l, id, partition).await;
+        }
+    }
+    if headers.contains_key(FORWARDED) {
+        return Err(QueryError::PartitionUnavailable { partition });
+    }
+    let path = format!("/sms/{}", percent_encode(&id));
+    let owners = st.routing.owners(partition);
+    if let Some(o) = owners
+        .as_ref()
+        .filter(|o| !o.active.is_empty() && o.active != st.self_addr)
+    {
+        if let Forwarded::Answer(r) = forward(
+            &st.client,
+            &o.active,
+            &path,
+            &st.self_addr,
+            false,
+            FORWARD_TIMEOUT,
+        )
+        .await
+        {
+            return Ok(r);
+        }
+    }
+    if let Some(l) = &local {
+        return serve_sms(&st, l, id, partition).await;
+    }
+    for s in owners.iter().flat_map(|o| o.standbys.iter()) {
+        if s.is_empty() || *s == st.self_addr {
+            continue;
+        }
+        if let Forwarded::Answer(r) =
+            forward(&st.client, s, &path, &st.self_addr, true, FORWARD_TIMEOUT).await
+        {
+            return Ok(r);
+        }
+    }
+    Err(QueryError::PartitionUnavailable { partition })
+}
+
+async fn serve_sms(
+    st: &QueryState,
+    local: &LocalPartition,
+    id: String,
+    partition: i32,
+) -> Result<Response, QueryError> {
+    let reader = |name: &str| match local.readers.get(name) {
+        Some(StoreReader::Window(r)) => Ok(r.clone()),
+        _ => Err(QueryError::TopologyDisabled("sms")),
+    };
+    let (sent_r, supp_r) = (reader(SMS_SENT_STORE)?, reader(SMS_SUPPRESSED_STORE)?);
+    let key = id.clone();
+    // RocksDB reads block: keep them off the async workers.
+    let (sent, suppressed) = tokio::task::spawn_blocking(move || {
+        let mut sent = Vec::new();
+        let mut suppressed = Vec::new();
+        for template in TEMPLATES {
+            let k = ledger_key(template, &key);
+            for (_, v) in sent_r.fetch(&k, i64::MIN, i64::MAX)? {
+                sent.extend(serde_json::from_slice::<SmsRequest>(&v).ok());
+            }
+            for (_, v) in supp_r.fetch(&k, i64::MIN, i64::MAX)? {
+                suppressed.extend(serde_json::from_slice::<SuppressedSms>(&v).ok());
+            }
+        }
+        sent.sort_by_key(|s: &SmsRequest| s.event_ts);
+        suppressed.sort_by_key(|s: &SuppressedSms| s.request.event_ts);
+        Ok::<_, paystream_state::StoreError>((sent, suppressed))
+    })
+    .await
+    .map_err(|e| QueryError::Internal(e.to_string()))?
+    .map_err(|e| QueryError::Store(e.to_string()))?;
+    Ok(Json(SmsResponse {
+        order_id: id,
+        partition,
+        sent,
+        suppressed,
+        served_by: st.self_addr.clone(),
+        role: local.role,
+    })
+    .into_response())
+}
+
+/// One instance's alerts for one of its copies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionAlerts {
+    pub partition: i32,
+    pub role: Role,
+    pub served_by: String,
+    pub alerts: Vec<ApprovalAlert>,
+}
+
+/// Body of `GET /alerts`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AlertsResponse {
+    /// Matching alerts over every partition answered for, oldest deadline first.
+    pub alerts: Vec<ApprovalAlert>,
+    /// True when every partition was answered for.
+    pub complete: bool,
+    pub partitions_missing: Vec<i32>,
+    /// Per partition (with `local=true`: only this instance's copies).
+    pub partitions: Vec<PartitionAlerts>,
+    pub served_by: String,
+}
+
+struct AlertParams {
+    since: i64,
+    all: bool,
+    local: bool,
+}
+
+fn parse_alert_params(raw: Option<&str>) -> Result<AlertParams, QueryError> {
+    let mut p = AlertParams {
+        since: i64::MIN,
+        all: false,
+        local: false,
+    };
+    for kv in raw.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "since" => {
+                p.since = v.parse().map_err(|_| {
+                    QueryError::InvalidParam(format!("since: {v:?} is not epoch milliseconds"))
+                })?
+            }
+            "status" => match v {
+                "open" => p.all = false,
+                "all" => p.all = true,
+                _ => {
+                    return Err(QueryError::InvalidParam(format!(
+                        "status must be open or all, not {v:?}"
+                    )))
+                }
+            },
+            "local" => p.local = matches!(v, "true" | "1" | ""),
+            other => {
+                return Err(QueryError::InvalidParam(format!(
+                    "unknown parameter {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(p)
+}
+
+pub(super) async fn get_alerts(
+    State(st): State<QueryState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<AlertsResponse>, QueryError> {
+    let params = parse_alert_params(raw.as_deref())?;
+    let mut answers = local_alerts(&st, params.since, params.all).await?;
+    let local_only = params.local || headers.contains_key(FORWARDED);
+    if !local_only {
+        let mut peers: BTreeSet<String> = BTreeSet::new();
+        for p in 0..st.partition_count {
+            if let Some(o) = st.routing.owners(p) {
+                peers.insert(o.active);
+                peers.extend(o.standbys);
+            }
+        }
+        peers.retain(|e| !e.is_empty() && *e != st.self_addr);
+        let mut path = format!(
+            "/alerts?local=true&status={}",
+            if params.all { "all" } else { "open" }
+        );
+        if params.since != i64::MIN {
+            path.push_str(&format!("&since={}", params.since));
+        }
+        let calls = peers.iter().map(|peer| {
+            let (client, path, me) = (st.client.clone(), path.clone(), st.self_addr.clone());
+            async move {
+                match forward(&client, peer, &path, &me, true, FORWARD_TIMEOUT).await {
+                    Forwarded::Answer(r) => read_peer(r).await,
+                    Forwarded::Unavailable(why) => {
+                        tracing::debug!(peer, why, "alerts: peer did not answer");
+                        Vec::new()
+                    }
+                }
+            }
+        });
+        for list in futures::future::join_all(calls).await {
+            answers.extend(list);
+        }
+    }
+    Ok(Json(merge(
+        answers,
+        st.partition_count,
+        local_only,
+        &st.self_addr,
+    )))
+}
+
+async fn read_peer(r: Response) -> Vec<PartitionAlerts> {
+    let Ok(bytes) = axum::body::to_bytes(r.into_body(), 64 << 20).await else {
+        return Vec::new();
+    };
+    serde_json::from_slice::<AlertsResponse>(&bytes)
+        .map(|a| a.partitions)
+        .unwrap_or_default()
+}
+
+/// Per partition, prefer the active copy's answer; list partitions nobody answered for.
+fn merge(
+    answers: Vec<PartitionAlerts>,
+    partition_count: i32,
+    local_only: bool,
+    self_addr: &str,
+) -> AlertsResponse {
+    let mut best: BTreeMap<i32, PartitionAlerts> = BTreeMap::new();
+    for a in answers {
+        match best.get(&a.partition) {
+            Some(b) if b.role == Role::Active || a.role != Role::Active => {}
+            _ => {
+                best.insert(a.partition, a);
+            }
+        }
+    }
+    let partitions_missing: Vec<i32> = if local_only {
+        Vec::new()
+    } else {
+        (0..partition_count)
+            .filter(|p| !best.contains_key(p))
+            .collect()
+    };
+    let mut alerts: Vec<ApprovalAlert> = best.values().flat_map(|p| p.alerts.clone()).collect();
+    alerts.sort_by(|a, b| (a.deadline_ts, &a.order_id).cmp(&(b.deadline_ts, &b.order_id)));
+    AlertsResponse {
+        alerts,
+        complete: partitions_missing.is_empty(),
+        partitions_missing,
+        partitions: best.into_values().collect(),
+        served_by: self_addr.to_owned(),
+    }
+}
+
+async fn local_alerts(
+    st: &QueryState,
+    since: i64,
+    all: bool,
+) -> Result<Vec<PartitionAlerts>, QueryError> {
+    let copies: Vec<(i32, Role, StoreReader)> = st
+        .local
+        .snapshot()
+        .into_iter()
+        .filter_map(|(p, l)| Some((p, l.role, l.readers.get(APPROVAL_ALERTS_STORE)?.clone())))
+        .collect();
+    if copies.is_empty()
+        && st
+            .local
+            .snapshot()
+            .iter()
+            .any(|(_, l)| !l.readers.is_empty())
+    {
+        return Err(QueryError::TopologyDisabled("approval-timeout"));
+    }
+    let me = st.self_addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for (partition, role, reader) in copies {
+            let StoreReader::KeyValue(r) = reader else {
+                continue;
+            };
+            let mut alerts = Vec::new();
+            r.for_each(&mut |_, v| {
+                if let Ok(a) = serde_json::from_slice::<ApprovalAlert>(v) {
+                    if (all || a.status == AlertStatus::Timeout) && a.deadline_ts >= since {
+                        alerts.push(a);
+                    }
+                }
+                true
+            })?;
+            out.push(PartitionAlerts {
+                partition,
+                role,
+                served_by: me.clone(),
+                alerts,
+            });
+        }
+        Ok::<_, paystream_state::StoreError>(out)
+    })
+    .await
+    .map_err(|e| QueryError::Internal(e.to_string()))?
+    .map_err(|e| QueryError::Store(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(order: &str, deadline: i64) -> ApprovalAlert {
+        ApprovalAlert {
+            order_id: order.into(),
+            status: AlertStatus::Timeout,
+            member_id: None,
+            amount: None,
+            currency: None,
+            requested_ts: deadline - 1,
+            deadline_ts: deadline,
+            detected_at: deadline,
+            resolved_by: None,
+            resolved_ts: None,
+        }
+    }
+
+    fn part(p: i32, role: Role, by: &str, alerts: Vec<ApprovalAlert>) -> PartitionAlerts {
+        PartitionAlerts {
+            partition: p,
+            role,
+            served_by: by.into(),
+            alerts,
+        }
+    }
+
+    #[test]
+    fn merge_prefers_actives_fills_in_with_standbys_and_names_the_gaps() {
+        let answers = vec![
+            part(0, Role::Standby, "b", vec![alert("stale", 1)]),
+            part(
+                0,
+                Role::Active,
+                "a",
+                vec![alert("O-2", 20), alert("O-1", 10)],
+            ),
+            part(1, Role::Standby, "b", vec![alert("O-3", 5)]),
+        ];
+        let m = merge(answers, 3, false, "a");
+        let ids: Vec<&str> = m.alerts.iter().map(|a| a.order_id.as_str()).collect();
+        assert_eq!(ids, ["O-3", "O-1", "O-2"], "sorted by deadline");
+        assert_eq!(m.partitions_missing, [2]);
+        assert!(!m.complete);
+        assert_eq!(m.partitions[0].served_by, "a");
+    }
+
+    #[test]
+    fn alert_params_are_checked() {
+        assert!(parse_alert_params(Some("since=abc")).is_err());
+        assert!(parse_alert_params(Some("status=closed")).is_err());
+        assert!(parse_alert_params(Some("bogus=1")).is_err());
+        let p = parse_alert_params(Some("since=5&status=all&local=true")).unwrap();
+        assert!(p.since == 5 && p.all && p.local);
+    }
+}
