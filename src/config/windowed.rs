@@ -65,7 +65,8 @@ pub struct WindowedArgs {
     #[arg(long, env = "PAYSTREAM_APPROVAL_TIMEOUT_GRACE_MS", value_name = "MS")]
     pub approval_timeout_grace_ms: Option<i64>,
 
-    /// How often, in stream time, pending approvals are checked. [default: 1000]
+    /// How often, in stream time, pending approvals are checked: an alert comes at most this
+    /// much event time after its deadline + grace. [default: 5000]
     #[arg(
         long,
         env = "PAYSTREAM_APPROVAL_TIMEOUT_CHECK_INTERVAL_MS",

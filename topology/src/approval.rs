@@ -10,8 +10,8 @@
 //!  APPROVAL_REQUESTED ──▶ approval-pending (window store, order id @ requested time)
 //!  APPROVAL_COMPLETED / APPROVAL_FAILED ──▶ delete pending, remember in approval-settled;
 //!                                           alerted before? ──▶ RESOLVED record
-//!  every check interval of stream time: pending older than timeout + grace
-//!                                           ──▶ TIMEOUT record, approval-alerts
+//!  every check interval of stream time: pending requests that became older than
+//!  timeout + grace since the last check     ──▶ TIMEOUT record, approval-alerts
 //! ```
 //!
 //! Time is event time: an alert fires when the partition's stream time passes
@@ -57,7 +57,7 @@ impl Default for ApprovalTimeoutConfig {
             topic: "PAYMENT.APPROVAL_TIMEOUT".into(),
             timeout_ms: 5 * 60_000,
             grace_ms: 10_000,
-            check_interval_ms: 1_000,
+            check_interval_ms: 5_000,
         }
     }
 }
@@ -121,11 +121,50 @@ pub fn approval_stores(config: &ApprovalTimeoutConfig) -> Vec<StoreSpec> {
 /// See the module documentation. Forwards every record unchanged.
 pub struct ApprovalTimeoutProcessor {
     config: ApprovalTimeoutConfig,
+    /// Requests at or before this time have been checked (`i64::MIN`: none yet, e.g. after a
+    /// restart, when the first check looks at everything retained).
+    checked_up_to: i64,
 }
 
 impl ApprovalTimeoutProcessor {
     pub fn new(config: ApprovalTimeoutConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            checked_up_to: i64::MIN,
+        }
+    }
+
+    /// Raise the alert for a pending request (unless the ledger already has one).
+    ///
+    /// The pending entry is *not* deleted here: deleting it is a changelog write that could
+    /// reach Kafka while the alert itself does not (a crash between the two), and the alert would
+    /// then be lost for good. Kept, it is skipped by later checks (the ledger knows the alert)
+    /// and expires with its segment.
+    fn raise(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        order_id: String,
+        requested_ts: i64,
+        pending: Pending,
+        stream_time: i64,
+    ) -> Result<(), ProcessError> {
+        if Self::alert_of(ctx, &order_id)?.is_some() {
+            return Ok(());
+        }
+        let deadline_ts = requested_ts.saturating_add(self.config.timeout_ms);
+        let alert = ApprovalAlert {
+            order_id,
+            status: AlertStatus::Timeout,
+            member_id: pending.member_id,
+            amount: pending.amount,
+            currency: pending.currency,
+            requested_ts,
+            deadline_ts,
+            detected_at: stream_time,
+            resolved_by: None,
+            resolved_ts: None,
+        };
+        self.emit(ctx, &alert, deadline_ts)
     }
 
     fn alert_of(
@@ -181,14 +220,21 @@ impl ApprovalTimeoutProcessor {
         if !pending.fetch(key, lo, hi)?.is_empty() {
             return Ok(());
         }
-        let value = codec::encode(&Pending {
+        let pending_value = Pending {
             member_id: event.member_id.clone(),
             amount: event.amount,
             currency: event.currency.clone(),
-        })
-        .map_err(|e| e.in_store(APPROVAL_PENDING_STORE))?;
+        };
+        let value =
+            codec::encode(&pending_value).map_err(|e| e.in_store(APPROVAL_PENDING_STORE))?;
         if !pending.put(key, event.ts, &value)? {
             ctx.record_late();
+            return Ok(());
+        }
+        // Arrived after the check that would have covered it: overdue already.
+        if event.ts <= self.checked_up_to {
+            let st = ctx.stream_time();
+            self.raise(ctx, event.order_id.clone(), event.ts, pending_value, st)?;
         }
         Ok(())
     }
@@ -258,35 +304,23 @@ impl Processor for ApprovalTimeoutProcessor {
         let cutoff = stream_time
             .saturating_sub(c.timeout_ms)
             .saturating_sub(c.grace_ms);
+        if cutoff <= self.checked_up_to {
+            return Ok(());
+        }
+        // Only what became due since the last check; after a restart, everything retained.
+        let from = self.checked_up_to.saturating_add(1);
         let mut due: Vec<(Vec<u8>, i64, Vec<u8>)> = Vec::new();
         ctx.window_store(APPROVAL_PENDING_STORE)?
-            .fetch_all(i64::MIN, cutoff, &mut |k, t, v| {
+            .fetch_all(from, cutoff, &mut |k, t, v| {
                 due.push((k.to_vec(), t, v.to_vec()));
                 true
             })?;
+        self.checked_up_to = cutoff;
         for (key, requested_ts, value) in due {
-            ctx.window_store(APPROVAL_PENDING_STORE)?
-                .delete(&key, requested_ts)?;
             let order_id = String::from_utf8_lossy(&key).into_owned();
-            if Self::alert_of(ctx, &order_id)?.is_some() {
-                continue;
-            }
             let pending: Pending =
                 codec::decode(&value).map_err(|e| e.in_store(APPROVAL_PENDING_STORE))?;
-            let deadline_ts = requested_ts.saturating_add(c.timeout_ms);
-            let alert = ApprovalAlert {
-                order_id,
-                status: AlertStatus::Timeout,
-                member_id: pending.member_id,
-                amount: pending.amount,
-                currency: pending.currency,
-                requested_ts,
-                deadline_ts,
-                detected_at: stream_time,
-                resolved_by: None,
-                resolved_ts: None,
-            };
-            self.emit(ctx, &alert, deadline_ts)?;
+            self.raise(ctx, order_id, requested_ts, pending, stream_time)?;
         }
         Ok(())
     }

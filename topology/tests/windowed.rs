@@ -425,6 +425,14 @@ fn completed_failed_or_reordered_approvals_raise_no_alert() {
     );
     tick(&mut d, 2, T0 + 30 * MIN);
     assert!(alerts(&mut d).is_empty());
+    // A request arriving after the check that would have covered it is alerted at once.
+    pipe(
+        &mut d,
+        &ev("O-late", "r", ApprovalRequested, T0 + 20 * MIN, ""),
+    );
+    let late = alerts(&mut d);
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].order_id, "O-late");
 }
 
 #[test]
