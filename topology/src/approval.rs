@@ -198,11 +198,50 @@ impl ApprovalTimeoutProcessor {
         Ok(())
     }
 
+    /// Alert every pending request that became due (older than timeout + grace at
+    /// `stream_time`) since the last check.
+    fn check(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        stream_time: i64,
+    ) -> Result<(), ProcessError> {
+        let c = &self.config;
+        let cutoff = stream_time
+            .saturating_sub(c.timeout_ms)
+            .saturating_sub(c.grace_ms);
+        if cutoff <= self.checked_up_to {
+            return Ok(());
+        }
+        // Only what became due since the last check; after a restart, everything retained.
+        let from = self.checked_up_to.saturating_add(1);
+        let mut due: Vec<(Vec<u8>, i64, Vec<u8>)> = Vec::new();
+        ctx.window_store(APPROVAL_PENDING_STORE)?
+            .fetch_all(from, cutoff, &mut |k, t, v| {
+                due.push((k.to_vec(), t, v.to_vec()));
+                true
+            })?;
+        self.checked_up_to = cutoff;
+        for (key, requested_ts, value) in due {
+            let order_id = String::from_utf8_lossy(&key).into_owned();
+            let pending: Pending =
+                codec::decode(&value).map_err(|e| e.in_store(APPROVAL_PENDING_STORE))?;
+            self.raise(ctx, order_id, requested_ts, pending, stream_time)?;
+        }
+        Ok(())
+    }
+
     fn requested(
-        &self,
+        &mut self,
         ctx: &mut ProcessorContext<'_>,
         event: &OrderEvent,
     ) -> Result<(), ProcessError> {
+        // A put this far ahead expires entries the last check has not looked at yet (stream
+        // time jumped: an idle partition woke up, or a restart): check them first, or their
+        // alerts would be lost with their segment.
+        if event.ts.saturating_sub(self.config.retention_ms()) > self.checked_up_to {
+            let st = ctx.stream_time();
+            self.check(ctx, st)?;
+        }
         if Self::alert_of(ctx, &event.order_id)?.is_some() {
             return Ok(());
         }
@@ -300,28 +339,6 @@ impl Processor for ApprovalTimeoutProcessor {
         _kind: PunctuationType,
         stream_time: i64,
     ) -> Result<(), ProcessError> {
-        let c = &self.config;
-        let cutoff = stream_time
-            .saturating_sub(c.timeout_ms)
-            .saturating_sub(c.grace_ms);
-        if cutoff <= self.checked_up_to {
-            return Ok(());
-        }
-        // Only what became due since the last check; after a restart, everything retained.
-        let from = self.checked_up_to.saturating_add(1);
-        let mut due: Vec<(Vec<u8>, i64, Vec<u8>)> = Vec::new();
-        ctx.window_store(APPROVAL_PENDING_STORE)?
-            .fetch_all(from, cutoff, &mut |k, t, v| {
-                due.push((k.to_vec(), t, v.to_vec()));
-                true
-            })?;
-        self.checked_up_to = cutoff;
-        for (key, requested_ts, value) in due {
-            let order_id = String::from_utf8_lossy(&key).into_owned();
-            let pending: Pending =
-                codec::decode(&value).map_err(|e| e.in_store(APPROVAL_PENDING_STORE))?;
-            self.raise(ctx, order_id, requested_ts, pending, stream_time)?;
-        }
-        Ok(())
+        self.check(ctx, stream_time)
     }
 }

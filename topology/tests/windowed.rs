@@ -482,3 +482,19 @@ fn alerts_are_per_partition_and_survive_a_crash_without_repeating() {
     }
     assert!(alerts(&mut d).is_empty());
 }
+
+#[test]
+fn a_jump_in_stream_time_alerts_before_it_expires_the_pending_requests() {
+    let mut d = approval_driver(1);
+    pipe(&mut d, &ev("O-1", "r", ApprovalRequested, T0, ""));
+    pipe(&mut d, &ev("O-2", "r", ApprovalRequested, T0 + 1_000, ""));
+    // The partition goes quiet, then wakes up a day later: far beyond the pending store's
+    // retention, so this one record both expires the old requests and must alert them.
+    pipe(
+        &mut d,
+        &ev("O-3", "r", ApprovalRequested, T0 + 24 * HOUR, ""),
+    );
+    let mut ids: Vec<String> = alerts(&mut d).into_iter().map(|a| a.order_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["O-1", "O-2"]);
+}
