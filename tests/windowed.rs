@@ -208,7 +208,21 @@ async fn exactly_one_sms_per_completed_order_and_one_alert_per_stuck_approval_de
         let topic = topic.clone();
         tokio::spawn(async move { produce_range(&topic, 1_500, 1_500, 1_000).await })
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Kill instance 1 while it is active and has processed part of the stream (so it has SMS
+    // and alerts in flight or just written, and uncommitted input to be replayed elsewhere).
+    procs[1]
+        .wait_health(
+            "instance 1 active and processing",
+            Duration::from_secs(60),
+            |h| {
+                h["records_processed"].as_u64().unwrap_or(0) > 1_000
+                    && !h["active_partitions"]
+                        .as_array()
+                        .is_none_or(|a| a.is_empty())
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     procs[1].kill9();
     let second = second.await.expect("join");
     events.extend(second.events.iter().filter_map(|e| e.event.clone()));
