@@ -1,111 +1,67 @@
 //! The RocksDB window store: a [`WindowStore`] on disk, cut into time segments.
 //!
-//! Entry point: [`RocksDbWindowStore::open`]. Layout, as in Kafka Streams' segmented stores:
-//! window starts are grouped into segments of [`RocksDbWindowStore::segment_interval`] ms, and
-//! each segment is its own RocksDB database in `<dir>/<store>.<segment start ms>` (other files in
-//! `<dir>`, such as the `.checkpoint`, are left alone). Inside a segment the keys are
-//! [`encode_window_key`] (length-prefixed key, then the window start in order-preserving bytes),
-//! so one key's windows are one contiguous, time-ordered range; values are the raw value bytes.
+//! Entry point: [`RocksDbWindowStore::open`]. Layout: one RocksDB database per store and
+//! partition (like [`crate::rocks::RocksDbStore`]), whose keys are
+//! `segment id (8 bytes, order-preserving) | encode_window_key(key, window start)`. A segment
+//! groups window starts of [`RocksDbWindowStore::segment_interval`] ms (half the retention, at
+//! least a minute, as in Kafka Streams). Inside a segment one key's windows are one contiguous,
+//! time-ordered range ([`encode_window_key`]: length-prefixed key, then the time).
 //!
 //! Why segments: entries expire by time, and deleting them one by one would cost a tombstone
-//! each plus the compaction work to get rid of them. Here, once observed time has moved past a
-//! whole segment, the segment's database is closed and its directory removed: expiry is one
-//! `remove_dir_all` and no compaction. Entries of the partly expired oldest segment stay on disk
-//! until the whole segment goes, and reads hide them by clamping to [`oldest_retained`].
+//! each. Once observed time has moved past a whole segment, the segment goes with one range
+//! deletion (and its SST files with `delete_file_in_range`): no per-entry work. Entries of the
+//! partly expired oldest segment stay until the whole segment goes; reads hide them by clamping
+//! to [`oldest_retained`].
+//!
+//! Why one database and not one per segment (Kafka Streams' classic layout): opening and closing
+//! a RocksDB costs file creations and fsyncs. At live speed that is one segment per interval, but
+//! catching up (a restore, a replay, a backlog) moves through hours of event time in seconds, and
+//! a database per segment then spends most of its time creating and deleting databases (measured:
+//! a third of the stream thread). Here segments are key prefixes, and one read needs one iterator
+//! however many segments it spans (Kafka Streams' newer logical segments work the same way).
 //!
 //! Threads: the task thread owns the [`RocksDbWindowStore`] and is its only writer; query threads
 //! read through [`RocksDbWindowReader`]s ([`RocksDbWindowStore::reader`]). Store and readers share
-//! the segment map and the observed time, and read through the same functions, so they cannot
-//! disagree. A reader in the middle of a read keeps the segments it reads open (an `Arc`), even
-//! if the store drops them meanwhile.
+//! the database, the set of live segments and the observed time, and read through the same
+//! functions, so they cannot disagree.
 //!
 //! Durability: as for [`crate::rocks::RocksDbStore`], writes skip RocksDB's write-ahead log. What
 //! makes the state durable is the changelog topic plus the checkpoint file written after
 //! [`WindowStore::flush`]; records past the checkpoint are replayed with
 //! [`WindowStore::restore_batch`] after a crash. On open, observed time is recovered from the
-//! newest segment on disk, so expiry (and the refusal of too-old puts) continues where it was.
+//! newest segment, so expiry (and the refusal of too-old puts) continues where it was.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{DBRawIterator, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use crate::rocks::{backend, db_options};
 use crate::store::StoreError;
 use crate::window::{
-    decode_window_key, encode_window_key, oldest_retained, WindowStore, WindowVisitor,
+    decode_window_key, encode_time, encode_window_key, oldest_retained, WindowStore, WindowVisitor,
 };
 
 /// Smallest segment interval, as in Kafka Streams: short retentions would otherwise make many
-/// tiny databases.
+/// tiny segments.
 const MIN_SEGMENT_INTERVAL_MS: i64 = 60_000;
 
-/// One segment's open database. Fields drop in declaration order: the database closes before
-/// `dir` removes the directory of an expired segment.
-struct Segment {
-    db: DB,
-    dir: SegmentDir,
-}
-
-impl Segment {
-    fn open(store: &str, path: PathBuf) -> Result<Self, StoreError> {
-        let db = DB::open(&db_options(), &path)
-            .map_err(|e| backend(store, &format!("open {}", path.display()), e))?;
-        let dir = SegmentDir {
-            path,
-            store: store.to_owned(),
-            expired: AtomicBool::new(false),
-        };
-        Ok(Self { db, dir })
-    }
-}
-
-/// A segment's directory, removed when the segment is dropped after it expired.
-///
-/// Removal waits for the database to close: a RocksDB still open (a reader in the middle of a
-/// read when the store dropped the segment) may write files into its directory, which would
-/// make a concurrent `remove_dir_all` fail.
-struct SegmentDir {
-    path: PathBuf,
-    store: String,
-    expired: AtomicBool,
-}
-
-impl SegmentDir {
-    fn remove(&self) -> io::Result<()> {
-        match fs::remove_dir_all(&self.path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            result => result,
-        }
-    }
-}
-
-impl Drop for SegmentDir {
-    /// Runs in whichever thread lets go of an expired segment last, when that is not the store's
-    /// own [`RocksDbWindowStore::drop_expired_segments`] (which reports failures itself).
-    fn drop(&mut self) {
-        if *self.expired.get_mut() {
-            if let Err(error) = self.remove() {
-                // Left over; the next open drops it again.
-                tracing::warn!(store = %self.store, dir = %self.path.display(), %error,
-                    "cannot remove expired window segment");
-            }
-        }
-    }
-}
+/// Length of the segment-id prefix of every key.
+const PREFIX: usize = 8;
 
 /// What a store and its readers share.
 struct Shared {
     name: String,
     retention_ms: i64,
     interval: i64,
-    /// Segment id (`window start div_euclid interval`) to its database.
-    segments: RwLock<BTreeMap<i64, Arc<Segment>>>,
+    db: DB,
+    /// Ids (`window start div_euclid interval`) of the segments that may hold entries.
+    segments: RwLock<BTreeSet<i64>>,
     /// Largest window start ever put (`i64::MIN` while empty).
     observed: AtomicI64,
 }
@@ -119,21 +75,19 @@ impl Shared {
         self.observed.load(Ordering::Acquire)
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<i64, Arc<Segment>>> {
+    fn read(&self) -> RwLockReadGuard<'_, BTreeSet<i64>> {
         self.segments.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<i64, Arc<Segment>>> {
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeSet<i64>> {
         self.segments.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The databases of the segments that may hold window starts in `[from, to]`, oldest first.
-    /// The lock is released before any I/O happens.
-    fn segments_between(&self, from: i64, to: i64) -> Vec<Arc<Segment>> {
-        let range = self.segment_id(from)..=self.segment_id(to);
+    /// The live segments that may hold window starts in `[from, to]`, oldest first.
+    fn segments_between(&self, from: i64, to: i64) -> Vec<i64> {
         self.read()
-            .range(range)
-            .map(|(_, s)| Arc::clone(s))
+            .range(self.segment_id(from)..=self.segment_id(to))
+            .copied()
             .collect()
     }
 
@@ -149,6 +103,26 @@ impl Shared {
             message: format!("key of {} bytes is not a window key", raw.len()),
         }
     }
+
+    fn iterator(&self) -> DBRawIterator<'_> {
+        self.db.raw_iterator()
+    }
+}
+
+/// The stored key: segment prefix, then the window key.
+fn stored_key(segment: i64, key: &[u8], window_start: i64) -> Vec<u8> {
+    let window_key = encode_window_key(key, window_start);
+    let mut out = Vec::with_capacity(PREFIX + window_key.len());
+    out.extend_from_slice(&encode_time(segment));
+    out.extend_from_slice(&window_key);
+    out
+}
+
+/// (segment id, key, window start) of a stored key.
+fn split_stored(raw: &[u8]) -> Option<(i64, &[u8], i64)> {
+    let prefix: [u8; PREFIX] = raw.get(..PREFIX)?.try_into().ok()?;
+    let (key, start) = decode_window_key(&raw[PREFIX..])?;
+    Some((crate::window::decode_time(prefix), key, start))
 }
 
 fn fetch(
@@ -160,22 +134,28 @@ fn fetch(
     let Some((from, to)) = shared.live_range(from, to) else {
         return Ok(Vec::new());
     };
-    let lower = encode_window_key(key, from);
-    // The immediate successor of the inclusive upper key: an exclusive bound.
-    let mut upper = encode_window_key(key, to);
-    upper.push(0);
+    let segments = shared.segments_between(from, to);
     let mut out = Vec::new();
-    for segment in shared.segments_between(from, to) {
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(upper.clone());
-        for item in segment
-            .db
-            .iterator_opt(IteratorMode::From(&lower, Direction::Forward), opts)
-        {
-            let (raw, value) = item.map_err(|e| backend(&shared.name, "iterate", e))?;
-            let (_, start) = decode_window_key(&raw).ok_or_else(|| shared.codec_error(&raw))?;
-            out.push((start, value.into_vec()));
+    if segments.is_empty() {
+        return Ok(out);
+    }
+    let mut it = shared.iterator();
+    for segment in segments {
+        let upper = stored_key(segment, key, to);
+        it.seek(stored_key(segment, key, from));
+        while it.valid() {
+            let (Some(raw), Some(value)) = (it.key(), it.value()) else {
+                break;
+            };
+            if raw > upper.as_slice() {
+                break;
+            }
+            let (_, _, start) = split_stored(raw).ok_or_else(|| shared.codec_error(raw))?;
+            out.push((start, value.to_vec()));
+            it.next();
         }
+        it.status()
+            .map_err(|e| backend(&shared.name, "iterate", e))?;
     }
     Ok(out)
 }
@@ -189,19 +169,35 @@ fn fetch_all(
     let Some((from, to)) = shared.live_range(from, to) else {
         return Ok(());
     };
-    for segment in shared.segments_between(from, to) {
-        for item in segment.db.iterator(IteratorMode::Start) {
-            let (raw, value) = item.map_err(|e| backend(&shared.name, "iterate", e))?;
-            let (key, start) = decode_window_key(&raw).ok_or_else(|| shared.codec_error(&raw))?;
-            if (from..=to).contains(&start) && !f(key, start, &value) {
+    let segments = shared.segments_between(from, to);
+    if segments.is_empty() {
+        return Ok(());
+    }
+    let mut it = shared.iterator();
+    for segment in segments {
+        let prefix = encode_time(segment);
+        it.seek(prefix);
+        while it.valid() {
+            let (Some(raw), Some(value)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !raw.starts_with(&prefix) {
+                break;
+            }
+            let (_, key, start) = split_stored(raw).ok_or_else(|| shared.codec_error(raw))?;
+            if (from..=to).contains(&start) && !f(key, start, value) {
                 return Ok(());
             }
+            it.next();
         }
+        it.status()
+            .map_err(|e| backend(&shared.name, "iterate", e))?;
     }
     Ok(())
 }
 
-/// A [`WindowStore`] on one RocksDB database per time segment; see the module documentation.
+/// A [`WindowStore`] on one RocksDB database, cut into time segments by key prefix; see the
+/// module documentation.
 pub struct RocksDbWindowStore {
     dir: PathBuf,
     shared: Arc<Shared>,
@@ -230,81 +226,37 @@ impl RocksDbWindowStore {
     /// Open (creating `dir` and its parents if needed) window store `name` in `dir`, keeping
     /// entries for `retention_ms` of observed time.
     ///
-    /// Opens every segment directory already there and recovers the observed time from the
-    /// newest one. Fails if a segment is already open (in this process or another), or if a
-    /// segment directory does not start on a segment boundary of this retention (the retention
-    /// changed since it was written: [`RocksDbWindowStore::destroy`] the directory and restore
-    /// from the changelog).
+    /// Finds the segments already there and recovers the observed time from the newest one.
+    /// Fails if the database is already open (in this process or another), or if its segments
+    /// were cut with another interval (the retention changed since they were written:
+    /// [`RocksDbWindowStore::destroy`] the directory and restore from the changelog).
     pub fn open(dir: &Path, name: &str, retention_ms: i64) -> Result<Self, StoreError> {
-        let io_err = |context: String| {
-            move |source| StoreError::Io {
-                store: name.to_owned(),
-                context,
-                source,
-            }
-        };
-        fs::create_dir_all(dir)
-            .map_err(io_err(format!("create store directory {}", dir.display())))?;
+        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            store: name.to_owned(),
+            context: format!("create store directory {}", dir.display()),
+            source,
+        })?;
+        let db = DB::open(&db_options(), dir)
+            .map_err(|e| backend(name, &format!("open {}", dir.display()), e))?;
         let interval = Self::segment_interval(retention_ms);
-        let prefix = format!("{name}.");
-        let mut segments = BTreeMap::new();
-        let listing =
-            fs::read_dir(dir).map_err(io_err(format!("list store directory {}", dir.display())))?;
-        for entry in listing {
-            let entry = entry.map_err(io_err(format!("list store directory {}", dir.display())))?;
-            let file_name = entry.file_name();
-            let Some(start) = file_name
-                .to_str()
-                .and_then(|n| n.strip_prefix(&prefix))
-                .and_then(|s| s.parse::<i64>().ok())
-            else {
-                continue;
-            };
-            let path = entry.path();
-            if !path.is_dir() {
-                continue;
-            }
-            let id = start.div_euclid(interval);
-            if segment_start(id, interval) != start {
-                return Err(StoreError::Backend {
-                    store: name.to_owned(),
-                    message: format!(
-                        "segment directory {} is not on a boundary of the {interval} ms segment \
-                         interval (retention changed?); destroy the store to rebuild it",
-                        path.display()
-                    ),
-                });
-            }
-            segments.insert(id, Arc::new(Segment::open(name, path)?));
-        }
         let shared = Shared {
             name: name.to_owned(),
             retention_ms,
             interval,
-            segments: RwLock::new(segments),
+            db,
+            segments: RwLock::new(BTreeSet::new()),
             observed: AtomicI64::new(i64::MIN),
         };
-        // The newest segment holding anything holds the largest window start ever put (unless
-        // it was deleted since: then expiry restarts from a slightly older time, which is safe).
-        for segment in shared.read().values().rev() {
-            let mut observed = i64::MIN;
-            for item in segment.db.iterator(IteratorMode::Start) {
-                let (raw, _) = item.map_err(|e| backend(name, "iterate", e))?;
-                let (_, start) = decode_window_key(&raw).ok_or_else(|| shared.codec_error(&raw))?;
-                observed = observed.max(start);
-            }
-            if observed != i64::MIN {
-                shared.observed.store(observed, Ordering::Release);
-                break;
-            }
-        }
+        let (segments, observed) = scan_segments(&shared)?;
+        *shared.write() = segments;
+        shared.observed.store(observed, Ordering::Release);
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
         tracing::debug!(
             store = name,
             dir = %dir.display(),
             segments = shared.read().len(),
-            observed = shared.observed(),
+            observed,
             "opened rocksdb window store"
         );
         let store = Self {
@@ -316,9 +268,18 @@ impl RocksDbWindowStore {
         Ok(store)
     }
 
-    /// The directory holding this store's segment directories.
+    /// The directory holding this store's database.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Start times of the segments that may hold entries, oldest first.
+    pub fn segment_starts(&self) -> Vec<i64> {
+        self.shared
+            .read()
+            .iter()
+            .map(|id| segment_start(*id, self.shared.interval))
+            .collect()
     }
 
     /// A read handle for other threads (e.g. HTTP queries) that sees every write of this store.
@@ -328,7 +289,7 @@ impl RocksDbWindowStore {
         }
     }
 
-    /// Delete the store's directory and everything in it (segments, checkpoint). A missing
+    /// Delete the store's directory and everything in it (database, checkpoint). A missing
     /// directory is fine. The store (and its readers) must be closed first.
     pub fn destroy(dir: &Path) -> Result<(), StoreError> {
         match fs::remove_dir_all(dir) {
@@ -345,58 +306,94 @@ impl RocksDbWindowStore {
         }
     }
 
-    /// The segment for window starts with this id, opened (created) if needed.
-    fn segment_for_write(&self, id: i64) -> Result<Arc<Segment>, StoreError> {
-        if let Some(segment) = self.shared.read().get(&id) {
-            return Ok(Arc::clone(segment));
-        }
-        // Only this (the writer's) thread adds segments, so nobody can race us to it.
-        let start = segment_start(id, self.shared.interval);
-        let path = self.dir.join(format!("{}.{start}", self.shared.name));
-        tracing::debug!(store = %self.shared.name, dir = %path.display(), "creating window segment");
-        let segment = Arc::new(Segment::open(&self.shared.name, path)?);
-        self.shared.write().insert(id, Arc::clone(&segment));
-        Ok(segment)
-    }
-
-    /// Close and delete every segment entirely older than the oldest retained window start.
+    /// Delete every segment entirely older than the oldest retained window start: one range
+    /// deletion, plus dropping the SST files that lie wholly inside it.
     fn drop_expired_segments(&self) -> Result<(), StoreError> {
         let oldest = oldest_retained(self.shared.observed(), self.shared.retention_ms);
         let cutoff = self.shared.segment_id(oldest);
-        let first = self.shared.read().keys().next().copied();
-        if first.is_none_or(|id| id >= cutoff) {
+        let Some(first) = self.shared.read().first().copied() else {
+            return Ok(());
+        };
+        if first >= cutoff {
             return Ok(());
         }
-        let expired = {
-            let mut segments = self.shared.write();
-            let kept = segments.split_off(&cutoff);
-            std::mem::replace(&mut *segments, kept)
+        let (from, to) = (encode_time(first), encode_time(cutoff));
+        let err = |what: &str| {
+            let name = self.shared.name.clone();
+            let what = what.to_owned();
+            move |e| backend(&name, &what, e)
         };
-        for segment in expired.values() {
-            segment.dir.expired.store(true, Ordering::Release);
-        }
-        for (_, segment) in expired {
-            // Usually the store holds the only handle: close and remove here, reporting failure.
-            // Otherwise a read is using it, and the last handle to go removes it.
-            let Ok(Segment { db, mut dir }) = Arc::try_unwrap(segment) else {
-                continue;
-            };
-            drop(db);
-            *dir.expired.get_mut() = false;
-            dir.remove().map_err(|source| StoreError::Io {
-                store: self.shared.name.clone(),
-                context: format!("remove expired segment {}", dir.path.display()),
-                source,
-            })?;
-            tracing::debug!(store = %self.shared.name, dir = %dir.path.display(), "dropped expired window segment");
-        }
+        self.shared
+            .db
+            .delete_file_in_range(from, to)
+            .map_err(err("drop expired segment files"))?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range(from, to);
+        self.shared
+            .db
+            .write_opt(batch, &self.write_opts)
+            .map_err(err("drop expired segments"))?;
+        let mut segments = self.shared.write();
+        let kept = segments.split_off(&cutoff);
+        *segments = kept;
+        tracing::debug!(store = %self.shared.name, below = segment_start(cutoff, self.shared.interval), "dropped expired window segments");
         Ok(())
+    }
+
+    /// Remember that segment `id` may hold entries now.
+    fn note_segment(&self, id: i64) {
+        if !self.shared.read().contains(&id) {
+            self.shared.write().insert(id);
+        }
     }
 }
 
+/// The live segments and the observed time of a freshly opened database: one seek per segment,
+/// plus a scan of the newest one (keys sort by key before time, so its largest time can be
+/// anywhere in it).
+fn scan_segments(shared: &Shared) -> Result<(BTreeSet<i64>, i64), StoreError> {
+    let mut segments = BTreeSet::new();
+    let mut it = shared.iterator();
+    it.seek_to_first();
+    while it.valid() {
+        let Some(raw) = it.key() else { break };
+        let (id, _, start) = split_stored(raw).ok_or_else(|| shared.codec_error(raw))?;
+        if shared.segment_id(start) != id {
+            return Err(StoreError::Backend {
+                store: shared.name.clone(),
+                message: format!(
+                    "stored segments do not match the {} ms segment interval (retention                      changed?); destroy the store to rebuild it from the changelog",
+                    shared.interval
+                ),
+            });
+        }
+        segments.insert(id);
+        match id.checked_add(1) {
+            Some(next) => it.seek(encode_time(next)),
+            None => break,
+        }
+    }
+    it.status()
+        .map_err(|e| backend(&shared.name, "iterate", e))?;
+    let mut observed = i64::MIN;
+    if let Some(newest) = segments.last() {
+        let prefix = encode_time(*newest);
+        for item in shared
+            .db
+            .iterator(IteratorMode::From(&prefix, rocksdb::Direction::Forward))
+        {
+            let (raw, _) = item.map_err(|e| backend(&shared.name, "iterate", e))?;
+            if !raw.starts_with(&prefix) {
+                break;
+            }
+            let (_, _, start) = split_stored(&raw).ok_or_else(|| shared.codec_error(&raw))?;
+            observed = observed.max(start);
+        }
+    }
+    Ok((segments, observed))
+}
+
 fn segment_start(id: i64, interval: i64) -> i64 {
-    // Saturates only for the lowest segment id, whose start is then i64::MIN: still unique, and
-    // `div_euclid` maps it back to the same id.
     id.saturating_mul(interval)
 }
 
@@ -418,14 +415,11 @@ impl WindowStore for RocksDbWindowStore {
         if window_start < oldest_retained(observed, self.shared.retention_ms) {
             return Ok(false);
         }
-        let segment = self.segment_for_write(self.shared.segment_id(window_start))?;
-        segment
+        let id = self.shared.segment_id(window_start);
+        self.note_segment(id);
+        self.shared
             .db
-            .put_opt(
-                encode_window_key(key, window_start),
-                value,
-                &self.write_opts,
-            )
+            .put_opt(stored_key(id, key, window_start), value, &self.write_opts)
             .map_err(|e| backend(&self.shared.name, "put", e))?;
         if window_start > observed {
             self.shared.observed.store(window_start, Ordering::Release);
@@ -436,12 +430,12 @@ impl WindowStore for RocksDbWindowStore {
 
     fn delete(&mut self, key: &[u8], window_start: i64) -> Result<(), StoreError> {
         let id = self.shared.segment_id(window_start);
-        let Some(segment) = self.shared.read().get(&id).map(Arc::clone) else {
+        if !self.shared.read().contains(&id) {
             return Ok(());
-        };
-        segment
+        }
+        self.shared
             .db
-            .delete_opt(encode_window_key(key, window_start), &self.write_opts)
+            .delete_opt(stored_key(id, key, window_start), &self.write_opts)
             .map_err(|e| backend(&self.shared.name, "delete", e))
     }
 
@@ -453,71 +447,71 @@ impl WindowStore for RocksDbWindowStore {
         fetch_all(&self.shared, from, to, f)
     }
 
-    /// Flush every segment's memtables to SST files and wait for it: with the WAL off, this is
-    /// what makes the writes so far survive a crash.
+    /// Flush the memtables to SST files and wait for it: with the WAL off, this is what makes
+    /// the writes so far survive a crash.
     fn flush(&mut self) -> Result<(), StoreError> {
-        for segment in self.shared.segments_between(i64::MIN, i64::MAX) {
-            segment
-                .db
-                .flush()
-                .map_err(|e| backend(&self.shared.name, "flush", e))?;
-        }
-        Ok(())
+        self.shared
+            .db
+            .flush()
+            .map_err(|e| backend(&self.shared.name, "flush", e))
     }
 
-    /// Sum of the segments' `rocksdb.estimate-num-keys` (includes not yet dropped expired ones).
+    /// RocksDB's `rocksdb.estimate-num-keys` (may count entries of dropped segments until
+    /// compaction removes them).
     fn approximate_len(&self) -> Result<u64, StoreError> {
-        let mut total = 0u64;
-        for segment in self.shared.segments_between(i64::MIN, i64::MAX) {
-            let n = segment
-                .db
-                .property_int_value("rocksdb.estimate-num-keys")
-                .map_err(|e| backend(&self.shared.name, "read rocksdb.estimate-num-keys", e))?;
-            total = total.saturating_add(n.unwrap_or_default());
-        }
-        Ok(total)
+        self.shared
+            .db
+            .property_int_value("rocksdb.estimate-num-keys")
+            .map(Option::unwrap_or_default)
+            .map_err(|e| backend(&self.shared.name, "read rocksdb.estimate-num-keys", e))
     }
 
-    /// Same result as applying the records one by one with `put`/`delete`, but with one
-    /// `WriteBatch` per segment.
+    /// Same result as applying the records one by one with `put`/`delete`, in one `WriteBatch`.
     fn restore_batch(&mut self, entries: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
         let retention = self.shared.retention_ms;
         let mut observed = self.shared.observed();
-        let mut batches: BTreeMap<i64, WriteBatch> = BTreeMap::new();
+        let mut touched = BTreeSet::new();
+        let mut writes: Vec<(i64, Vec<u8>, Option<&Vec<u8>>)> = Vec::with_capacity(entries.len());
         for (raw, value) in entries {
-            let Some((_, start)) = decode_window_key(raw) else {
+            let Some((key, start)) = decode_window_key(raw) else {
                 return Err(StoreError::Codec {
                     store: self.shared.name.clone(),
                     message: format!("changelog key of {} bytes is not a window key", raw.len()),
                 });
             };
-            // `decode_window_key` accepts exact encodings only, so `raw` is the segment key.
             let id = self.shared.segment_id(start);
             match value {
                 Some(v) => {
                     if start < oldest_retained(observed, retention) {
                         continue;
                     }
-                    batches.entry(id).or_default().put(raw, v);
+                    touched.insert(id);
                     observed = observed.max(start);
+                    writes.push((id, stored_key(id, key, start), Some(v)));
                 }
-                None => {
-                    // `delete` is a no-op on a segment that does not exist (yet).
-                    if batches.contains_key(&id) || self.shared.read().contains_key(&id) {
-                        batches.entry(id).or_default().delete(raw);
-                    }
-                }
+                None => writes.push((id, stored_key(id, key, start), None)),
             }
         }
         // Segments the batch expired entirely would have been dropped, with what was put in
         // them, as soon as observed time passed them: do not write them at all.
         let cutoff = self.shared.segment_id(oldest_retained(observed, retention));
-        for (id, batch) in batches.split_off(&cutoff) {
-            self.segment_for_write(id)?
-                .db
-                .write_opt(batch, &self.write_opts)
-                .map_err(|e| backend(&self.shared.name, "write batch", e))?;
+        let mut batch = WriteBatch::default();
+        for (id, stored, value) in writes {
+            if id < cutoff {
+                continue;
+            }
+            match value {
+                Some(v) => batch.put(stored, v),
+                None => batch.delete(stored),
+            }
         }
+        for id in touched.range(cutoff..) {
+            self.note_segment(*id);
+        }
+        self.shared
+            .db
+            .write_opt(batch, &self.write_opts)
+            .map_err(|e| backend(&self.shared.name, "write batch", e))?;
         self.shared.observed.store(observed, Ordering::Release);
         self.drop_expired_segments()
     }
@@ -526,8 +520,8 @@ impl WindowStore for RocksDbWindowStore {
 /// A cheap, cloneable read handle on a [`RocksDbWindowStore`], for threads other than the
 /// writer. It sees the store's writes as they happen, including segment expiry.
 ///
-/// It keeps the segments it knows open: the store's directory cannot be reopened while any
-/// reader is alive, so the query layer must drop its readers when a task closes.
+/// It keeps the database open: the store's directory cannot be reopened while any reader is
+/// alive, so the query layer must drop its readers when a task closes.
 #[derive(Clone)]
 pub struct RocksDbWindowReader {
     shared: Arc<Shared>,

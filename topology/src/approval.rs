@@ -134,6 +134,15 @@ impl ApprovalTimeoutProcessor {
         }
     }
 
+    /// How long after its request a pending entry can still be unchecked: timeout + grace + one
+    /// check interval.
+    fn due_after(&self) -> i64 {
+        let c = &self.config;
+        c.timeout_ms
+            .saturating_add(c.grace_ms)
+            .saturating_add(c.check_interval_ms)
+    }
+
     /// Raise the alert for a pending request (unless the ledger already has one).
     ///
     /// The pending entry is *not* deleted here: deleting it is a changelog write that could
@@ -245,18 +254,31 @@ impl ApprovalTimeoutProcessor {
         if Self::alert_of(ctx, &event.order_id)?.is_some() {
             return Ok(());
         }
-        let r = self.config.retention_ms();
-        let (lo, hi) = (event.ts.saturating_sub(r), event.ts.saturating_add(r));
+        // Ranges as narrow as the rules allow: every segment a fetch touches costs an iterator.
+        // A completion comes after its request (up to the whole retention, when late); a
+        // duplicate request sits within the timeout of the first.
+        let (r, due) = (self.config.retention_ms(), self.due_after());
         let key = event.order_id.as_bytes();
         if !ctx
             .window_store(APPROVAL_SETTLED_STORE)?
-            .fetch(key, lo, hi)?
+            .fetch(
+                key,
+                event.ts.saturating_sub(due),
+                event.ts.saturating_add(r),
+            )?
             .is_empty()
         {
             return Ok(());
         }
         let pending = ctx.window_store(APPROVAL_PENDING_STORE)?;
-        if !pending.fetch(key, lo, hi)?.is_empty() {
+        if !pending
+            .fetch(
+                key,
+                event.ts.saturating_sub(due),
+                event.ts.saturating_add(due),
+            )?
+            .is_empty()
+        {
             return Ok(());
         }
         let pending_value = Pending {
@@ -283,10 +305,13 @@ impl ApprovalTimeoutProcessor {
         ctx: &mut ProcessorContext<'_>,
         event: &OrderEvent,
     ) -> Result<(), ProcessError> {
-        let r = self.config.retention_ms();
+        // Requests older than this were alerted already (or are at the next check, which the
+        // ledger then stops): their entries may stay until they expire.
         let key = event.order_id.as_bytes();
         let pending = ctx.window_store(APPROVAL_PENDING_STORE)?;
-        for (t, _) in pending.fetch(key, event.ts.saturating_sub(r), event.ts.saturating_add(r))? {
+        let from = event.ts.saturating_sub(self.due_after());
+        // (Up to `due` after the completion too: services' clocks are not perfectly in step.)
+        for (t, _) in pending.fetch(key, from, event.ts.saturating_add(self.due_after()))? {
             pending.delete(key, t)?;
         }
         let settled = ctx.window_store(APPROVAL_SETTLED_STORE)?;
