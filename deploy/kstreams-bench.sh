@@ -72,22 +72,19 @@ mkdir -p "$BENCH"
 if [ ! -f "$JAR" ] || [ -n "$(find "$HERE/kstreams-bench" -newer "$JAR" -type f | head -1)" ]; then
   command -v mvn >/dev/null || die "mvn not found: install Maven (apt-get install maven)"
   log "building $JAR with Maven (log: $BENCH/mvn.log)"
+  rm -rf "$BUILD/lib" # copy-dependencies never removes a jar that is no longer a dependency
   mvn -q -B -f "$HERE/kstreams-bench/pom.xml" -Dkstreams.build.dir="$BUILD" package \
       >"$BENCH/mvn.log" 2>&1 || { tail -30 "$BENCH/mvn.log" >&2; die "maven build failed (log: $BENCH/mvn.log)"; }
 fi
-cat > "$BENCH/log4j2.yaml" <<'L4J'
-Configuration:
-  Appenders:
-    Console:
-      name: STDERR
-      target: SYSTEM_ERR
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDERR
+cat > "$BENCH/log4j2.xml" <<'L4J'
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="STDERR" target="SYSTEM_ERR"><PatternLayout pattern="[%d] %p %m (%c)%n"/></Console>
+  </Appenders>
+  <Loggers>
+    <Root level="WARN"><AppenderRef ref="STDERR"/></Root>
+  </Loggers>
+</Configuration>
 L4J
 
 # 2. A fresh topic and application id per run.
@@ -116,7 +113,7 @@ cp="$JAR:$BUILD/lib/*"
 verify_args=()
 [ "$verify" = 1 ] && verify_args=(--verify-model "$model")
 log "running Kafka Streams ($threads thread(s), heap $heap, caching ${caching:-off}, compression $compression)"
-out="$(java -Xms"$heap" -Xmx"$heap" -XX:+UseG1GC -Dlog4j2.configurationFile="$BENCH/log4j2.yaml" \
+out="$(java -Xms"$heap" -Xmx"$heap" -XX:+UseG1GC -Dlog4j2.configurationFile="$BENCH/log4j2.xml" \
   -cp "$cp" paystream.bench.OrderViewBench \
   --bootstrap-servers "$bootstrap" --topic "$topic" --events "$events" --threads "$threads" \
   --application-id "$app" --state-dir "$state" --compression "$compression" $caching \

@@ -19,8 +19,9 @@
 //!   durable up to.
 //! - `rocks` (feature `rocksdb`, on by default): `RocksDbStore`, one RocksDB database per store
 //!   and partition directory, and `RocksDbReader`, its read handle for query threads.
-//! - `rocks_window` (feature `rocksdb`): `RocksDbWindowStore`, a window store as one RocksDB
-//!   database per time segment (expired segments are dropped whole), and `RocksDbWindowReader`.
+//! - `rocks_window` (feature `rocksdb`): `RocksDbWindowStore`, a window store on one RocksDB
+//!   database whose keys start with a time-segment id (expired segments are range-deleted
+//!   whole), and `RocksDbWindowReader`.
 //!
 //! Stores are stacked like Kafka Streams' `logging(rocksdb)`:
 //!
