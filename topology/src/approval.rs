@@ -7,21 +7,28 @@
 //! and no completion since?") with state kept per partition:
 //!
 //! ```text
-//!  APPROVAL_REQUESTED ──▶ approval-pending (window store, order id @ requested time)
-//!  APPROVAL_COMPLETED / APPROVAL_FAILED ──▶ delete pending, remember in approval-settled;
+//!  APPROVAL_REQUESTED ──▶ approval-state: order id @ requested time = Pending   (+ due index)
+//!  APPROVAL_COMPLETED / APPROVAL_FAILED ──▶ that entry (or one @ completion time) = Settled;
 //!                                           alerted before? ──▶ RESOLVED record
-//!  every check interval of stream time: pending requests that became older than
-//!  timeout + grace since the last check     ──▶ TIMEOUT record, approval-alerts
+//!  every check interval of stream time: due index entries older than timeout + grace
+//!                                       ──▶ TIMEOUT record, approval-alerts
 //! ```
 //!
 //! Time is event time: an alert fires when the partition's stream time passes
 //! `requested_ts + timeout + grace`, so a replay after a crash raises the same alerts at the same
-//! points, and an idle partition raises none until its next record. `approval-settled` handles
-//! completions that arrive before their request (out of order within the store's retention).
+//! points, and an idle partition raises none until its next record. A `Settled` entry also
+//! catches a completion that arrives before its request, and duplicate requests after it.
+//!
+//! Settling overwrites the entry instead of deleting it: a window store expires entries by
+//! itself, and tombstones would slow down every later lookup near them. Finding what is due is a
+//! time-ordered in-memory index of the pending requests (rebuilt from the store when the task
+//! starts), so a check costs what it finds, not a scan of the store.
 //!
 //! Exactly one alert per order: [`APPROVAL_ALERTS_STORE`] is a ledger of the alert topic (see
 //! [`crate::topology::Changelog::Ledger`]), rebuilt from what reached the topic on restore, and
 //! an order with an alert in it is never alerted again.
+
+use std::collections::BTreeMap;
 
 use paystream_state::codec;
 use paystream_state::window::oldest_retained;
@@ -31,10 +38,8 @@ use crate::order::{parse_event, EventType, OrderEvent};
 use crate::processor::{ProcessError, Processor, ProcessorContext, PunctuationType, Record};
 use crate::topology::StoreSpec;
 
-/// Requests waiting for their completion: order id @ requested time → [`Pending`].
-pub const APPROVAL_PENDING_STORE: &str = "approval-pending";
-/// Completions seen: order id @ completion time → event type (so a late request is not pending).
-pub const APPROVAL_SETTLED_STORE: &str = "approval-settled";
+/// Approvals seen: order id @ requested (or completion) time → [`ApprovalState`].
+pub const APPROVAL_STATE_STORE: &str = "approval-state";
 /// Ledger of the alert topic: order id → the latest [`ApprovalAlert`] JSON.
 pub const APPROVAL_ALERTS_STORE: &str = "approval-alerts";
 
@@ -100,7 +105,7 @@ pub struct ApprovalAlert {
     pub resolved_ts: Option<i64>,
 }
 
-/// What is kept for a pending request (postcard, through [`codec`]).
+/// What is kept for a pending request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     pub member_id: Option<String>,
@@ -108,11 +113,19 @@ pub struct Pending {
     pub currency: Option<String>,
 }
 
-/// The three stores of the detector for `config`.
+/// An entry of [`APPROVAL_STATE_STORE`] (postcard, through [`codec`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApprovalState {
+    /// Requested, no completion yet.
+    Pending(Pending),
+    /// Completed or failed (by this event type).
+    Settled(EventType),
+}
+
+/// The two stores of the detector for `config`.
 pub fn approval_stores(config: &ApprovalTimeoutConfig) -> Vec<StoreSpec> {
     vec![
-        StoreSpec::window(APPROVAL_PENDING_STORE, config.retention_ms()),
-        StoreSpec::window(APPROVAL_SETTLED_STORE, config.retention_ms()),
+        StoreSpec::window(APPROVAL_STATE_STORE, config.retention_ms()),
         StoreSpec::key_value(APPROVAL_ALERTS_STORE)
             .ledger_of(&config.topic, |key, _value, _ts| Some(key.to_vec())),
     ]
@@ -124,6 +137,8 @@ pub struct ApprovalTimeoutProcessor {
     /// Requests at or before this time have been checked (`i64::MIN`: none yet, e.g. after a
     /// restart, when the first check looks at everything retained).
     checked_up_to: i64,
+    /// Pending requests by (requested time, order id): what the checks walk.
+    due: BTreeMap<(i64, Vec<u8>), Pending>,
 }
 
 impl ApprovalTimeoutProcessor {
@@ -131,6 +146,7 @@ impl ApprovalTimeoutProcessor {
         Self {
             config,
             checked_up_to: i64::MIN,
+            due: BTreeMap::new(),
         }
     }
 
@@ -141,39 +157,6 @@ impl ApprovalTimeoutProcessor {
         c.timeout_ms
             .saturating_add(c.grace_ms)
             .saturating_add(c.check_interval_ms)
-    }
-
-    /// Raise the alert for a pending request (unless the ledger already has one).
-    ///
-    /// The pending entry is *not* deleted here: deleting it is a changelog write that could
-    /// reach Kafka while the alert itself does not (a crash between the two), and the alert would
-    /// then be lost for good. Kept, it is skipped by later checks (the ledger knows the alert)
-    /// and expires with its segment.
-    fn raise(
-        &self,
-        ctx: &mut ProcessorContext<'_>,
-        order_id: String,
-        requested_ts: i64,
-        pending: Pending,
-        stream_time: i64,
-    ) -> Result<(), ProcessError> {
-        if Self::alert_of(ctx, &order_id)?.is_some() {
-            return Ok(());
-        }
-        let deadline_ts = requested_ts.saturating_add(self.config.timeout_ms);
-        let alert = ApprovalAlert {
-            order_id,
-            status: AlertStatus::Timeout,
-            member_id: pending.member_id,
-            amount: pending.amount,
-            currency: pending.currency,
-            requested_ts,
-            deadline_ts,
-            detected_at: stream_time,
-            resolved_by: None,
-            resolved_ts: None,
-        };
-        self.emit(ctx, &alert, deadline_ts)
     }
 
     fn alert_of(
@@ -207,6 +190,68 @@ impl ApprovalTimeoutProcessor {
         Ok(())
     }
 
+    fn entries(
+        ctx: &mut ProcessorContext<'_>,
+        key: &[u8],
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, ApprovalState)>, ProcessError> {
+        let raw = ctx
+            .window_store(APPROVAL_STATE_STORE)?
+            .fetch(key, from, to)?;
+        raw.into_iter()
+            .map(|(t, v)| {
+                codec::decode(&v)
+                    .map(|s| (t, s))
+                    .map_err(|e| e.in_store(APPROVAL_STATE_STORE).into())
+            })
+            .collect()
+    }
+
+    fn put_state(
+        ctx: &mut ProcessorContext<'_>,
+        key: &[u8],
+        ts: i64,
+        state: &ApprovalState,
+    ) -> Result<bool, ProcessError> {
+        let value = codec::encode(state).map_err(|e| e.in_store(APPROVAL_STATE_STORE))?;
+        Ok(ctx
+            .window_store(APPROVAL_STATE_STORE)?
+            .put(key, ts, &value)?)
+    }
+
+    /// Raise the alert for a pending request (unless the ledger already has one).
+    ///
+    /// The store entry stays `Pending`: changing it is a changelog write that could reach Kafka
+    /// while the alert itself does not (a crash between the two), and the alert would then be
+    /// lost for good. The ledger stops later checks (after a restart) from alerting again.
+    fn raise(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        order_id: String,
+        requested_ts: i64,
+        pending: Pending,
+        stream_time: i64,
+    ) -> Result<(), ProcessError> {
+        if Self::alert_of(ctx, &order_id)?.is_some() {
+            return Ok(());
+        }
+        let deadline_ts = requested_ts.saturating_add(self.config.timeout_ms);
+        let alert = ApprovalAlert {
+            order_id,
+            status: AlertStatus::Timeout,
+            member_id: pending.member_id,
+            amount: pending.amount,
+            currency: pending.currency,
+            requested_ts,
+            deadline_ts,
+            detected_at: stream_time,
+            resolved_by: None,
+            resolved_ts: None,
+        };
+        self.emit(ctx, &alert, deadline_ts)
+    }
+
     /// Alert every pending request that became due (older than timeout + grace at
     /// `stream_time`) since the last check.
     fn check(
@@ -221,19 +266,13 @@ impl ApprovalTimeoutProcessor {
         if cutoff <= self.checked_up_to {
             return Ok(());
         }
-        // Only what became due since the last check; after a restart, everything retained.
-        let from = self.checked_up_to.saturating_add(1);
-        let mut due: Vec<(Vec<u8>, i64, Vec<u8>)> = Vec::new();
-        ctx.window_store(APPROVAL_PENDING_STORE)?
-            .fetch_all(from, cutoff, &mut |k, t, v| {
-                due.push((k.to_vec(), t, v.to_vec()));
-                true
-            })?;
         self.checked_up_to = cutoff;
-        for (key, requested_ts, value) in due {
+        while let Some(entry) = self.due.first_entry() {
+            if entry.key().0 > cutoff {
+                break;
+            }
+            let ((requested_ts, key), pending) = entry.remove_entry();
             let order_id = String::from_utf8_lossy(&key).into_owned();
-            let pending: Pending =
-                codec::decode(&value).map_err(|e| e.in_store(APPROVAL_PENDING_STORE))?;
             self.raise(ctx, order_id, requested_ts, pending, stream_time)?;
         }
         Ok(())
@@ -245,8 +284,7 @@ impl ApprovalTimeoutProcessor {
         event: &OrderEvent,
     ) -> Result<(), ProcessError> {
         // A put this far ahead expires entries the last check has not looked at yet (stream
-        // time jumped: an idle partition woke up, or a restart): check them first, or their
-        // alerts would be lost with their segment.
+        // time jumped: an idle partition woke up, or a restart): check them first.
         if event.ts.saturating_sub(self.config.retention_ms()) > self.checked_up_to {
             let st = ctx.stream_time();
             self.check(ctx, st)?;
@@ -254,70 +292,66 @@ impl ApprovalTimeoutProcessor {
         if Self::alert_of(ctx, &event.order_id)?.is_some() {
             return Ok(());
         }
-        // Ranges as narrow as the rules allow: every segment a fetch touches costs an iterator.
-        // A completion comes after its request (up to the whole retention, when late); a
-        // duplicate request sits within the timeout of the first.
-        let (r, due) = (self.config.retention_ms(), self.due_after());
+        // One lookup finds a duplicate request (within the timeout of the first) and a
+        // completion (after the request, up to the whole retention when late).
         let key = event.order_id.as_bytes();
-        if !ctx
-            .window_store(APPROVAL_SETTLED_STORE)?
-            .fetch(
-                key,
-                event.ts.saturating_sub(due),
-                event.ts.saturating_add(r),
-            )?
-            .is_empty()
-        {
+        let due = self.due_after();
+        let from = event.ts.saturating_sub(due);
+        let to = event.ts.saturating_add(self.config.retention_ms());
+        if !Self::entries(ctx, key, from, to)?.is_empty() {
             return Ok(());
         }
-        let pending = ctx.window_store(APPROVAL_PENDING_STORE)?;
-        if !pending
-            .fetch(
-                key,
-                event.ts.saturating_sub(due),
-                event.ts.saturating_add(due),
-            )?
-            .is_empty()
-        {
-            return Ok(());
-        }
-        let pending_value = Pending {
+        let pending = Pending {
             member_id: event.member_id.clone(),
             amount: event.amount,
             currency: event.currency.clone(),
         };
-        let value =
-            codec::encode(&pending_value).map_err(|e| e.in_store(APPROVAL_PENDING_STORE))?;
-        if !pending.put(key, event.ts, &value)? {
+        if !Self::put_state(ctx, key, event.ts, &ApprovalState::Pending(pending.clone()))? {
             ctx.record_late();
             return Ok(());
         }
-        // Arrived after the check that would have covered it: overdue already.
         if event.ts <= self.checked_up_to {
+            // Arrived after the check that would have covered it: overdue already.
             let st = ctx.stream_time();
-            self.raise(ctx, event.order_id.clone(), event.ts, pending_value, st)?;
+            self.raise(ctx, event.order_id.clone(), event.ts, pending, st)?;
+        } else {
+            self.due.insert((event.ts, key.to_vec()), pending);
         }
         Ok(())
     }
 
     fn settled(
-        &self,
+        &mut self,
         ctx: &mut ProcessorContext<'_>,
         event: &OrderEvent,
     ) -> Result<(), ProcessError> {
-        // Requests older than this were alerted already (or are at the next check, which the
-        // ledger then stops): their entries may stay until they expire.
         let key = event.order_id.as_bytes();
-        let pending = ctx.window_store(APPROVAL_PENDING_STORE)?;
-        let from = event.ts.saturating_sub(self.due_after());
-        // (Up to `due` after the completion too: services' clocks are not perfectly in step.)
-        for (t, _) in pending.fetch(key, from, event.ts.saturating_add(self.due_after()))? {
-            pending.delete(key, t)?;
+        let due = self.due_after();
+        // Requests older than `due` were checked already (alerted, or stopped by the ledger);
+        // up to `due` after the completion too, as services' clocks are not perfectly in step.
+        let found = Self::entries(
+            ctx,
+            key,
+            event.ts.saturating_sub(due),
+            event.ts.saturating_add(due),
+        )?;
+        let settled = ApprovalState::Settled(event.event_type);
+        let mut marked = false;
+        for (t, state) in found {
+            match state {
+                ApprovalState::Pending(_) => {
+                    Self::put_state(ctx, key, t, &settled)?;
+                    self.due.remove(&(t, key.to_vec()));
+                    marked = true;
+                }
+                ApprovalState::Settled(_) => marked = true,
+            }
         }
-        let settled = ctx.window_store(APPROVAL_SETTLED_STORE)?;
-        let oldest = oldest_retained(settled.observed_time(), settled.retention_ms());
-        if event.ts >= oldest {
-            settled.put(key, event.ts, event.event_type.as_str().as_bytes())?;
+        if !marked {
+            let st = ctx.window_store(APPROVAL_STATE_STORE)?;
+            if event.ts >= oldest_retained(st.observed_time(), st.retention_ms()) {
+                Self::put_state(ctx, key, event.ts, &settled)?;
+            }
         }
         if let Some(alert) = Self::alert_of(ctx, &event.order_id)? {
             if alert.status == AlertStatus::Timeout {
@@ -337,6 +371,20 @@ impl ApprovalTimeoutProcessor {
 
 impl Processor for ApprovalTimeoutProcessor {
     fn init(&mut self, ctx: &mut ProcessorContext<'_>) -> Result<(), ProcessError> {
+        // Rebuild the due index from the (restored) store.
+        let mut raw: Vec<(Vec<u8>, i64, Vec<u8>)> = Vec::new();
+        ctx.window_store(APPROVAL_STATE_STORE)?
+            .fetch_all(i64::MIN, i64::MAX, &mut |k, t, v| {
+                raw.push((k.to_vec(), t, v.to_vec()));
+                true
+            })?;
+        for (key, t, value) in raw {
+            let state: ApprovalState =
+                codec::decode(&value).map_err(|e| e.in_store(APPROVAL_STATE_STORE))?;
+            if let ApprovalState::Pending(p) = state {
+                self.due.insert((t, key), p);
+            }
+        }
         ctx.schedule(PunctuationType::StreamTime, self.config.check_interval_ms)
     }
 

@@ -749,7 +749,6 @@ public final class OrderViewBench {
     long closeStart = System.nanoTime();
     streams.close(Duration.ofSeconds(120));
     double closeS = (System.nanoTime() - closeStart) / 1e9;
-    streams.cleanUp(); // local state only (the state dir is per run anyway)
 
     System.out.printf("start-up (start → first record processed): %.2f s%n",
         (first - startNanos) / 1e9);
