@@ -121,5 +121,5 @@ out="$(java -Xms"$heap" -Xmx"$heap" -XX:+UseG1GC -Dlog4j2.configurationFile="$BE
 printf '%s\n' "$out" | grep -v '^kafka streams ingest' >&2 || true
 line="$(printf '%s\n' "$out" | grep '^kafka streams ingest')"
 printf '%s  events=%s threads=%s heap=%s caching=%s compression=%s  %s\n' "$(date -Is)" "$events" \
-  "$threads" "$heap" "${caching:+on}" "$compression" "$line" >> "$BENCH/results.log"
+  "$threads" "$heap" "$([ -n "$caching" ] && echo on || echo off)" "$compression" "$line" >> "$BENCH/results.log"
 echo "$line"

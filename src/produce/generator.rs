@@ -26,12 +26,23 @@ pub struct GeneratorOptions {
     /// Records that are not valid order events (bad JSON, unknown type, missing fields, no key),
     /// mixed into the stream; they must end in the dead-letter topic.
     pub malformed: u64,
-    /// Event time of the first order (epoch ms).
+    /// Event time of the first order (epoch ms); the default is a day ago.
     pub start_ts: i64,
     /// Orders in flight at once (how widely orders interleave).
     pub concurrency: usize,
     /// Number of the first order (`O-<first_order>`), so several runs can add distinct orders.
     pub first_order: u64,
+}
+
+/// The wall clock in epoch ms, whole seconds. Event times start a day before it by default: a
+/// broker deletes records whose timestamps are older than the topic's retention (7 days by
+/// default) almost as soon as they arrive, and refuses records more than an hour in the future
+/// (`log.message.timestamp.after.max.ms`); orders are 37 ms apart, so a day back leaves room for
+/// 2.4 million orders.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64 * 1_000)
 }
 
 impl Default for GeneratorOptions {
@@ -46,7 +57,7 @@ impl Default for GeneratorOptions {
             duplicate_rate: 0.03,
             reorder_rate: 0.03,
             malformed: 0,
-            start_ts: 1_764_000_000_000,
+            start_ts: now_ms() - 24 * 3_600_000,
             concurrency: 64,
             first_order: 0,
         }

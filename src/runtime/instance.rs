@@ -103,12 +103,15 @@ impl Instance {
         // Output topics (SEND_SMS, alerts, ...) get the input's partition count: a ledger store
         // of partition p is rebuilt from partition p of its topic, so keys must land alike.
         // Existing ones must match (ensure_topics refuses otherwise).
+        // Timestamps: the broker's retention judges records by their timestamp, and these
+        // carry event times; append time keeps a backfill of old events from being deleted
+        // at once (a ledger topic losing records would let an SMS go out twice).
         for sink in topology.sink_topics() {
             specs.push(TopicSpec {
                 name: sink,
                 partitions,
                 replication_factor: settings.replication_factor,
-                configs: vec![],
+                configs: vec![("message.timestamp.type".into(), "LogAppendTime".into())],
             });
         }
         let tracked: Vec<(String, i32)> = topology
