@@ -10,7 +10,9 @@
 //! - [`dsl`]: [`StreamsBuilder`] and [`KStream`], describing a topology as a chain of
 //!   `filter` / `map` / `process` / `to`.
 //! - [`topology`]: the validated, shareable [`Topology`] and [`TaskProcessors`], the per-task
-//!   chain that runs one record through every node.
+//!   chain that runs one record through every node (stream time and schedules in `clock`).
+//! - [`store_spec`]: [`StoreSpec`]: the stores a processor declares (key-value or window,
+//!   internal changelog or ledger of an output topic).
 //! - [`driver`]: [`TestDriver`], runs a topology over in-memory partitions and stores.
 //! - [`partitioner`]: Kafka's murmur2 and the Java default partitioner rule, in one place.
 //! - [`order`]: the payment-order domain (parse, fold rules, stored view) and the shipped
@@ -22,6 +24,7 @@
 #![warn(unreachable_pub)]
 
 pub mod approval;
+mod clock;
 pub mod driver;
 pub mod dsl;
 pub mod order;
@@ -29,6 +32,7 @@ pub mod partitioner;
 pub mod processor;
 pub mod shipped;
 pub mod sms;
+pub mod store_spec;
 pub mod topology;
 
 pub use driver::{DeadLetter, TestDriver};

@@ -20,102 +20,12 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::clock::TaskClock;
 use crate::processor::{
-    ProcessError, Processor, ProcessorContext, PunctuationType, Record, RecordMeta,
-    ScheduleRequest, TaskIo, TaskTime,
+    ProcessError, Processor, ProcessorContext, PunctuationType, Record, RecordMeta, TaskIo,
+    TaskTime,
 };
-
-/// A store a topology uses. The executor creates one instance per partition, and makes it
-/// durable through its [`Changelog`].
-#[derive(Clone)]
-pub struct StoreSpec {
-    pub name: String,
-    pub kind: StoreKind,
-    pub changelog: Changelog,
-}
-
-/// Key-value (one value per key) or window (values per key and window start, expiring).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreKind {
-    KeyValue,
-    Window {
-        /// How long an entry is kept after its window start, in ms of the store's observed time.
-        retention_ms: i64,
-    },
-}
-
-/// Maps a record of a ledger topic to the store key it stands for (`None`: not an entry).
-/// For window stores the key is `paystream_state::window::encode_window_key(key, start)`.
-pub type LedgerFn = Arc<dyn Fn(&[u8], &[u8], i64) -> Option<Vec<u8>> + Send + Sync>;
-
-/// Where a store's durable copy lives.
-#[derive(Clone)]
-pub enum Changelog {
-    /// `<application-id>-<name>-changelog`, written by the logging layer on every write.
-    Internal,
-    /// The store is an index over records the processor itself sends to `topic` (one of its
-    /// outputs): writes are not logged, and restore and standbys rebuild the store by reading
-    /// `topic`'s partition and mapping each record with `key_of`. The store then says exactly
-    /// what is in the topic: what was acknowledged there is known after a crash, what never got
-    /// there is not. That is what makes "sent exactly once" hold without transactions.
-    Ledger { topic: String, key_of: LedgerFn },
-}
-
-impl fmt::Debug for Changelog {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Changelog::Internal => f.write_str("Internal"),
-            Changelog::Ledger { topic, .. } => write!(f, "Ledger({topic})"),
-        }
-    }
-}
-
-impl fmt::Debug for StoreSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreSpec")
-            .field("name", &self.name)
-            .field("kind", &self.kind)
-            .field("changelog", &self.changelog)
-            .finish()
-    }
-}
-
-impl StoreSpec {
-    /// A key-value store with an internal changelog.
-    pub fn key_value(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            kind: StoreKind::KeyValue,
-            changelog: Changelog::Internal,
-        }
-    }
-    /// A window store keeping entries for `retention_ms`, with an internal changelog.
-    pub fn window(name: &str, retention_ms: i64) -> Self {
-        Self {
-            name: name.to_owned(),
-            kind: StoreKind::Window { retention_ms },
-            changelog: Changelog::Internal,
-        }
-    }
-    /// Make this store a ledger of `topic` (see [`Changelog::Ledger`]).
-    pub fn ledger_of<F>(mut self, topic: &str, key_of: F) -> Self
-    where
-        F: Fn(&[u8], &[u8], i64) -> Option<Vec<u8>> + Send + Sync + 'static,
-    {
-        self.changelog = Changelog::Ledger {
-            topic: topic.to_owned(),
-            key_of: Arc::new(key_of),
-        };
-        self
-    }
-    /// The topic holding this store's durable copy.
-    pub fn changelog_topic(&self, application_id: &str) -> String {
-        match &self.changelog {
-            Changelog::Internal => format!("{application_id}-{}-changelog", self.name),
-            Changelog::Ledger { topic, .. } => topic.clone(),
-        }
-    }
-}
+pub use crate::store_spec::{Changelog, LedgerFn, StoreKind, StoreSpec};
 
 /// Why [`crate::dsl::StreamsBuilder::build`] rejected a topology. Every check here is about the
 /// topology alone; whether topics exist is the runtime's business.
@@ -626,71 +536,6 @@ impl TaskProcessors {
             io.send(&last.topic, record)?;
         }
         Ok(())
-    }
-}
-
-/// Stream time and the schedules of one task's processors.
-#[derive(Debug)]
-struct TaskClock {
-    stream_time: i64,
-    schedules: Vec<Schedule>,
-}
-
-impl Default for TaskClock {
-    fn default() -> Self {
-        Self {
-            stream_time: i64::MIN,
-            schedules: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Schedule {
-    node: usize,
-    kind: PunctuationType,
-    interval_ms: i64,
-    /// When it fires next; `None` for a stream-time schedule until the first record.
-    next: Option<i64>,
-}
-
-impl TaskClock {
-    fn add(&mut self, node: usize, request: ScheduleRequest, wall_clock: i64) {
-        let next = match request.kind {
-            PunctuationType::WallClock => Some(wall_clock.saturating_add(request.interval_ms)),
-            PunctuationType::StreamTime => (self.stream_time != i64::MIN)
-                .then(|| self.stream_time.saturating_add(request.interval_ms)),
-        };
-        self.schedules.push(Schedule {
-            node,
-            kind: request.kind,
-            interval_ms: request.interval_ms,
-            next,
-        });
-    }
-
-    /// Advance stream time to `ts` if it is later (stream time never goes back).
-    fn observe(&mut self, ts: i64) {
-        if ts <= self.stream_time {
-            return;
-        }
-        self.stream_time = ts;
-        for s in &mut self.schedules {
-            if s.kind == PunctuationType::StreamTime && s.next.is_none() {
-                s.next = Some(ts.saturating_add(s.interval_ms));
-            }
-        }
-    }
-
-    /// The node of the first `kind` schedule due at `now`, moving it to its next time. A
-    /// schedule that fell several intervals behind fires once, as in Kafka Streams.
-    fn due(&mut self, kind: PunctuationType, now: i64) -> Option<usize> {
-        let s = self
-            .schedules
-            .iter_mut()
-            .find(|s| s.kind == kind && s.next.is_some_and(|n| n <= now))?;
-        s.next = Some(now.saturating_add(s.interval_ms));
-        Some(s.node)
     }
 }
 
