@@ -471,7 +471,9 @@ impl WindowStore for RocksDbWindowStore {
         let retention = self.shared.retention_ms;
         let mut observed = self.shared.observed();
         let mut touched = BTreeSet::new();
-        let mut writes: Vec<(i64, Vec<u8>, Option<&Vec<u8>>)> = Vec::with_capacity(entries.len());
+        // (segment id, stored key, value or tombstone)
+        type Write<'a> = (i64, Vec<u8>, Option<&'a Vec<u8>>);
+        let mut writes: Vec<Write<'_>> = Vec::with_capacity(entries.len());
         for (raw, value) in entries {
             let Some((key, start)) = decode_window_key(raw) else {
                 return Err(StoreError::Codec {
