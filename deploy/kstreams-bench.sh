@@ -55,7 +55,7 @@ while [ $# -gt 0 ]; do
     --verify) verify=1; shift ;;
     --keep-topics) keep=1; shift ;;
     --bootstrap-servers) bootstrap="${2:?--bootstrap-servers needs HOST:PORT}"; shift 2 ;;
-    -h|--help|help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help|help) sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option: $1 (try --help)" ;;
   esac
 done
@@ -69,7 +69,7 @@ fi
 
 # 1. Build the jar if it is missing or older than its sources (output outside the repo).
 mkdir -p "$BENCH"
-if [ ! -f "$JAR" ] || [ -n "$(find "$HERE/kstreams-bench" -newer "$JAR" -type f | head -1)" ]; then
+if [ ! -f "$JAR" ] || [ ! -d "$BUILD/lib" ] || [ -n "$(find "$HERE/kstreams-bench" -newer "$JAR" -type f | head -1)" ]; then
   command -v mvn >/dev/null || die "mvn not found: install Maven (apt-get install maven)"
   log "building $JAR with Maven (log: $BENCH/mvn.log)"
   rm -rf "$BUILD/lib" # copy-dependencies never removes a jar that is no longer a dependency
