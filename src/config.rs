@@ -168,6 +168,7 @@ struct FileConfig {
     approval_timeout_ms: Option<i64>,
     approval_timeout_grace_ms: Option<i64>,
     approval_timeout_check_interval_ms: Option<i64>,
+    approval_timeout_alert_retention_ms: Option<i64>,
 }
 
 /// Validated settings of one instance.
@@ -226,6 +227,7 @@ impl RunArgs {
             approval_timeout_ms: file.approval_timeout_ms,
             approval_timeout_grace_ms: file.approval_timeout_grace_ms,
             approval_timeout_check_interval_ms: file.approval_timeout_check_interval_ms,
+            approval_timeout_alert_retention_ms: file.approval_timeout_alert_retention_ms,
         };
         let bootstrap_servers = self
             .bootstrap_servers

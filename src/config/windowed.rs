@@ -73,6 +73,15 @@ pub struct WindowedArgs {
         value_name = "MS"
     )]
     pub approval_timeout_check_interval_ms: Option<i64>,
+
+    /// How long raised alerts are remembered (event time): no order is alerted twice within it,
+    /// and `GET /alerts` lists that far back. [default: 604800000 (7 days)]
+    #[arg(
+        long,
+        env = "PAYSTREAM_APPROVAL_TIMEOUT_ALERT_RETENTION_MS",
+        value_name = "MS"
+    )]
+    pub approval_timeout_alert_retention_ms: Option<i64>,
 }
 
 /// The windowed keys of the TOML file (moved out of `FileConfig`).
@@ -90,6 +99,7 @@ pub(super) struct WindowedFile {
     pub(super) approval_timeout_ms: Option<i64>,
     pub(super) approval_timeout_grace_ms: Option<i64>,
     pub(super) approval_timeout_check_interval_ms: Option<i64>,
+    pub(super) approval_timeout_alert_retention_ms: Option<i64>,
 }
 
 const MAX_WINDOW_MS: i64 = 30 * 24 * 3_600_000;
@@ -209,6 +219,13 @@ impl WindowedArgs {
                         .or(file.approval_timeout_check_interval_ms)
                         .unwrap_or(d.check_interval_ms),
                     1,
+                )?,
+                alert_retention_ms: window_ms(
+                    "approval-timeout-alert-retention-ms",
+                    self.approval_timeout_alert_retention_ms
+                        .or(file.approval_timeout_alert_retention_ms)
+                        .unwrap_or(d.alert_retention_ms),
+                    60_000,
                 )?,
             })
         } else {

@@ -315,11 +315,11 @@ async fn local_alerts(
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for (partition, role, reader) in copies {
-            let StoreReader::KeyValue(r) = reader else {
+            let StoreReader::Window(r) = reader else {
                 continue;
             };
             let mut alerts = Vec::new();
-            r.for_each(&mut |_, v| {
+            r.fetch_all(i64::MIN, i64::MAX, &mut |_, _, v| {
                 if let Ok(a) = serde_json::from_slice::<ApprovalAlert>(v) {
                     if (all || a.status == AlertStatus::Timeout) && a.deadline_ts >= since {
                         alerts.push(a);

@@ -110,7 +110,12 @@ pub fn restore_tasks(
                         s.wipe()
                             .map_err(|source| TaskError::Store { partition, source })?;
                     }
-                    lo
+                    match s.ledger_horizon_ms {
+                        Some(horizon) => {
+                            ledger_start(&consumer, &topic, partition, horizon, (lo, hi))?
+                        }
+                        None => lo,
+                    }
                 }
             };
             s.changelog_end = start;
@@ -258,6 +263,44 @@ pub fn restore_tasks(
         "restore finished"
     );
     Ok(summary)
+}
+
+/// Where a window ledger's rebuild starts: the first record appended within `horizon` ms before
+/// now (anything older would expire from the store at once), or the end when there is none.
+fn ledger_start(
+    consumer: &BaseConsumer<QuietEof>,
+    topic: &str,
+    partition: i32,
+    horizon: i64,
+    (lo, hi): (i64, i64),
+) -> Result<i64, RestoreError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let kafka = |source| RestoreError::Kafka {
+        topic: topic.to_owned(),
+        partition,
+        source,
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(
+        topic,
+        partition,
+        Offset::Offset(now.saturating_sub(horizon)),
+    )
+    .map_err(kafka)?;
+    let found = consumer
+        .offsets_for_times(tpl, WATERMARK_TIMEOUT)
+        .map_err(kafka)?;
+    let start = found
+        .find_partition(topic, partition)
+        .map(|e| e.offset())
+        .and_then(|o| match o {
+            Offset::Offset(n) => Some(n),
+            _ => None,
+        })
+        .unwrap_or(hi);
+    Ok(start.clamp(lo, hi))
 }
 
 fn apply(tasks: &mut [Task], p: &mut Pending) -> Result<(), RestoreError> {

@@ -18,7 +18,7 @@ use paystream_state::logging::{ChangelogWriter, LoggingStore};
 use paystream_state::rocks::{RocksDbReader, RocksDbStore};
 use paystream_state::rocks_window::{RocksDbWindowReader, RocksDbWindowStore};
 use paystream_state::store::{KeyValueStore, StoreError};
-use paystream_state::window::{LoggingWindowStore, WindowStore};
+use paystream_state::window::{decode_window_key, LoggingWindowStore, WindowStore};
 use paystream_topology::topology::LedgerFn;
 use paystream_topology::{Changelog, StoreKind, StoreSpec};
 
@@ -59,6 +59,9 @@ pub struct TaskStore {
     pub reader: StoreReader,
     /// For ledger stores: how a ledger topic record maps to a store key.
     pub ledger: Option<LedgerFn>,
+    /// For window ledgers: how far back (ms of record time before now) the rebuild starts;
+    /// older records would expire at once. `None`: from the topic's beginning.
+    pub ledger_horizon_ms: Option<i64>,
     /// Next changelog offset the local store does not contain yet (restore starts here).
     pub changelog_end: i64,
     /// Whether the store had a usable checkpoint when opened.
@@ -98,6 +101,14 @@ impl TaskStore {
             Opened::KeyValue(s) => StoreHandle::KeyValue(LoggingStore::new(s, writer)),
             Opened::Window(s) => StoreHandle::Window(LoggingWindowStore::new(s, Some(writer))),
         };
+        let ledger_horizon_ms = match (&ledger, spec.kind) {
+            // An hour more than the retention: records are appended after their event, and a
+            // producer's clock may run a little behind.
+            (Some(_), StoreKind::Window { retention_ms }) => {
+                Some(retention_ms.saturating_add(3_600_000))
+            }
+            _ => None,
+        };
         let mut s = Self {
             name: spec.name.clone(),
             dir,
@@ -105,6 +116,7 @@ impl TaskStore {
             store,
             reader,
             ledger,
+            ledger_horizon_ms,
             changelog_end: 0,
             checkpointed: None,
             writes_since_checkpoint: 0,
@@ -155,6 +167,24 @@ impl TaskStore {
         match &mut self.store {
             StoreHandle::KeyValue(s) => s.inner_mut().put_batch(entries),
             StoreHandle::Window(s) => s.inner_mut().restore_batch(entries),
+        }
+    }
+
+    /// Apply one mapped changelog entry without logging it (a standby following the changelog:
+    /// no batch to build for a single record).
+    pub fn apply_one(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        match &mut self.store {
+            StoreHandle::KeyValue(s) => match value {
+                Some(v) => s.inner_mut().put(key, v),
+                None => s.inner_mut().delete(key),
+            },
+            StoreHandle::Window(s) => match (decode_window_key(key), value) {
+                (Some((k, t)), Some(v)) => s.inner_mut().put(k, t, v).map(|_| ()),
+                (Some((k, t)), None) => s.inner_mut().delete(k, t),
+                (None, _) => s
+                    .inner_mut()
+                    .restore_batch(&[(key.to_vec(), value.map(<[u8]>::to_vec))]),
+            },
         }
     }
 

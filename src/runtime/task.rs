@@ -264,8 +264,8 @@ impl Task {
         let Some(s) = self.stores.get_mut(store) else {
             return Ok(());
         };
-        if let Some(entry) = s.map_record(key, value, timestamp) {
-            s.apply_batch(std::slice::from_ref(&entry))
+        if let Some((k, v)) = s.map_record(key, value, timestamp) {
+            s.apply_one(&k, v.as_deref())
                 .map_err(|source| TaskError::Store { partition, source })?;
         }
         s.changelog_end = offset + 1;

@@ -31,7 +31,7 @@
 use std::collections::BTreeMap;
 
 use paystream_state::codec;
-use paystream_state::window::oldest_retained;
+use paystream_state::window::{encode_window_key, oldest_retained};
 use serde::{Deserialize, Serialize};
 
 use crate::order::{parse_event, EventType, OrderEvent};
@@ -40,7 +40,8 @@ use crate::topology::StoreSpec;
 
 /// Approvals seen: order id @ requested (or completion) time → [`ApprovalState`].
 pub const APPROVAL_STATE_STORE: &str = "approval-state";
-/// Ledger of the alert topic: order id → the latest [`ApprovalAlert`] JSON.
+/// Ledger of the alert topic: order id @ requested time → the latest [`ApprovalAlert`] JSON
+/// (a window store, so alerts are forgotten after `alert_retention_ms`, not kept forever).
 pub const APPROVAL_ALERTS_STORE: &str = "approval-alerts";
 
 /// What the detector does; see the module documentation.
@@ -54,6 +55,9 @@ pub struct ApprovalTimeoutConfig {
     pub grace_ms: i64,
     /// How often (in stream time) pending approvals are checked.
     pub check_interval_ms: i64,
+    /// How long (event time) raised alerts are remembered: the exactly-once horizon, and how far
+    /// back `GET /alerts` can list.
+    pub alert_retention_ms: i64,
 }
 
 impl Default for ApprovalTimeoutConfig {
@@ -63,6 +67,7 @@ impl Default for ApprovalTimeoutConfig {
             timeout_ms: 5 * 60_000,
             grace_ms: 10_000,
             check_interval_ms: 5_000,
+            alert_retention_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -122,12 +127,21 @@ pub enum ApprovalState {
     Settled(EventType),
 }
 
+/// Maps a record of the alert topic to its ledger entry key (order id @ requested time).
+pub fn alert_entry_key(_key: &[u8], value: &[u8], _ts: i64) -> Option<Vec<u8>> {
+    let alert: ApprovalAlert = serde_json::from_slice(value).ok()?;
+    Some(encode_window_key(
+        alert.order_id.as_bytes(),
+        alert.requested_ts,
+    ))
+}
+
 /// The two stores of the detector for `config`.
 pub fn approval_stores(config: &ApprovalTimeoutConfig) -> Vec<StoreSpec> {
     vec![
         StoreSpec::window(APPROVAL_STATE_STORE, config.retention_ms()),
-        StoreSpec::key_value(APPROVAL_ALERTS_STORE)
-            .ledger_of(&config.topic, |key, _value, _ts| Some(key.to_vec())),
+        StoreSpec::window(APPROVAL_ALERTS_STORE, config.alert_retention_ms)
+            .ledger_of(&config.topic, alert_entry_key),
     ]
 }
 
@@ -159,14 +173,23 @@ impl ApprovalTimeoutProcessor {
             .saturating_add(c.check_interval_ms)
     }
 
+    /// The alert raised for `order_id` (its latest state), looking around event time `around`.
     fn alert_of(
+        &self,
         ctx: &mut ProcessorContext<'_>,
         order_id: &str,
+        around: i64,
     ) -> Result<Option<ApprovalAlert>, ProcessError> {
-        let Some(bytes) = ctx.store(APPROVAL_ALERTS_STORE)?.get(order_id.as_bytes())? else {
+        let r = self.config.alert_retention_ms;
+        let found = ctx.window_store(APPROVAL_ALERTS_STORE)?.fetch(
+            order_id.as_bytes(),
+            around.saturating_sub(r),
+            around.saturating_add(r),
+        )?;
+        let Some((_, bytes)) = found.last() else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        serde_json::from_slice(bytes).map(Some).map_err(|e| {
             ProcessError::Other(format!(
                 "store {APPROVAL_ALERTS_STORE}: bad alert for {order_id}: {e}"
             ))
@@ -185,8 +208,11 @@ impl ApprovalTimeoutProcessor {
             &self.config.topic,
             Record::new(alert.order_id.as_bytes(), bytes.clone(), ts),
         )?;
-        ctx.store(APPROVAL_ALERTS_STORE)?
-            .put(alert.order_id.as_bytes(), &bytes)?;
+        ctx.window_store(APPROVAL_ALERTS_STORE)?.put(
+            alert.order_id.as_bytes(),
+            alert.requested_ts,
+            &bytes,
+        )?;
         Ok(())
     }
 
@@ -233,7 +259,7 @@ impl ApprovalTimeoutProcessor {
         pending: Pending,
         stream_time: i64,
     ) -> Result<(), ProcessError> {
-        if Self::alert_of(ctx, &order_id)?.is_some() {
+        if self.alert_of(ctx, &order_id, requested_ts)?.is_some() {
             return Ok(());
         }
         let deadline_ts = requested_ts.saturating_add(self.config.timeout_ms);
@@ -289,7 +315,7 @@ impl ApprovalTimeoutProcessor {
             let st = ctx.stream_time();
             self.check(ctx, st)?;
         }
-        if Self::alert_of(ctx, &event.order_id)?.is_some() {
+        if self.alert_of(ctx, &event.order_id, event.ts)?.is_some() {
             return Ok(());
         }
         // One lookup finds a duplicate request (within the timeout of the first) and a
@@ -353,7 +379,7 @@ impl ApprovalTimeoutProcessor {
                 Self::put_state(ctx, key, event.ts, &settled)?;
             }
         }
-        if let Some(alert) = Self::alert_of(ctx, &event.order_id)? {
+        if let Some(alert) = self.alert_of(ctx, &event.order_id, event.ts)? {
             if alert.status == AlertStatus::Timeout {
                 let resolved = ApprovalAlert {
                     status: AlertStatus::Resolved,

@@ -3,7 +3,7 @@
 
 use paystream_state::window::WindowStore;
 use paystream_topology::approval::{
-    AlertStatus, ApprovalAlert, ApprovalTimeoutConfig, APPROVAL_STATE_STORE,
+    AlertStatus, ApprovalAlert, ApprovalTimeoutConfig, APPROVAL_ALERTS_STORE, APPROVAL_STATE_STORE,
 };
 use paystream_topology::order::{EventType, OrderEvent};
 use paystream_topology::sms::{SmsConfig, SmsRequest, SuppressedSms, SMS_RATE_STORE};
@@ -497,4 +497,32 @@ fn a_jump_in_stream_time_alerts_before_it_expires_the_pending_requests() {
     let mut ids: Vec<String> = alerts(&mut d).into_iter().map(|a| a.order_id).collect();
     ids.sort();
     assert_eq!(ids, ["O-1", "O-2"]);
+}
+
+#[test]
+fn raised_alerts_are_remembered_for_the_alert_retention_only() {
+    let which = ShippedTopologies {
+        sms: None,
+        approval_timeout: Some(ApprovalTimeoutConfig {
+            alert_retention_ms: HOUR,
+            ..ApprovalTimeoutConfig::default()
+        }),
+    };
+    let mut d = TestDriver::new(shipped_topology("PAYMENT.ORDER", &which).unwrap(), 1);
+    pipe(&mut d, &ev("O-1", "r", ApprovalRequested, T0, ""));
+    tick(&mut d, 1, T0 + 10 * MIN);
+    assert_eq!(alerts(&mut d).len(), 1);
+    let ledger = d.window_store(APPROVAL_ALERTS_STORE, 0).unwrap();
+    assert_eq!(ledger.fetch(b"O-1", i64::MIN, i64::MAX).unwrap().len(), 1);
+    // Another alert two hours later moves the ledger's time on: the first one is forgotten, so
+    // the ledger does not grow with every alert ever raised.
+    pipe(
+        &mut d,
+        &ev("O-2", "r", ApprovalRequested, T0 + 2 * HOUR, ""),
+    );
+    tick(&mut d, 2, T0 + 2 * HOUR + 10 * MIN);
+    assert_eq!(alerts(&mut d).len(), 1);
+    let ledger = d.window_store(APPROVAL_ALERTS_STORE, 0).unwrap();
+    assert!(ledger.fetch(b"O-1", i64::MIN, i64::MAX).unwrap().is_empty());
+    assert_eq!(ledger.len(), 1);
 }
