@@ -151,8 +151,9 @@ pub struct ApprovalTimeoutProcessor {
     /// Requests at or before this time have been checked (`i64::MIN`: none yet, e.g. after a
     /// restart, when the first check looks at everything retained).
     checked_up_to: i64,
-    /// Pending requests by (requested time, order id): what the checks walk.
-    due: BTreeMap<(i64, Vec<u8>), Pending>,
+    /// Pending requests by (requested time, order id): what the checks walk. The flag says the
+    /// entry was added by this processor (not rebuilt in `init`), so no alert can exist for it.
+    due: BTreeMap<(i64, Vec<u8>), (Pending, bool)>,
 }
 
 impl ApprovalTimeoutProcessor {
@@ -297,7 +298,7 @@ impl ApprovalTimeoutProcessor {
             if entry.key().0 > cutoff {
                 break;
             }
-            let ((requested_ts, key), pending) = entry.remove_entry();
+            let ((requested_ts, key), (pending, _)) = entry.remove_entry();
             let order_id = String::from_utf8_lossy(&key).into_owned();
             self.raise(ctx, order_id, requested_ts, pending, stream_time)?;
         }
@@ -341,7 +342,7 @@ impl ApprovalTimeoutProcessor {
             let st = ctx.stream_time();
             self.raise(ctx, event.order_id.clone(), event.ts, pending, st)?;
         } else {
-            self.due.insert((event.ts, key.to_vec()), pending);
+            self.due.insert((event.ts, key.to_vec()), (pending, true));
         }
         Ok(())
     }
@@ -363,11 +364,16 @@ impl ApprovalTimeoutProcessor {
         )?;
         let settled = ApprovalState::Settled(event.event_type);
         let mut marked = false;
+        // Completed while still waiting in this processor's index: no alert can exist, so the
+        // ledger lookup (a window read) is skipped for the common case.
+        let mut unalerted = false;
         for (t, state) in found {
             match state {
                 ApprovalState::Pending(_) => {
                     Self::put_state(ctx, key, t, &settled)?;
-                    self.due.remove(&(t, key.to_vec()));
+                    if let Some((_, fresh)) = self.due.remove(&(t, key.to_vec())) {
+                        unalerted |= fresh;
+                    }
                     marked = true;
                 }
                 ApprovalState::Settled(_) => marked = true,
@@ -378,6 +384,9 @@ impl ApprovalTimeoutProcessor {
             if event.ts >= oldest_retained(st.observed_time(), st.retention_ms()) {
                 Self::put_state(ctx, key, event.ts, &settled)?;
             }
+        }
+        if unalerted {
+            return Ok(());
         }
         if let Some(alert) = self.alert_of(ctx, &event.order_id, event.ts)? {
             if alert.status == AlertStatus::Timeout {
@@ -408,7 +417,7 @@ impl Processor for ApprovalTimeoutProcessor {
             let state: ApprovalState =
                 codec::decode(&value).map_err(|e| e.in_store(APPROVAL_STATE_STORE))?;
             if let ApprovalState::Pending(p) = state {
-                self.due.insert((t, key), p);
+                self.due.insert((t, key), (p, false));
             }
         }
         ctx.schedule(PunctuationType::StreamTime, self.config.check_interval_ms)

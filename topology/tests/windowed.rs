@@ -526,3 +526,20 @@ fn raised_alerts_are_remembered_for_the_alert_retention_only() {
     assert!(ledger.fetch(b"O-1", i64::MIN, i64::MAX).unwrap().is_empty());
     assert_eq!(ledger.len(), 1);
 }
+
+#[test]
+fn a_completion_after_a_restart_still_resolves_the_alert() {
+    let mut d = approval_driver(1);
+    pipe(&mut d, &ev("O-1", "r", ApprovalRequested, T0, ""));
+    tick(&mut d, 1, T0 + 5 * MIN + 10_000);
+    assert_eq!(alerts(&mut d).len(), 1);
+    // The task restarts: its due index is rebuilt from the store and still lists O-1 (alerted,
+    // but the store cannot say so). The completion arrives first thing, close enough to the
+    // request to find its entry.
+    d.restart_partition(0).unwrap();
+    let done = ev("O-1", "c", ApprovalCompleted, T0 + 5 * MIN + 11_000, "");
+    pipe(&mut d, &done);
+    let r = alerts(&mut d);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].status, AlertStatus::Resolved);
+}
