@@ -314,6 +314,146 @@ fn raw_rocksdb(dir: &std::path::Path, events: u64) -> Result<Duration, BenchErro
     Ok(elapsed)
 }
 
+/// Ingest with `instances` instances in one group (one standby each, the default), started
+/// together on a topic already holding the events: time from the first processed record to the
+/// moment the group's committed offsets reach the end of the topic (so rebalances as members
+/// join, and work redone after them, are included).
+pub fn cluster_ingest(opts: &BenchOptions, instances: usize) -> Result<Vec<Figure>, BenchError> {
+    use crate::drill::cluster::Cluster;
+    use crate::drill::DrillOptions;
+
+    let rt = tokio::runtime::Runtime::new().map_err(step("runtime"))?;
+    rt.block_on(async {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let topic = format!("bench-group-{nanos}");
+        ensure_topics(
+            &opts.bootstrap_servers,
+            &[TopicSpec {
+                name: topic.clone(),
+                partitions: opts.partitions,
+                replication_factor: 1,
+                configs: vec![],
+            }],
+        )
+        .await
+        .map_err(step("create topic"))?;
+        let generator = GeneratorOptions {
+            orders: opts.orders,
+            events: Some(opts.events),
+            ..Default::default()
+        };
+        let p = ProduceOptions::to_existing(&opts.bootstrap_servers, &topic, generator, None);
+        tokio::task::spawn_blocking(move || produce(&p))
+            .await
+            .map_err(step("produce"))?
+            .map_err(step("produce"))?;
+        let drill = DrillOptions {
+            bootstrap_servers: opts.bootstrap_servers.clone(),
+            instances,
+            rounds: 0,
+            restart: false,
+            victim: None,
+            orders_before: 0,
+            orders_during: 0,
+            rate: 0,
+            query_rate: 0,
+            standby_replicas: 1,
+            session_timeout_ms: 10_000,
+            work_dir: opts.work_dir.clone(),
+            binary: std::env::current_exe().map_err(step("binary"))?,
+            seed: 42,
+        };
+        let app = format!("bench-group-{nanos}");
+        let mut cluster = Cluster::new(&drill, &app, &topic);
+        for i in 0..instances {
+            cluster.start(i)?;
+        }
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        let mut first: Option<Instant> = None;
+        let mut last_check = Instant::now();
+        let result = loop {
+            if Instant::now() > deadline {
+                break Err(BenchError::Step(
+                    "group did not finish within 30 minutes".into(),
+                ));
+            }
+            if first.is_none() {
+                for i in 0..instances {
+                    let url = format!("http://{}/health", cluster.endpoint(i));
+                    let h: Option<serde_json::Value> = match client.get(url).send().await {
+                        Ok(r) => r.json().await.ok(),
+                        Err(_) => None,
+                    };
+                    if h.is_some_and(|h| h["records_processed"].as_u64().unwrap_or(0) > 0) {
+                        first = Some(Instant::now());
+                    }
+                }
+            } else if last_check.elapsed() >= Duration::from_millis(200) {
+                last_check = Instant::now();
+                let (b, a, t, n) = (
+                    opts.bootstrap_servers.clone(),
+                    app.clone(),
+                    topic.clone(),
+                    opts.partitions,
+                );
+                let done = tokio::task::spawn_blocking(move || committed_to_end(&b, &a, &t, n))
+                    .await
+                    .map_err(step("committed offsets"))??;
+                if done {
+                    break Ok(first.map_or(Duration::ZERO, |f| f.elapsed()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        cluster.stop_all();
+        let elapsed = result?;
+        let figure = Figure {
+            name: "ingest, instances in one group",
+            value: opts.events as f64 / elapsed.as_secs_f64(),
+            unit: "events/s",
+        };
+        println!(
+            "{:<44} {:>14.0} {} ({instances} instances)",
+            figure.name, figure.value, figure.unit
+        );
+        Ok(vec![figure])
+    })
+}
+
+/// Whether group `group` has committed every partition of `topic` up to its end.
+fn committed_to_end(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<bool, BenchError> {
+    let consumer: BaseConsumer = restore_consumer_config(bootstrap, group)
+        .create()
+        .map_err(step("consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut end = 0;
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+        end += consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(step("watermarks"))?
+            .1;
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(step("committed offsets"))?;
+    let sum: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
+        .sum();
+    Ok(sum >= end)
+}
+
 /// IQ latency at a fixed request rate on a 2-instance cluster: every key is asked of the instance
 /// that holds its active (local read) and of the other one (one forwarded hop).
 pub fn latency(opts: &BenchOptions, rate: u64, queries: u64) -> Result<Vec<Figure>, BenchError> {

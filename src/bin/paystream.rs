@@ -125,6 +125,10 @@ struct BenchArgs {
     /// queries of each kind at --query-rate per second.
     #[arg(long, value_name = "QUERIES")]
     latency: Option<u64>,
+    /// Instead: measure ingest with this many instances in one group (started together on the
+    /// produced events; until the group's committed offsets reach the end).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
+    instances: Option<u64>,
     /// Requests per second for --latency.
     #[arg(long, default_value_t = 200)]
     query_rate: u64,
@@ -252,9 +256,10 @@ fn main() -> ExitCode {
                 partitions: a.partitions,
                 work_dir: a.work_dir,
             };
-            let result = match a.latency {
-                Some(n) => paystream::bench::latency(&opts, a.query_rate, n),
-                None => paystream::bench::run(&opts),
+            let result = match (a.latency, a.instances) {
+                (Some(n), _) => paystream::bench::latency(&opts, a.query_rate, n),
+                (None, Some(n)) => paystream::bench::cluster_ingest(&opts, n as usize),
+                (None, None) => paystream::bench::run(&opts),
             };
             match result {
                 Ok(_) => ExitCode::SUCCESS,
