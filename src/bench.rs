@@ -314,6 +314,28 @@ fn raw_rocksdb(dir: &std::path::Path, events: u64) -> Result<Duration, BenchErro
     Ok(elapsed)
 }
 
+/// A new topic `<prefix>-<millis>` with the benchmark's partition count; returns the millis too
+/// (they name the run's application and state).
+async fn fresh_topic(opts: &BenchOptions, prefix: &str) -> Result<(u128, String), BenchError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let topic = format!("{prefix}-{nanos}");
+    ensure_topics(
+        &opts.bootstrap_servers,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: opts.partitions,
+            replication_factor: 1,
+            configs: vec![],
+        }],
+    )
+    .await
+    .map_err(step("create topic"))?;
+    Ok((nanos, topic))
+}
+
 /// Ingest with `instances` instances in one group (one standby each, the default), started
 /// together on a topic already holding the events: time from the first processed record to the
 /// moment the group's committed offsets reach the end of the topic (so rebalances as members
@@ -324,22 +346,7 @@ pub fn cluster_ingest(opts: &BenchOptions, instances: usize) -> Result<Vec<Figur
 
     let rt = tokio::runtime::Runtime::new().map_err(step("runtime"))?;
     rt.block_on(async {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let topic = format!("bench-group-{nanos}");
-        ensure_topics(
-            &opts.bootstrap_servers,
-            &[TopicSpec {
-                name: topic.clone(),
-                partitions: opts.partitions,
-                replication_factor: 1,
-                configs: vec![],
-            }],
-        )
-        .await
-        .map_err(step("create topic"))?;
+        let (nanos, topic) = fresh_topic(opts, "bench-group").await?;
         let generator = GeneratorOptions {
             orders: opts.orders,
             events: Some(opts.events),
@@ -462,22 +469,7 @@ pub fn latency(opts: &BenchOptions, rate: u64, queries: u64) -> Result<Vec<Figur
 
     let rt = tokio::runtime::Runtime::new().map_err(step("runtime"))?;
     rt.block_on(async {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let topic = format!("latency-{nanos}");
-        ensure_topics(
-            &opts.bootstrap_servers,
-            &[TopicSpec {
-                name: topic.clone(),
-                partitions: opts.partitions,
-                replication_factor: 1,
-                configs: vec![],
-            }],
-        )
-        .await
-        .map_err(step("create topic"))?;
+        let (nanos, topic) = fresh_topic(opts, "latency").await?;
         let generator = GeneratorOptions {
             orders: 10_000,
             ..Default::default()

@@ -34,7 +34,6 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -292,18 +291,8 @@ impl RocksDbWindowStore {
     /// Delete the store's directory and everything in it (database, checkpoint). A missing
     /// directory is fine. The store (and its readers) must be closed first.
     pub fn destroy(dir: &Path) -> Result<(), StoreError> {
-        match fs::remove_dir_all(dir) {
-            Ok(()) => {
-                tracing::info!(dir = %dir.display(), "destroyed rocksdb window store directory");
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::Io {
-                store: dir.display().to_string(),
-                context: format!("remove store directory {}", dir.display()),
-                source,
-            }),
-        }
+        // One directory per store, as for the key-value store: the same removal.
+        crate::rocks::RocksDbStore::destroy(dir)
     }
 
     /// Delete every segment entirely older than the oldest retained window start: one range
