@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::kafka::admin::{ensure_topics, TopicSpec};
 use crate::kafka::client::restore_consumer_config;
+use crate::config::ProcessingGuarantee;
 use crate::produce::{produce, GeneratorOptions, ProduceOptions};
 
 /// Options of `paystream bench`.
@@ -27,6 +28,8 @@ pub struct BenchOptions {
     pub orders: u64,
     pub partitions: i32,
     pub work_dir: PathBuf,
+    /// What the measured instances run with.
+    pub processing_guarantee: ProcessingGuarantee,
 }
 
 #[derive(Debug, Error)]
@@ -187,6 +190,10 @@ async fn run_instance(
             app_id,
         ])
         .args(["--input-topic", topic, "--http-addr", &addr, "--standalone"])
+        .args([
+            "--processing-guarantee",
+            opts.processing_guarantee.as_str(),
+        ])
         .args(["--sms-topic", &format!("{app_id}.SEND_SMS")])
         .args([
             "--approval-timeout-topic",
@@ -369,6 +376,7 @@ pub fn cluster_ingest(opts: &BenchOptions, instances: usize) -> Result<Vec<Figur
             query_rate: 0,
             standby_replicas: 1,
             session_timeout_ms: 10_000,
+            processing_guarantee: opts.processing_guarantee,
             work_dir: opts.work_dir.clone(),
             binary: std::env::current_exe().map_err(step("binary"))?,
             seed: 42,
@@ -494,6 +502,7 @@ pub fn latency(opts: &BenchOptions, rate: u64, queries: u64) -> Result<Vec<Figur
             query_rate: 0,
             standby_replicas: 0,
             session_timeout_ms: 10_000,
+            processing_guarantee: opts.processing_guarantee,
             work_dir: opts.work_dir.clone(),
             binary: std::env::current_exe().map_err(step("binary"))?,
             seed: 42,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{RunArgs, RunSettings};
 use crate::produce::{produce, GeneratorOptions, ProduceOptions, Traffic};
 use crate::query::OrderResponse;
-use crate::runtime::Instance;
+use crate::instance::Instance;
 use paystream_topology::shipped_topology;
 
 /// Options of `paystream demo`.
@@ -39,7 +39,7 @@ pub enum DemoError {
     #[error("config: {0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("instance: {0}")]
-    Instance(#[from] crate::runtime::RunError),
+    Instance(#[from] crate::instance::RunError),
     #[error("producer: {0}")]
     Produce(#[from] crate::produce::ProduceError),
     #[error("cannot listen on {addr}: {source}")]

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
+use paystream::config::ProcessingGuarantee;
 use paystream::drill::cluster::Cluster;
 use paystream::drill::load::QueryLoad;
 use paystream::drill::{run, DrillOptions};
@@ -31,6 +32,7 @@ fn options(work: &std::path::Path, instances: usize) -> DrillOptions {
         query_rate: 300,
         standby_replicas: 1,
         session_timeout_ms: 6_000,
+        processing_guarantee: ProcessingGuarantee::ExactlyOnceV2,
         work_dir: work.to_owned(),
         binary: PathBuf::from(env!("CARGO_BIN_EXE_paystream")),
         seed: 42,
@@ -197,9 +199,19 @@ async fn scale_out_from_one_to_three_under_load_fails_no_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_five_kills_in_a_row_under_load_fails_no_query_and_loses_nothing() {
+    failover_five_kills(ProcessingGuarantee::ExactlyOnceV2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_five_kills_at_least_once_fails_no_query_and_loses_nothing() {
+    failover_five_kills(ProcessingGuarantee::AtLeastOnce).await;
+}
+
+async fn failover_five_kills(guarantee: ProcessingGuarantee) {
     let _one = ONE_CLUSTER.lock().await;
     let work = tempfile::tempdir().unwrap();
     let mut opts = options(work.path(), 3);
+    opts.processing_guarantee = guarantee;
     opts.rounds = 5;
     opts.restart = true;
     opts.orders_during = 4_000;

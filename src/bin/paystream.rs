@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use paystream::config::RunArgs;
+use paystream::config::{ProcessingGuarantee, RunArgs};
 use paystream::demo::{self, DemoOptions};
 use paystream::produce::{produce, GeneratorOptions, ProduceOptions};
-use paystream::runtime::Instance;
+use paystream::instance::Instance;
 use paystream::{partition_for_key, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -92,6 +92,9 @@ struct DrillArgs {
     /// Session timeout of the instances (failure detection).
     #[arg(long, default_value_t = 6_000)]
     session_timeout_ms: u64,
+    /// Processing guarantee of the instances.
+    #[arg(long, value_enum, default_value_t = ProcessingGuarantee::ExactlyOnceV2)]
+    processing_guarantee: ProcessingGuarantee,
     /// Where the instances keep their state and logs.
     #[arg(long, default_value = "./paystream-drill")]
     work_dir: PathBuf,
@@ -121,6 +124,9 @@ struct BenchArgs {
     /// Directory for the instance's state during the run.
     #[arg(long, default_value = "./paystream-bench")]
     work_dir: PathBuf,
+    /// Processing guarantee of the measured instances.
+    #[arg(long, value_enum, default_value_t = ProcessingGuarantee::ExactlyOnceV2)]
+    processing_guarantee: ProcessingGuarantee,
     /// Instead: measure query latency (local vs forwarded) on a 2-instance cluster, this many
     /// queries of each kind at --query-rate per second.
     #[arg(long, value_name = "QUERIES")]
@@ -255,6 +261,7 @@ fn main() -> ExitCode {
                 orders: a.orders,
                 partitions: a.partitions,
                 work_dir: a.work_dir,
+                processing_guarantee: a.processing_guarantee,
             };
             let result = match (a.latency, a.instances) {
                 (Some(n), _) => paystream::bench::latency(&opts, a.query_rate, n),
@@ -372,6 +379,7 @@ fn drill(a: DrillArgs) -> ExitCode {
         query_rate: a.query_rate,
         standby_replicas: a.standby_replicas,
         session_timeout_ms: a.session_timeout_ms,
+        processing_guarantee: a.processing_guarantee,
         work_dir: a.work_dir,
         binary,
         seed: 42,

@@ -75,9 +75,11 @@ impl Cluster {
             .arg("--state-dir")
             .arg(&dir)
             .args(["--http-addr", &self.endpoint(i)])
-            .args(["--commit-interval-ms", "200"])
-            // Each drill's outputs are its own (a shared SEND_SMS would dedup against, and be
-            // rebuilt from, earlier drills).
+            .args([
+                "--processing-guarantee",
+                self.opts.processing_guarantee.as_str(),
+            ])
+            // Each drill's outputs are its own, so its SMS can be counted.
             .args(["--sms-topic", &format!("{}.SEND_SMS", self.app)])
             .args([
                 "--approval-timeout-topic",

@@ -20,6 +20,7 @@ use paystream_topology::order::StoredOrder;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::config::ProcessingGuarantee;
 use crate::kafka::admin::{ensure_topics, TopicSpec};
 use crate::produce::{produce, GeneratorOptions, ProduceOptions, Traffic};
 use cluster::Cluster;
@@ -45,6 +46,8 @@ pub struct DrillOptions {
     pub query_rate: u64,
     pub standby_replicas: u32,
     pub session_timeout_ms: u64,
+    /// What the instances run with (`--processing-guarantee`).
+    pub processing_guarantee: ProcessingGuarantee,
     pub work_dir: PathBuf,
     /// The `paystream` binary to start instances with.
     pub binary: PathBuf,

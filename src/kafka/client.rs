@@ -21,12 +21,30 @@ pub fn producer_config(bootstrap: &str) -> ClientConfig {
     c
 }
 
+/// A transaction's lifetime on the broker before it aborts it (Kafka Streams uses the same under
+/// exactly-once): what an instance that dies mid-transaction holds back of its partitions'
+/// `read_committed` readers. Deliveries may not take longer than their transaction.
+pub const TRANSACTION_TIMEOUT_MS: &str = "10000";
+
+/// [`producer_config`] plus a `transactional.id` (exactly-once): every commit is one Kafka
+/// transaction holding changelog, output and dead-letter records and the source offsets.
+pub fn transactional_producer_config(bootstrap: &str, transactional_id: &str) -> ClientConfig {
+    let mut c = producer_config(bootstrap);
+    c.set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
+        .set("message.timeout.ms", TRANSACTION_TIMEOUT_MS);
+    c
+}
+
 /// Consumer settings for the source topic: manual assignment, manual commits (offsets are
-/// committed only after the changelog writes they depend on are acknowledged).
+/// committed only with the changelog writes they depend on). `read_committed`, as everything
+/// paystream reads: it also makes librdkafka fetch committed offsets with `require_stable`, so a
+/// commit still in flight in another instance's transaction is waited for, never skipped.
 pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
         .set("group.id", group_id)
+        .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -38,11 +56,14 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
 }
 
 /// Consumer settings for reading a changelog from a given offset to its end (restore, standby).
-/// It never commits: restore progress lives in the local checkpoint, not in the group.
+/// It never commits: restore progress lives in the local checkpoint, not in the group. It reads
+/// committed records only, and its "end" (watermarks, end-of-partition events) is the last
+/// stable offset: an open or aborted transaction is never restored.
 pub fn restore_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
         .set("group.id", group_id)
+        .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod client;
 pub mod producer;
+pub mod txn_offsets;
 
 use thiserror::Error;
 

@@ -1,27 +1,39 @@
-//! The output producer: one idempotent producer per instance for changelogs, dead letters and
-//! sinks, with delivery tracking so a commit can tell what has been acknowledged.
+//! The output producer: everything an instance writes (changelogs, sinks, dead letters), with
+//! delivery tracking and, under exactly-once, one Kafka transaction per commit.
 //!
-//! Delivery guarantee (at-least-once): records are enqueued without waiting; before source
-//! offsets are committed the owner calls [`OutputProducer::flush`], which waits for every
-//! outstanding delivery and fails if any delivery failed since the last flush. The acknowledged
-//! changelog offsets it then reports are what checkpoints record.
+//! ```text
+//!   exactly_once_v2:  send … send ─▶ commit(offsets, group) = send_offsets_to_transaction
+//!                     (a transaction        + commit_transaction      ─▶ all or nothing
+//!                      opens lazily)        abort() on failure        ─▶ nothing visible
+//!   at_least_once:    send … send ─▶ commit(..) = flush: every record acknowledged, or an error
+//! ```
+//!
+//! One producer per stream thread, with `transactional.id = <application-id>-<process-id>-<n>`:
+//! a restarted instance (same process id, kept in its state directory) fences its own earlier
+//! incarnation's open transaction at start-up (`init_transactions`). Fencing of an instance that
+//! lost its partitions comes from the group generation sent with the offsets (KIP-447, see
+//! [`super::txn_offsets`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use paystream_state::logging::ChangelogWriter;
+use paystream_state::transactional::ChangelogWriter;
+use paystream_state::StoreError;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Message};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use super::client::producer_config;
+use super::client::{producer_config, transactional_producer_config};
+use super::txn_offsets::{send_offsets_to_transaction, GroupMetadata, TxnError};
 use super::KafkaError;
 
 /// How long `send` waits for room in librdkafka's queue before giving up (back-pressure).
 const QUEUE_FULL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on one transactional call (init, offsets, commit, abort).
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Delivery bookkeeping, updated from librdkafka's delivery callbacks.
 pub struct DeliveryTracker {
@@ -55,21 +67,53 @@ impl ProducerContext for DeliveryTracker {
                         *first = Some((msg.topic().to_owned(), err.to_string()));
                     }
                 }
-                tracing::error!(topic = msg.topic(), partition = msg.partition(), error = %err, "delivery failed");
+                tracing::warn!(topic = msg.topic(), partition = msg.partition(), error = %err, "delivery failed");
             }
         }
     }
 }
 
-/// The instance's producer. Cheap to share (`Arc`); `send_*` never blocks on the network.
+/// How the producer delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Idempotent, no transactions: [`OutputProducer::commit`] waits for acknowledgements.
+    AtLeastOnce,
+    /// Transactional with this `transactional.id`.
+    ExactlyOnce { transactional_id: String },
+}
+
+/// Why a commit did not go through. In every case nothing of it is visible to
+/// `read_committed` readers (exactly-once) and the caller must go back to its last commit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// The group refused this instance's generation: it lost its partitions (a zombie).
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// The transaction or a delivery failed and was aborted; processing may go on.
+    #[error("aborted: {0}")]
+    Aborted(String),
+    /// The producer can no longer be used (e.g. another producer took its transactional id);
+    /// create a new one.
+    #[error("producer failed: {0}")]
+    Fatal(String),
+}
+
+/// The instance's producer. Cheap to share (`Arc`); `send` never blocks on the network.
 pub struct OutputProducer {
     inner: ThreadedProducer<DeliveryTracker>,
+    transactional: bool,
+    /// A transaction is open (begun lazily by the first send after a commit or abort).
+    in_transaction: AtomicBool,
 }
 
 impl OutputProducer {
-    /// Create a producer that tracks acknowledged offsets of `tracked` topics
-    /// (name, partition count).
-    pub fn new(bootstrap: &str, tracked: &[(String, i32)]) -> Result<Arc<Self>, KafkaError> {
+    /// Create a producer that tracks acknowledged offsets of `tracked` topics (name, partition
+    /// count). Transactional ones are initialized (`init_transactions`) before this returns.
+    pub fn new(
+        bootstrap: &str,
+        tracked: &[(String, i32)],
+        delivery: &Delivery,
+    ) -> Result<Arc<Self>, KafkaError> {
         let acked = tracked
             .iter()
             .map(|(t, n)| (t.clone(), (0..*n).map(|_| AtomicI64::new(-1)).collect()))
@@ -79,13 +123,35 @@ impl OutputProducer {
             failures: AtomicU64::new(0),
             first_failure: Mutex::new(None),
         };
-        let inner = producer_config(bootstrap)
+        let config = match delivery {
+            Delivery::AtLeastOnce => producer_config(bootstrap),
+            Delivery::ExactlyOnce { transactional_id } => {
+                transactional_producer_config(bootstrap, transactional_id)
+            }
+        };
+        let inner: ThreadedProducer<DeliveryTracker> = config
             .create_with_context(ctx)
             .map_err(KafkaError::client("producer"))?;
-        Ok(Arc::new(Self { inner }))
+        let transactional = matches!(delivery, Delivery::ExactlyOnce { .. });
+        if transactional {
+            inner
+                .init_transactions(TXN_TIMEOUT)
+                .map_err(KafkaError::client("init_transactions"))?;
+        }
+        Ok(Arc::new(Self {
+            inner,
+            transactional,
+            in_transaction: AtomicBool::new(false),
+        }))
+    }
+
+    /// Whether commits are Kafka transactions.
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
     }
 
     /// Enqueue a record to an explicit partition, waiting while librdkafka's queue is full.
+    /// Under exactly-once the record joins the open transaction (opening one if needed).
     pub fn send(
         &self,
         topic: &str,
@@ -95,6 +161,7 @@ impl OutputProducer {
         headers: Option<OwnedHeaders>,
         timestamp: Option<i64>,
     ) -> Result<(), KafkaError> {
+        self.begin()?;
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition);
         if let Some(ts) = timestamp {
             record = record.timestamp(ts);
@@ -133,6 +200,98 @@ impl OutputProducer {
         }
     }
 
+    fn begin(&self) -> Result<(), KafkaError> {
+        if !self.transactional || self.in_transaction.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.inner
+            .begin_transaction()
+            .map_err(KafkaError::client("begin_transaction"))?;
+        self.in_transaction.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Make everything sent since the last commit durable, with `offsets` (source partition →
+    /// next offset to consume) of `source_topic`:
+    /// - exactly-once: the offsets join the transaction with `group`'s generation, and the
+    ///   transaction commits: all of it or none of it becomes visible. On failure the
+    ///   transaction is aborted before this returns.
+    /// - at-least-once: waits until every record is acknowledged; the caller commits the offsets
+    ///   through the group afterwards.
+    pub fn commit(
+        &self,
+        source_topic: &str,
+        offsets: &[(i32, i64)],
+        group: &GroupMetadata,
+    ) -> Result<(), CommitError> {
+        if !self.transactional {
+            return self
+                .flush(TXN_TIMEOUT)
+                .map_err(|e| CommitError::Aborted(e.to_string()));
+        }
+        if offsets.is_empty() && !self.in_transaction.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.begin().map_err(|e| CommitError::Fatal(e.to_string()))?;
+        let result = self.commit_transaction(source_topic, offsets, group);
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "transaction failed; aborting it");
+            if !matches!(e, CommitError::Fatal(_)) {
+                if let Err(abort) = self.abort() {
+                    return Err(CommitError::Fatal(format!("{e}; then the abort failed: {abort}")));
+                }
+            }
+        }
+        result
+    }
+
+    fn commit_transaction(
+        &self,
+        source_topic: &str,
+        offsets: &[(i32, i64)],
+        group: &GroupMetadata,
+    ) -> Result<(), CommitError> {
+        if !offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in offsets {
+                tpl.add_partition_offset(source_topic, *p, Offset::Offset(*o))
+                    .map_err(|e| CommitError::Aborted(e.to_string()))?;
+            }
+            send_offsets_to_transaction(&self.inner, &tpl, group, TXN_TIMEOUT)
+                .map_err(classify)?;
+        }
+        let committed = self.inner.commit_transaction(TXN_TIMEOUT);
+        self.take_failures();
+        match committed {
+            Ok(()) => {
+                self.in_transaction.store(false, Ordering::Release);
+                Ok(())
+            }
+            Err(RdError::Transaction(e)) => Err(classify(TxnError {
+                code: e.code(),
+                message: e.string(),
+                fatal: e.is_fatal(),
+                requires_abort: e.txn_requires_abort(),
+                retriable: e.is_retriable(),
+            })),
+            Err(e) => Err(CommitError::Aborted(e.to_string())),
+        }
+    }
+
+    /// Abort the open transaction (exactly-once; nothing of it becomes visible), or forget
+    /// delivery failures since the last commit (at-least-once).
+    pub fn abort(&self) -> Result<(), KafkaError> {
+        self.take_failures();
+        if !self.transactional || !self.in_transaction.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.inner
+            .abort_transaction(TXN_TIMEOUT)
+            .map_err(KafkaError::client("abort_transaction"))?;
+        self.in_transaction.store(false, Ordering::Release);
+        Ok(())
+    }
+
     /// Wait until every enqueued record is acknowledged; fail if any delivery failed since the
     /// last successful flush (the caller must then not commit).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
@@ -140,17 +299,25 @@ impl OutputProducer {
             what: format!("producer flush ({e})"),
             seconds: timeout.as_secs(),
         })?;
-        let ctx = self.inner.context();
-        if ctx.failures.swap(0, Ordering::AcqRel) > 0 {
-            let (topic, message) = ctx
-                .first_failure
-                .lock()
-                .ok()
-                .and_then(|mut f| f.take())
-                .unwrap_or_else(|| ("?".into(), "unknown".into()));
+        if let Some((topic, message)) = self.take_failures() {
             return Err(KafkaError::Delivery { topic, message });
         }
         Ok(())
+    }
+
+    /// The first delivery failure since the last call, if any (and reset the count).
+    fn take_failures(&self) -> Option<(String, String)> {
+        let ctx = self.inner.context();
+        if ctx.failures.swap(0, Ordering::AcqRel) == 0 {
+            return None;
+        }
+        Some(
+            ctx.first_failure
+                .lock()
+                .ok()
+                .and_then(|mut f| f.take())
+                .unwrap_or_else(|| ("?".into(), "unknown".into())),
+        )
     }
 
     /// Highest acknowledged offset of a tracked topic's partition (-1 when none yet).
@@ -161,6 +328,26 @@ impl OutputProducer {
             .get(topic)
             .and_then(|p| usize::try_from(partition).ok().and_then(|i| p.get(i)))
             .map_or(-1, |a| a.load(Ordering::Acquire))
+    }
+}
+
+/// Sort a failed transactional call into what the caller does next.
+fn classify(e: TxnError) -> CommitError {
+    if e.is_group_fencing()
+        || matches!(
+            e.code,
+            RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    {
+        if e.fatal {
+            return CommitError::Fatal(e.to_string());
+        }
+        return CommitError::Fenced(e.to_string());
+    }
+    if e.fatal {
+        CommitError::Fatal(e.to_string())
+    } else {
+        CommitError::Aborted(e.to_string())
     }
 }
 
@@ -197,28 +384,25 @@ pub fn dead_letter_headers(
         })
 }
 
+/// The header every output record (SMS, alerts) carries: which application wrote it, so
+/// applications sharing an output topic (blue/green deploys) can tell their records apart.
+pub const APPLICATION_HEADER: &str = "paystream.application.id";
+
 /// [`ChangelogWriter`] for one store of one task: `<app>-<store>-changelog`, same partition as
 /// the task (as Kafka Streams does), so a partition's state can be restored on its own.
-pub struct KafkaChangelogWriter {
-    producer: Arc<OutputProducer>,
-    topic: Arc<str>,
-    partition: i32,
+pub struct KafkaChangelogWriter<'a> {
+    pub producer: &'a OutputProducer,
+    pub topic: &'a str,
+    pub partition: i32,
 }
 
-impl KafkaChangelogWriter {
-    pub fn new(producer: Arc<OutputProducer>, topic: Arc<str>, partition: i32) -> Self {
-        Self {
-            producer,
-            topic,
-            partition,
-        }
-    }
-}
-
-impl ChangelogWriter for KafkaChangelogWriter {
-    fn send(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+impl ChangelogWriter for KafkaChangelogWriter<'_> {
+    fn send(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
         self.producer
-            .send(&self.topic, self.partition, Some(key), value, None, None)
-            .map_err(|e| e.to_string())
+            .send(self.topic, self.partition, Some(key), value, None, None)
+            .map_err(|e| StoreError::Changelog {
+                store: self.topic.to_owned(),
+                message: e.to_string(),
+            })
     }
 }

@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use super::generator::{GeneratorOptions, Traffic};
 use crate::kafka::admin::{partition_count, TopicSpec};
-use crate::kafka::producer::OutputProducer;
+use crate::kafka::producer::{Delivery, OutputProducer};
 use crate::kafka::KafkaError;
 
 /// What `paystream produce` was asked to do.
@@ -105,7 +105,7 @@ pub fn produce(opts: &ProduceOptions) -> Result<ProduceReport, ProduceError> {
             source,
         })?;
     }
-    let producer = OutputProducer::new(&opts.bootstrap_servers, &[])?;
+    let producer = OutputProducer::new(&opts.bootstrap_servers, &[], &Delivery::AtLeastOnce)?;
     let started = Instant::now();
     for (i, e) in traffic.events.iter().enumerate() {
         if let Some(rate) = opts.rate.filter(|r| *r > 0) {

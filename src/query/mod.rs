@@ -1,14 +1,14 @@
 //! The interactive-query API (axum).
 //!
 //! Entry point: [`app`], a `Router` with no socket attached, so handlers are tested with
-//! `tower::ServiceExt::oneshot`. The caller serves it (see `runtime::Instance::run`).
+//! `tower::ServiceExt::oneshot`. The caller serves it (see `instance::Instance::run`).
 //!
 //! One query: `GET /orders/{id}` → validate id → partition = murmur2(id) % partition count (the
 //! count from topic metadata, never from the assignment) → the local copy of that partition →
 //! RocksDB read on a blocking thread → decode → JSON.
 
 mod error;
-pub mod routing;
+pub mod forward;
 pub mod windowed;
 
 use std::collections::HashMap;
@@ -28,11 +28,11 @@ use serde::Serialize;
 
 pub use error::QueryError;
 
-use crate::runtime::local::{LocalPartition, LocalStores, Role};
-use crate::runtime::store::StoreReader;
-use crate::runtime::stream_thread::{SharedStatus, Status};
+use crate::cluster::routing::RoutingTable;
+use crate::engine::store::StoreReader;
+use crate::engine::{LocalPartition, LocalStores, Role, SharedStatus, Status};
 use crate::telemetry::Metrics;
-use routing::{forward, Forwarded, RoutingTable, ALLOW_STANDBY, FORWARDED};
+use forward::{forward, Forwarded, ALLOW_STANDBY, FORWARDED};
 
 /// Longest order id accepted (ids are Kafka keys; anything longer is a client mistake).
 pub const MAX_ID_LEN: usize = 256;
@@ -408,9 +408,19 @@ struct Health {
     ready: bool,
     active_partitions: Vec<i32>,
     standby_partitions: Vec<i32>,
+    /// Each partition held: its task's state, restore progress, and why its changelog cannot
+    /// be read (if so).
+    tasks: std::collections::BTreeMap<i32, crate::engine::status::TaskView>,
     records_processed: u64,
     records_restored: u64,
     records_dead_lettered: u64,
+    commits: u64,
+    /// Commits (transactions) that failed and were rolled back.
+    commits_aborted: u64,
+    /// Commits the group refused because this instance had lost its partitions.
+    commits_fenced: u64,
+    /// Times this instance stopped itself after losing contact with the group.
+    self_fenced: u64,
 }
 
 /// 200 once the instance serves its partitions, 503 while starting or restoring.
@@ -430,9 +440,14 @@ async fn get_health(State(st): State<QueryState>) -> Response {
             .filter(|(_, r)| *r == Role::Standby)
             .map(|(p, _)| *p)
             .collect(),
+        tasks: st.status.tasks(),
         records_processed: st.metrics.total_processed(),
         records_restored: st.metrics.total_restored(),
         records_dead_lettered: st.metrics.total_dead_lettered(),
+        commits: st.metrics.commits.load(Ordering::Relaxed),
+        commits_aborted: st.metrics.commits_aborted.load(Ordering::Relaxed),
+        commits_fenced: st.metrics.commits_fenced.load(Ordering::Relaxed),
+        self_fenced: st.metrics.self_fenced.load(Ordering::Relaxed),
     };
     let code = if body.ready {
         StatusCode::OK

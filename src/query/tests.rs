@@ -12,11 +12,12 @@ use paystream_topology::order::{encode_order, EventType, OrderView, StoredOrder,
 use paystream_topology::partition_for_key;
 use tower::ServiceExt;
 
-use super::routing::{RoutingTable, FORWARDED};
+use super::forward::FORWARDED;
+use crate::cluster::routing::RoutingTable;
 use super::{app, QueryState};
 use crate::coordination::assignor::PartitionOwners;
-use crate::runtime::local::{LocalPartition, LocalStores, Role};
-use crate::runtime::stream_thread::{SharedStatus, Status};
+use crate::engine::{LocalPartition, LocalStores, Role};
+use crate::engine::{SharedStatus, Status};
 use crate::telemetry::Metrics;
 
 struct Fixture {
@@ -62,7 +63,7 @@ fn fixture(role: Role, with_order: bool) -> Fixture {
             role,
             readers: HashMap::from([(
                 ORDERS_STORE.to_owned(),
-                crate::runtime::store::StoreReader::KeyValue(store.reader()),
+                crate::engine::store::StoreReader::KeyValue(store.reader()),
             )]),
             metrics: metrics.task(p),
         },

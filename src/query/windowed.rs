@@ -1,10 +1,10 @@
 //! Queries of the windowed topologies: `GET /sms/{order_id}` and `GET /alerts`.
 //!
 //! `/sms/{order_id}` is routed like `/orders/{id}`: the partition's active copy (here or one hop
-//! away), else a standby copy. It answers from the two SMS ledgers, which hold exactly what
-//! reached `SEND_SMS` and `SEND_SMS.SUPPRESSED`.
+//! away), else a standby copy. It answers from the two SMS dedup stores, which hold exactly what
+//! this application committed to `SEND_SMS` and `SEND_SMS.SUPPRESSED`.
 //!
-//! `/alerts` is a scatter-gather: the instance asked reads the alert ledgers of its own copies
+//! `/alerts` is a scatter-gather: the instance asked reads the alert stores of its own copies
 //! and asks every other instance in the partition map for theirs (`local=true`, one hop, in
 //! parallel). Per partition the active copy's answer wins, a standby's fills in for an active
 //! that cannot answer, and partitions nobody answered for are listed in `partitions_missing`
@@ -20,14 +20,14 @@ use axum::Json;
 use paystream_topology::approval::{AlertStatus, ApprovalAlert, APPROVAL_ALERTS_STORE};
 use paystream_topology::partition_for_key;
 use paystream_topology::sms::{
-    ledger_key, SmsRequest, SuppressedSms, SMS_SENT_STORE, SMS_SUPPRESSED_STORE, TEMPLATES,
+    sms_key, SmsRequest, SuppressedSms, SMS_SENT_STORE, SMS_SUPPRESSED_STORE, TEMPLATES,
 };
 use serde::{Deserialize, Serialize};
 
-use super::routing::{forward, Forwarded, ALLOW_STANDBY, FORWARDED};
+use super::forward::{forward, Forwarded, ALLOW_STANDBY, FORWARDED};
 use super::{percent_encode, validate_id, QueryError, QueryState, FORWARD_TIMEOUT};
-use crate::runtime::local::{LocalPartition, Role};
-use crate::runtime::store::StoreReader;
+use crate::engine::{LocalPartition, Role};
+use crate::engine::store::StoreReader;
 
 /// Body of `GET /sms/{order_id}`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,7 +112,7 @@ async fn serve_sms(
         let mut sent = Vec::new();
         let mut suppressed = Vec::new();
         for template in TEMPLATES {
-            let k = ledger_key(template, &key);
+            let k = sms_key(template, &key);
             for (_, v) in sent_r.fetch(&k, i64::MIN, i64::MAX)? {
                 sent.extend(serde_json::from_slice::<SmsRequest>(&v).ok());
             }

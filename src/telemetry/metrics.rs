@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// Per-partition (task) counters.
 #[derive(Debug, Default)]
@@ -20,11 +21,37 @@ pub struct TaskMetrics {
     pub lag: AtomicI64,
 }
 
+/// Count, sum and maximum of a duration (cheap enough for every commit).
+#[derive(Debug, Default)]
+pub struct Latency {
+    pub count: AtomicU64,
+    pub total_micros: AtomicU64,
+    pub max_micros: AtomicU64,
+}
+
+impl Latency {
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.total_micros.fetch_add(us, Ordering::Relaxed);
+        self.max_micros.fetch_max(us, Ordering::Relaxed);
+    }
+}
+
 /// Instance-wide counters. Cheap to update (relaxed atomics) on the hot path.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Successful commits (changelog flushed, source offsets committed).
+    /// Successful commits (a committed transaction, or under at-least-once the records
+    /// acknowledged and the source offsets committed).
     pub commits: AtomicU64,
+    /// How long commits took.
+    pub commit_latency: Latency,
+    /// Commits that failed and were rolled back (aborted transactions).
+    pub commits_aborted: AtomicU64,
+    /// Commits refused because this instance was no longer a member of the generation.
+    pub commits_fenced: AtomicU64,
+    /// Times the instance stopped processing after losing contact with the group.
+    pub self_fenced: AtomicU64,
     /// HTTP queries answered, by outcome.
     pub queries_ok: AtomicU64,
     pub queries_not_found: AtomicU64,
@@ -80,8 +107,29 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# TYPE paystream_commits_total counter");
-        let _ = writeln!(out, "paystream_commits_total {}", g(&self.commits));
+        for (name, v) in [
+            ("paystream_commits_total", &self.commits),
+            ("paystream_commits_aborted_total", &self.commits_aborted),
+            ("paystream_commits_fenced_total", &self.commits_fenced),
+            ("paystream_self_fenced_total", &self.self_fenced),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", g(v));
+        }
+        let l = &self.commit_latency;
+        let _ = writeln!(out, "# TYPE paystream_commit_seconds summary");
+        let _ = writeln!(out, "paystream_commit_seconds_count {}", g(&l.count));
+        let _ = writeln!(
+            out,
+            "paystream_commit_seconds_sum {}",
+            g(&l.total_micros) as f64 / 1e6
+        );
+        let _ = writeln!(out, "# TYPE paystream_commit_seconds_max gauge");
+        let _ = writeln!(
+            out,
+            "paystream_commit_seconds_max {}",
+            g(&l.max_micros) as f64 / 1e6
+        );
         let _ = writeln!(out, "# TYPE paystream_queries_total counter");
         for (outcome, v) in [
             ("ok", &self.queries_ok),

@@ -83,7 +83,6 @@ impl KeyValueStore for InMemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logging::{ChangelogWriter, LoggingStore};
 
     #[test]
     fn put_get_delete() {
@@ -124,43 +123,5 @@ mod tests {
         store.put(b"b", b"2").unwrap();
         assert_eq!(snapshot.len(), 1);
         assert_eq!(store.len(), 2);
-    }
-
-    #[derive(Default)]
-    struct VecWriter(Vec<(Vec<u8>, Option<Vec<u8>>)>);
-
-    impl ChangelogWriter for VecWriter {
-        fn send(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
-            self.0.push((key.to_vec(), value.map(<[u8]>::to_vec)));
-            Ok(())
-        }
-    }
-
-    struct FailingWriter;
-
-    impl ChangelogWriter for FailingWriter {
-        fn send(&mut self, _: &[u8], _: Option<&[u8]>) -> Result<(), String> {
-            Err("queue full".into())
-        }
-    }
-
-    #[test]
-    fn logging_layer_sends_puts_and_tombstones() {
-        let mut store = LoggingStore::new(InMemoryStore::new("orders"), VecWriter::default());
-        store.put(b"k", b"v").unwrap();
-        store.delete(b"k").unwrap();
-        let (inner, writer) = store.into_parts();
-        assert!(inner.is_empty());
-        assert_eq!(
-            writer.0,
-            vec![(b"k".to_vec(), Some(b"v".to_vec())), (b"k".to_vec(), None)]
-        );
-    }
-
-    #[test]
-    fn logging_layer_reports_changelog_failure_with_store_name() {
-        let mut store = LoggingStore::new(InMemoryStore::new("orders"), FailingWriter);
-        let err = store.put(b"k", b"v").unwrap_err();
-        assert_eq!(err.to_string(), "store orders: changelog: queue full");
     }
 }

@@ -216,6 +216,10 @@ impl KeyValueStore for RocksDbStore {
     fn approximate_len(&self) -> Result<u64, StoreError> {
         estimate_num_keys(&self.db, &self.name)
     }
+
+    fn write_batch(&mut self, entries: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        self.put_batch(entries)
+    }
 }
 
 /// A cheap, cloneable read handle on a [`RocksDbStore`], for threads other than the writer.

@@ -1,9 +1,10 @@
 //! The key-value store contract every store layer implements.
 //!
-//! Stores are stacked layers, as in Kafka Streams (`metered(logging(rocksdb))`): the bottom layer
+//! Stores are stacked layers, as in Kafka Streams (`caching(logging(rocksdb))`): the bottom layer
 //! keeps bytes (`rocks::RocksDbStore` on disk, [`crate::memory::InMemoryStore`] in tests),
-//! [`crate::logging::LoggingStore`] sends every write to the changelog. Keys and values are bytes
-//! here; typed values go through [`crate::codec`].
+//! [`crate::transactional::TxnKeyValueStore`] buffers a commit's writes and hands them to the
+//! changelog at commit time. Keys and values are bytes here; typed values go through
+//! [`crate::codec`].
 
 use thiserror::Error;
 
@@ -49,6 +50,17 @@ pub trait KeyValueStore: Send {
     fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
     /// Number of entries (may be an estimate for on-disk stores).
     fn approximate_len(&self) -> Result<u64, StoreError>;
+    /// Apply many changes (`None` deletes), later entries winning over earlier ones for the same
+    /// key. On-disk stores make it one atomic write.
+    fn write_batch(&mut self, entries: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        for (key, value) in entries {
+            match value {
+                Some(v) => self.put(key, v)?,
+                None => self.delete(key)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<S: KeyValueStore + ?Sized> KeyValueStore for Box<S> {
@@ -72,5 +84,8 @@ impl<S: KeyValueStore + ?Sized> KeyValueStore for Box<S> {
     }
     fn approximate_len(&self) -> Result<u64, StoreError> {
         (**self).approximate_len()
+    }
+    fn write_batch(&mut self, entries: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        (**self).write_batch(entries)
     }
 }

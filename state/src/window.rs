@@ -2,7 +2,7 @@
 //!
 //! Entry points: the [`WindowStore`] trait; [`InMemoryWindowStore`] (tests, the topology test
 //! driver); `RocksDbWindowStore` (feature `rocksdb`, in `rocks_window`), and
-//! [`LoggingWindowStore`], which sends every write to a changelog.
+//! [`crate::transactional::TxnWindowStore`], which buffers a commit's writes for the changelog.
 //!
 //! A window store answers "what did I store for this key between these two times?" and forgets on
 //! its own: each store has a *retention*, and an entry whose window start is older than the
@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::logging::ChangelogWriter;
 use crate::store::StoreError;
 
 /// The visitor of [`WindowStore::fetch_all`]: (key, window start, value) → keep going?
@@ -236,94 +235,10 @@ impl WindowStore for InMemoryWindowStore {
     }
 }
 
-/// `logging(inner)` for window stores: every accepted put and every delete is also sent to the
-/// changelog, keyed by [`encode_window_key`]. A put the inner store refused as expired is not
-/// logged (a restore would refuse it too).
-pub struct LoggingWindowStore<S, W> {
-    inner: S,
-    /// `None`: this store's changelog is written by someone else (see the runtime's ledger
-    /// stores, whose log is a sink topic), so writes stay local.
-    writer: Option<W>,
-}
-
-impl<S: WindowStore, W: ChangelogWriter> LoggingWindowStore<S, W> {
-    /// Wrap `inner` so that its writes also go through `writer` (none: writes are not logged).
-    pub fn new(inner: S, writer: Option<W>) -> Self {
-        Self { inner, writer }
-    }
-    /// The wrapped store (restores bypass logging through it).
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-    /// Mutable access to the wrapped store, e.g. to restore it without re-logging.
-    pub fn inner_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    fn log(&mut self, key: &[u8], start: i64, value: Option<&[u8]>) -> Result<(), StoreError> {
-        let Some(writer) = self.writer.as_mut() else {
-            return Ok(());
-        };
-        writer
-            .send(&encode_window_key(key, start), value)
-            .map_err(|message| StoreError::Changelog {
-                store: self.inner.name().to_owned(),
-                message,
-            })
-    }
-}
-
-impl<S: WindowStore, W: ChangelogWriter> WindowStore for LoggingWindowStore<S, W> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn retention_ms(&self) -> i64 {
-        self.inner.retention_ms()
-    }
-    fn observed_time(&self) -> i64 {
-        self.inner.observed_time()
-    }
-    fn put(&mut self, key: &[u8], window_start: i64, value: &[u8]) -> Result<bool, StoreError> {
-        if !self.inner.put(key, window_start, value)? {
-            return Ok(false);
-        }
-        self.log(key, window_start, Some(value))?;
-        Ok(true)
-    }
-    fn delete(&mut self, key: &[u8], window_start: i64) -> Result<(), StoreError> {
-        self.inner.delete(key, window_start)?;
-        self.log(key, window_start, None)
-    }
-    fn fetch(&self, key: &[u8], from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        self.inner.fetch(key, from, to)
-    }
-    fn fetch_all(&self, from: i64, to: i64, f: &mut WindowVisitor<'_>) -> Result<(), StoreError> {
-        self.inner.fetch_all(from, to, f)
-    }
-    fn flush(&mut self) -> Result<(), StoreError> {
-        self.inner.flush()
-    }
-    fn approximate_len(&self) -> Result<u64, StoreError> {
-        self.inner.approximate_len()
-    }
-    fn restore_batch(&mut self, entries: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
-        self.inner.restore_batch(entries)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[derive(Default)]
-    struct Log(Vec<(Vec<u8>, Option<Vec<u8>>)>);
-    impl ChangelogWriter for &mut Log {
-        fn send(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
-            self.0.push((key.to_vec(), value.map(<[u8]>::to_vec)));
-            Ok(())
-        }
-    }
 
     proptest! {
         #[test]
@@ -398,29 +313,6 @@ mod tests {
             s.put(b"k", 50, b"in retention").unwrap(),
             "out of order but retained"
         );
-    }
-
-    #[test]
-    fn logging_layer_logs_accepted_writes_only() {
-        let mut log = Log::default();
-        {
-            let mut s = LoggingWindowStore::new(InMemoryWindowStore::new("w", 10), Some(&mut log));
-            s.put(b"k", 100, b"v").unwrap();
-            assert!(!s.put(b"k", 1, b"expired").unwrap());
-            s.delete(b"k", 100).unwrap();
-        }
-        assert_eq!(
-            log.0,
-            [
-                (encode_window_key(b"k", 100), Some(b"v".to_vec())),
-                (encode_window_key(b"k", 100), None)
-            ]
-        );
-        // The changelog restores the same state into a fresh store.
-        let mut fresh = InMemoryWindowStore::new("w", 10);
-        fresh.restore_batch(&log.0).unwrap();
-        assert!(fresh.is_empty());
-        assert_eq!(fresh.observed_time(), 100);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! test can `kill -9` them), and helpers to compare served views with the generator's model.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+pub mod model;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,7 +16,9 @@ use paystream::query::OrderResponse;
 use paystream_topology::order::OrderView;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 /// The repository root (for `deploy/kafka.sh`).
 pub fn repo_root() -> PathBuf {
@@ -306,4 +310,183 @@ pub async fn produce(
         .await
         .expect("join")
         .expect("produce")
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Every record of `topic` up to its current end, read as `isolation` (`read_committed` or
+/// `read_uncommitted`). The end of a partition is its end-of-partition event (under
+/// transactions the last offsets hold commit markers, which are never delivered).
+pub fn read_topic(topic: &str, isolation: &str) -> Vec<ReadRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut done = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    while done.len() < partitions.len() {
+        assert!(Instant::now() < deadline, "could not read {topic} to its end");
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            Some(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        let v = hd.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                        headers.insert(hd.key.to_owned(), v.unwrap_or_default());
+                    }
+                }
+                out.push(ReadRecord {
+                    partition: m.partition(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Sum of the group's committed offsets of `topic` and sum of its end offsets.
+pub fn committed_and_end(group: &str, topic: &str) -> (i64, i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut end = 0;
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition(topic, p.id());
+        end += consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .expect("watermarks")
+            .1;
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
+    let sum = committed
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
+        .sum();
+    (sum, end)
+}
+
+/// Poll until the group `app` has committed every record of `topic` (deadline), failing early
+/// if any of `procs` that should be alive died.
+pub async fn wait_all_committed(app: &str, topic: &str, procs: &mut [&mut Proc], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for p in procs.iter_mut() {
+            p.assert_alive();
+        }
+        let (a, t) = (app.to_owned(), topic.to_owned());
+        let (committed, end) = tokio::task::spawn_blocking(move || committed_and_end(&a, &t))
+            .await
+            .expect("join");
+        if committed == end {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {app} committed {committed} of {end} records; log:\n{}",
+            procs.first().map(|p| p.log_tail()).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The records a traffic generator run sent, in send order, as the model reads them.
+pub fn sent(traffic: &paystream::produce::Traffic) -> Vec<(Option<String>, String)> {
+    traffic
+        .events
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect()
+}
+
+/// Ask `http` for every order of the model (with `query`, e.g. `consistency=active`) until all
+/// answers equal the model or `timeout` passes; returns the ids still differing.
+pub async fn wait_views_match_model(
+    http: &str,
+    model: &BTreeMap<String, model::ModelView>,
+    query: &str,
+    timeout: Duration,
+) -> Vec<String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + timeout;
+    let mut pending: Vec<String> = model.keys().cloned().collect();
+    loop {
+        let mut still = Vec::new();
+        for chunk in pending.chunks(64) {
+            let futs = chunk.iter().map(|id| {
+                let client = client.clone();
+                let url = format!("http://{http}/orders/{id}?{query}");
+                async move {
+                    let r = client.get(url).send().await.ok()?;
+                    if !r.status().is_success() {
+                        return None;
+                    }
+                    r.json::<serde_json::Value>().await.ok()
+                }
+            });
+            let answers = futures::future::join_all(futs).await;
+            for (id, a) in chunk.iter().zip(answers) {
+                let ok = a.is_some_and(|a| model::view_matches(&a["order"], &model[id]));
+                if !ok {
+                    still.push(id.clone());
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() || Instant::now() > deadline {
+            return pending;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `kill -STOP` / `kill -CONT` a child process.
+pub fn signal(p: &Proc, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &p.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig} failed");
 }

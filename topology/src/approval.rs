@@ -24,14 +24,14 @@
 //! time-ordered in-memory index of the pending requests (rebuilt from the store when the task
 //! starts), so a check costs what it finds, not a scan of the store.
 //!
-//! Exactly one alert per order: [`APPROVAL_ALERTS_STORE`] is a ledger of the alert topic (see
-//! [`crate::topology::Changelog::Ledger`]), rebuilt from what reached the topic on restore, and
-//! an order with an alert in it is never alerted again.
+//! Exactly one alert per order: [`APPROVAL_ALERTS_STORE`] remembers every alert raised, and is
+//! committed in the same Kafka transaction as the alert record itself, so an order with an alert
+//! in it is never alerted again, also after a crash or a failover.
 
 use std::collections::BTreeMap;
 
 use paystream_state::codec;
-use paystream_state::window::{encode_window_key, oldest_retained};
+use paystream_state::window::oldest_retained;
 use serde::{Deserialize, Serialize};
 
 use crate::order::{parse_event, EventType, OrderEvent};
@@ -40,7 +40,7 @@ use crate::topology::StoreSpec;
 
 /// Approvals seen: order id @ requested (or completion) time → [`ApprovalState`].
 pub const APPROVAL_STATE_STORE: &str = "approval-state";
-/// Ledger of the alert topic: order id @ requested time → the latest [`ApprovalAlert`] JSON
+/// Alerts raised: order id @ requested time → the latest [`ApprovalAlert`] JSON
 /// (a window store, so alerts are forgotten after `alert_retention_ms`, not kept forever).
 pub const APPROVAL_ALERTS_STORE: &str = "approval-alerts";
 
@@ -127,21 +127,11 @@ pub enum ApprovalState {
     Settled(EventType),
 }
 
-/// Maps a record of the alert topic to its ledger entry key (order id @ requested time).
-pub fn alert_entry_key(_key: &[u8], value: &[u8], _ts: i64) -> Option<Vec<u8>> {
-    let alert: ApprovalAlert = serde_json::from_slice(value).ok()?;
-    Some(encode_window_key(
-        alert.order_id.as_bytes(),
-        alert.requested_ts,
-    ))
-}
-
 /// The two stores of the detector for `config`.
 pub fn approval_stores(config: &ApprovalTimeoutConfig) -> Vec<StoreSpec> {
     vec![
         StoreSpec::window(APPROVAL_STATE_STORE, config.retention_ms()),
-        StoreSpec::window(APPROVAL_ALERTS_STORE, config.alert_retention_ms)
-            .ledger_of(&config.topic, alert_entry_key),
+        StoreSpec::window(APPROVAL_ALERTS_STORE, config.alert_retention_ms),
     ]
 }
 
@@ -247,11 +237,10 @@ impl ApprovalTimeoutProcessor {
             .put(key, ts, &value)?)
     }
 
-    /// Raise the alert for a pending request (unless the ledger already has one).
+    /// Raise the alert for a pending request (unless the alert store already has one).
     ///
-    /// The store entry stays `Pending`: changing it is a changelog write that could reach Kafka
-    /// while the alert itself does not (a crash between the two), and the alert would then be
-    /// lost for good. The ledger stops later checks (after a restart) from alerting again.
+    /// The `approval-state` entry stays `Pending`; the alert store is what stops later checks
+    /// (after a restart the due index is rebuilt from the pending entries) from alerting again.
     fn raise(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -354,7 +343,7 @@ impl ApprovalTimeoutProcessor {
     ) -> Result<(), ProcessError> {
         let key = event.order_id.as_bytes();
         let due = self.due_after();
-        // Requests older than `due` were checked already (alerted, or stopped by the ledger);
+        // Requests older than `due` were checked already (alerted, or stopped by the alert store);
         // up to `due` after the completion too, as services' clocks are not perfectly in step.
         let found = Self::entries(
             ctx,
@@ -365,7 +354,7 @@ impl ApprovalTimeoutProcessor {
         let settled = ApprovalState::Settled(event.event_type);
         let mut marked = false;
         // Completed while still waiting in this processor's index: no alert can exist, so the
-        // ledger lookup (a window read) is skipped for the common case.
+        // alert-store lookup (a window read) is skipped for the common case.
         let mut unalerted = false;
         for (t, state) in found {
             match state {

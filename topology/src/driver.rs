@@ -8,25 +8,32 @@
 //! The driver behaves like a set of tasks, one per partition of the source topic: a keyed record
 //! goes to `partition_for_key(key, partitions)` exactly as a Java producer would send it, each
 //! partition has its own offsets, its own processors (initialized before its first record) and its
-//! own [`InMemoryStore`] per declared store. So a test sees the same per-partition state as an
-//! instance would, and `get` must route by key just like an interactive query.
+//! own in-memory stores under the same transactional layer the runtime uses. So a test sees the
+//! same per-partition state as an instance would, and `get` must route by key just like an
+//! interactive query.
+//!
+//! Commits follow the runtime's exactly-once model. By default every piped record is committed
+//! at once. With [`TestDriver::manual_commits`], a partition's store writes, outputs and dead
+//! letters stay uncommitted (outputs are not readable yet) until [`TestDriver::commit`];
+//! [`TestDriver::crash_partition`] then does what a crash and a failover do: uncommitted writes,
+//! outputs and dead letters are gone, the processors start over from the committed stores, and
+//! the records since the last commit are processed again.
 //!
 //! Processing is synchronous: when `pipe` returns, the record has gone through the whole chain.
 //! Time is controlled: stream time follows the piped timestamps, wall-clock time moves only with
-//! [`TestDriver::advance_wall_clock`]. [`TestDriver::restart_partition`] simulates a crash and
-//! restore: the partition's processors start over, internal-changelog stores keep their content
-//! (as a full restore would give), and ledger stores are rebuilt from what the partition sent to
-//! their topics.
+//! [`TestDriver::advance_wall_clock`].
 
 use std::collections::BTreeMap;
 
 use paystream_state::memory::InMemoryStore;
 use paystream_state::store::KeyValueStore;
+use paystream_state::transactional::{ChangelogWriter, TxnKeyValueStore, TxnWindowStore};
 use paystream_state::window::{InMemoryWindowStore, WindowStore};
+use paystream_state::StoreError;
 
 use crate::partitioner::partition_for_key;
 use crate::processor::{ProcessError, Record, RecordMeta, TaskIo};
-use crate::topology::{Changelog, StoreKind, StoreSpec, TaskProcessors, Topology};
+use crate::topology::{StoreKind, TaskProcessors, Topology};
 
 /// A record a processor sent to the dead-letter queue, with why and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,12 +47,23 @@ pub struct DeadLetter {
     pub meta: RecordMeta,
 }
 
-/// One partition's task: its processors, stores and next offset (created on its first record).
+/// What a partition produced since its last commit.
+#[derive(Default)]
+struct Uncommitted {
+    /// Source records since the last commit (replayed after a crash).
+    input: Vec<Record>,
+    outputs: Vec<(String, Record)>,
+    dead_letters: Vec<DeadLetter>,
+}
+
+/// One partition's task: its processors, stores and offsets (created on its first record).
 struct Task {
     processors: TaskProcessors,
-    stores: BTreeMap<String, InMemoryStore>,
-    windows: BTreeMap<String, InMemoryWindowStore>,
+    stores: BTreeMap<String, TxnKeyValueStore<InMemoryStore>>,
+    windows: BTreeMap<String, TxnWindowStore<InMemoryWindowStore>>,
     next_offset: i64,
+    committed_offset: i64,
+    uncommitted: Uncommitted,
 }
 
 impl Task {
@@ -55,13 +73,12 @@ impl Task {
         for s in topology.stores() {
             match s.kind {
                 StoreKind::KeyValue => {
-                    stores.insert(s.name.clone(), InMemoryStore::new(s.name.clone()));
+                    let inner = InMemoryStore::new(s.name.clone());
+                    stores.insert(s.name.clone(), TxnKeyValueStore::new(inner));
                 }
                 StoreKind::Window { retention_ms } => {
-                    windows.insert(
-                        s.name.clone(),
-                        InMemoryWindowStore::new(s.name.clone(), retention_ms),
-                    );
+                    let inner = InMemoryWindowStore::new(s.name.clone(), retention_ms);
+                    windows.insert(s.name.clone(), TxnWindowStore::new(inner));
                 }
             }
         }
@@ -70,7 +87,30 @@ impl Task {
             stores,
             windows,
             next_offset: 0,
+            committed_offset: 0,
+            uncommitted: Uncommitted::default(),
         }
+    }
+
+    /// Commit the stores (their changelog records go nowhere: the in-memory inner store is the
+    /// durable copy here) and hand back what was produced since the last commit.
+    fn commit(&mut self) -> Result<Uncommitted, ProcessError> {
+        struct Discard;
+        impl ChangelogWriter for Discard {
+            fn send(&mut self, _: &[u8], _: Option<&[u8]>) -> Result<(), StoreError> {
+                Ok(())
+            }
+        }
+        for s in self.stores.values_mut() {
+            s.prepare(&mut Discard)?;
+            s.commit()?;
+        }
+        for s in self.windows.values_mut() {
+            s.prepare(&mut Discard)?;
+            s.commit()?;
+        }
+        self.committed_offset = self.next_offset;
+        Ok(std::mem::take(&mut self.uncommitted))
     }
 }
 
@@ -79,15 +119,16 @@ pub struct TestDriver {
     topology: Topology,
     partitions: i32,
     tasks: BTreeMap<i32, Task>,
+    /// Committed records per sink topic, not yet read by the test.
     outputs: BTreeMap<String, Vec<Record>>,
-    /// Everything ever sent, per topic, with the sending partition (ledger restores read it).
-    sent: BTreeMap<String, Vec<(i32, Record)>>,
     dead_letters: Vec<DeadLetter>,
     wall_clock: i64,
+    auto_commit: bool,
 }
 
 impl TestDriver {
-    /// A driver for `topology` whose source topic has `partitions` partitions.
+    /// A driver for `topology` whose source topic has `partitions` partitions; every piped
+    /// record is committed at once.
     ///
     /// # Panics
     /// If `partitions <= 0` (a topic has at least one partition).
@@ -101,10 +142,16 @@ impl TestDriver {
             partitions,
             tasks: BTreeMap::new(),
             outputs: BTreeMap::new(),
-            sent: BTreeMap::new(),
             dead_letters: Vec::new(),
             wall_clock: 0,
+            auto_commit: true,
         }
+    }
+
+    /// Commit only when the test calls [`TestDriver::commit`] (see the module documentation).
+    pub fn manual_commits(mut self) -> Self {
+        self.auto_commit = false;
+        self
     }
 
     /// The topology under test.
@@ -125,8 +172,8 @@ impl TestDriver {
     /// Send one record to the source topic and process it to completion. Keyed records go to
     /// their murmur2 partition, records without a key to partition 0.
     ///
-    /// An `Err` is what would stop a real task (a store failure, a missing store); bad input is
-    /// not an error but a [`DeadLetter`]. The offset is consumed either way.
+    /// An `Err` is what would stop a real task (a store failure, a missing store): nothing is
+    /// committed then. Bad input is not an error but a [`DeadLetter`].
     pub fn pipe(
         &mut self,
         key: Option<&[u8]>,
@@ -149,45 +196,55 @@ impl TestDriver {
             .tasks
             .entry(partition)
             .or_insert_with(|| Task::new(topology));
-        let meta = RecordMeta {
-            topic: topology.source_topic().to_owned(),
-            partition,
-            offset: task.next_offset,
+        task.uncommitted.input.push(record.clone());
+        process(topology, task, partition, record, self.wall_clock)?;
+        if self.auto_commit {
+            self.commit_partition(partition)?;
+        }
+        Ok(())
+    }
+
+    /// Commit every partition: its store writes, outputs and dead letters since the last commit
+    /// become visible (outputs to [`TestDriver::read_output`]).
+    pub fn commit(&mut self) -> Result<(), ProcessError> {
+        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
+        for p in partitions {
+            self.commit_partition(p)?;
+        }
+        Ok(())
+    }
+
+    fn commit_partition(&mut self, partition: i32) -> Result<(), ProcessError> {
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            return Ok(());
         };
-        task.next_offset += 1;
-        let mut io = DriverIo {
-            stores: &mut task.stores,
-            windows: &mut task.windows,
-            outputs: &mut self.outputs,
-            sent: &mut self.sent,
-            dead_letters: &mut self.dead_letters,
-            meta: &meta,
-        };
-        // `process` runs the processors' `init` before the partition's first record.
-        task.processors
-            .process(&mut io, &meta, record, self.wall_clock)
+        let done = task.commit()?;
+        for (topic, record) in done.outputs {
+            self.outputs.entry(topic).or_default().push(record);
+        }
+        self.dead_letters.extend(done.dead_letters);
+        Ok(())
     }
 
     /// Move the wall clock forward by `ms` and fire every wall-clock punctuation that became due,
     /// partition by partition.
     pub fn advance_wall_clock(&mut self, ms: i64) -> Result<(), ProcessError> {
         self.wall_clock += ms;
-        for (&partition, task) in self.tasks.iter_mut() {
+        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
+        for partition in partitions {
+            let Some(task) = self.tasks.get_mut(&partition) else {
+                continue;
+            };
             let meta = RecordMeta {
                 topic: self.topology.source_topic().to_owned(),
                 partition,
                 offset: -1,
             };
-            let mut io = DriverIo {
-                stores: &mut task.stores,
-                windows: &mut task.windows,
-                outputs: &mut self.outputs,
-                sent: &mut self.sent,
-                dead_letters: &mut self.dead_letters,
-                meta: &meta,
-            };
-            task.processors
-                .punctuate_wall_clock(&mut io, &meta, self.wall_clock)?;
+            let (processors, mut io) = DriverIo::of(task, &meta);
+            processors.punctuate_wall_clock(&mut io, &meta, self.wall_clock)?;
+            if self.auto_commit {
+                self.commit_partition(partition)?;
+            }
         }
         Ok(())
     }
@@ -197,67 +254,51 @@ impl TestDriver {
         self.wall_clock
     }
 
-    /// Simulate a crash of `partition`'s task and its restore elsewhere: fresh processors (stream
-    /// time and schedules start over), internal-changelog stores as a full restore gives them,
-    /// ledger stores rebuilt from every record this partition sent to their topics.
-    pub fn restart_partition(&mut self, partition: i32) -> Result<(), ProcessError> {
-        let Some(old) = self.tasks.remove(&partition) else {
-            return Ok(());
+    /// Simulate a crash of `partition`'s task and its recovery under exactly-once: the store
+    /// writes, outputs and dead letters since the last commit are dropped (an aborted
+    /// transaction), the processors start over (stream time and schedules too) from the
+    /// committed stores, and the records since the last commit are processed again. Returns how
+    /// many records were replayed.
+    pub fn crash_partition(&mut self, partition: i32) -> Result<usize, ProcessError> {
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            return Ok(0);
         };
-        let mut task = Task::new(&self.topology);
-        task.next_offset = old.next_offset;
-        for spec in self.topology.stores() {
-            match &spec.changelog {
-                Changelog::Internal => match spec.kind {
-                    StoreKind::KeyValue => {
-                        if let Some(s) = old.stores.get(&spec.name) {
-                            task.stores.insert(spec.name.clone(), s.clone());
-                        }
-                    }
-                    StoreKind::Window { .. } => {
-                        if let Some(s) = old.windows.get(&spec.name) {
-                            task.windows.insert(spec.name.clone(), s.clone());
-                        }
-                    }
-                },
-                Changelog::Ledger { topic, key_of } => {
-                    let records = self.sent.get(topic).map(Vec::as_slice).unwrap_or_default();
-                    let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = records
-                        .iter()
-                        .filter(|(p, _)| *p == partition)
-                        .filter_map(|(_, r)| {
-                            let (k, v) = (r.key.as_deref()?, r.value.as_deref()?);
-                            Some((key_of(k, v, r.timestamp)?, Some(v.to_vec())))
-                        })
-                        .collect();
-                    restore_ledger(&mut task, spec, &entries)?;
-                }
-            }
+        for s in task.stores.values_mut() {
+            s.abort();
         }
-        self.tasks.insert(partition, task);
-        Ok(())
+        for s in task.windows.values_mut() {
+            s.abort();
+        }
+        task.processors = self.topology.instantiate();
+        task.next_offset = task.committed_offset;
+        let replay = std::mem::take(&mut task.uncommitted).input;
+        let n = replay.len();
+        for record in replay {
+            self.pipe_record(record)?;
+        }
+        Ok(n)
     }
 
-    /// Take every record the sinks sent to `topic` so far (in send order); a second call returns
-    /// only what arrived since.
+    /// Take every committed record the sinks sent to `topic` so far (in send order); a second
+    /// call returns only what arrived since.
     pub fn read_output(&mut self, topic: &str) -> Vec<Record> {
         self.outputs.remove(topic).unwrap_or_default()
     }
 
-    /// Every record sent to the dead-letter queue so far, oldest first.
+    /// Every committed record sent to the dead-letter queue so far, oldest first.
     pub fn dead_letters(&self) -> &[DeadLetter] {
         &self.dead_letters
     }
 
-    /// The store `name` of `partition`, or `None` if the topology declares no such store or the
-    /// partition has not received a record yet (stores are created with the partition's task).
+    /// The committed content of store `name` of `partition`, or `None` if the topology declares
+    /// no such store or the partition has not received a record yet.
     pub fn store(&self, name: &str, partition: i32) -> Option<&InMemoryStore> {
-        self.tasks.get(&partition)?.stores.get(name)
+        Some(self.tasks.get(&partition)?.stores.get(name)?.inner())
     }
 
-    /// The window store `name` of `partition` (see [`TestDriver::store`]).
+    /// The committed content of window store `name` of `partition` (see [`TestDriver::store`]).
     pub fn window_store(&self, name: &str, partition: i32) -> Option<&InMemoryWindowStore> {
-        self.tasks.get(&partition)?.windows.get(name)
+        Some(self.tasks.get(&partition)?.windows.get(name)?.inner())
     }
 
     /// Stream time of `partition` (`i64::MIN` before its first record).
@@ -280,7 +321,7 @@ impl TestDriver {
     }
 
     /// Look `key` up in store `store` of the partition that owns it (murmur2), the way an
-    /// interactive query is routed.
+    /// interactive query is routed (committed state only).
     pub fn get(&self, store: &str, key: &[u8]) -> Option<Vec<u8>> {
         let partition = partition_for_key(key, self.partitions);
         // In-memory reads cannot fail; an error would only mean "nothing to show".
@@ -293,38 +334,51 @@ impl TestDriver {
     }
 }
 
-fn restore_ledger(
+/// Run one record through `task`'s chain.
+fn process(
+    topology: &Topology,
     task: &mut Task,
-    spec: &StoreSpec,
-    entries: &[(Vec<u8>, Option<Vec<u8>>)],
+    partition: i32,
+    record: Record,
+    wall_clock: i64,
 ) -> Result<(), ProcessError> {
-    match spec.kind {
-        StoreKind::KeyValue => {
-            if let Some(store) = task.stores.get_mut(&spec.name) {
-                for (k, v) in entries {
-                    if let Some(v) = v {
-                        store.put(k, v)?;
-                    }
-                }
-            }
-        }
-        StoreKind::Window { .. } => {
-            if let Some(store) = task.windows.get_mut(&spec.name) {
-                store.restore_batch(entries)?;
-            }
-        }
-    }
-    Ok(())
+    let meta = RecordMeta {
+        topic: topology.source_topic().to_owned(),
+        partition,
+        offset: task.next_offset,
+    };
+    task.next_offset += 1;
+    let (processors, mut io) = DriverIo::of(task, &meta);
+    // `process` runs the processors' `init` before the partition's first record.
+    processors.process(&mut io, &meta, record, wall_clock)
 }
 
 /// What one partition's processors see while a record is processed.
 struct DriverIo<'a> {
-    stores: &'a mut BTreeMap<String, InMemoryStore>,
-    windows: &'a mut BTreeMap<String, InMemoryWindowStore>,
-    outputs: &'a mut BTreeMap<String, Vec<Record>>,
-    sent: &'a mut BTreeMap<String, Vec<(i32, Record)>>,
-    dead_letters: &'a mut Vec<DeadLetter>,
+    stores: &'a mut BTreeMap<String, TxnKeyValueStore<InMemoryStore>>,
+    windows: &'a mut BTreeMap<String, TxnWindowStore<InMemoryWindowStore>>,
+    uncommitted: &'a mut Uncommitted,
     meta: &'a RecordMeta,
+}
+
+impl<'a> DriverIo<'a> {
+    /// The task's processors, and what they see.
+    fn of(task: &'a mut Task, meta: &'a RecordMeta) -> (&'a mut TaskProcessors, Self) {
+        let Task {
+            processors,
+            stores,
+            windows,
+            uncommitted,
+            ..
+        } = task;
+        let io = Self {
+            stores,
+            windows,
+            uncommitted,
+            meta,
+        };
+        (processors, io)
+    }
 }
 
 impl TaskIo for DriverIo<'_> {
@@ -341,14 +395,7 @@ impl TaskIo for DriverIo<'_> {
     }
 
     fn send(&mut self, topic: &str, record: Record) -> Result<(), ProcessError> {
-        self.sent
-            .entry(topic.to_owned())
-            .or_default()
-            .push((self.meta.partition, record.clone()));
-        self.outputs
-            .entry(topic.to_owned())
-            .or_default()
-            .push(record);
+        self.uncommitted.outputs.push((topic.to_owned(), record));
         Ok(())
     }
 
@@ -358,7 +405,7 @@ impl TaskIo for DriverIo<'_> {
         reason: &str,
         detail: &str,
     ) -> Result<(), ProcessError> {
-        self.dead_letters.push(DeadLetter {
+        self.uncommitted.dead_letters.push(DeadLetter {
             record,
             reason: reason.to_owned(),
             detail: detail.to_owned(),

@@ -110,7 +110,7 @@ impl KStream<'_> {
 
     /// Run a custom [`Processor`]. `factory` creates one instance per task; `store_names` declares
     /// the key-value stores it opens with `ctx.store(name)` (the executor creates them per task
-    /// and logs them to a changelog). A store belongs to exactly one processor.
+    /// and commits their writes to a changelog). A store belongs to exactly one processor.
     pub fn process<F>(self, store_names: &[&str], factory: F) -> Self
     where
         F: Fn() -> Box<dyn Processor> + Send + Sync + 'static,
@@ -123,7 +123,7 @@ impl KStream<'_> {
     }
 
     /// Run a custom [`Processor`] with any kind of store ([`StoreSpec::key_value`],
-    /// [`StoreSpec::window`], ledgers) and `outputs`: topics it sends to directly with
+    /// [`StoreSpec::window`]) and `outputs`: topics it sends to directly with
     /// `ctx.send(topic, record)` instead of forwarding down the chain (e.g. a notification topic
     /// and its "suppressed" twin). Outputs are sink topics: the executor checks they exist.
     pub fn process_with<F>(self, stores: Vec<StoreSpec>, outputs: &[&str], factory: F) -> Self

@@ -11,14 +11,13 @@
 //!   `filter` / `map` / `process` / `to`.
 //! - [`topology`]: the validated, shareable [`Topology`] and [`TaskProcessors`], the per-task
 //!   chain that runs one record through every node (stream time and schedules in `clock`).
-//! - [`store_spec`]: [`StoreSpec`]: the stores a processor declares (key-value or window,
-//!   internal changelog or ledger of an output topic).
+//! - [`store_spec`]: [`StoreSpec`]: the stores a processor declares (key-value or window).
 //! - [`driver`]: [`TestDriver`], runs a topology over in-memory partitions and stores.
 //! - [`partitioner`]: Kafka's murmur2 and the Java default partitioner rule, in one place.
 //! - [`order`]: the payment-order domain (parse, fold rules, stored view) and the shipped
 //!   order-view topology.
-//! - [`sms`]: the SMS notification processor (dedup ledgers, per-phone cap).
-//! - [`approval`]: the missing-completion detector (stream-time punctuation, alert ledger).
+//! - [`sms`]: the SMS notification processor (dedup window stores, per-phone cap).
+//! - [`approval`]: the missing-completion detector (stream-time punctuation, alert store).
 //! - [`shipped`]: the chain `paystream run` executes: order view, then SMS and the detector
 //!   when switched on.
 #![warn(unreachable_pub)]
@@ -42,4 +41,4 @@ pub use processor::{
     ProcessError, Processor, ProcessorContext, PunctuationType, Record, RecordMeta, TaskIo,
 };
 pub use shipped::{shipped_topology, ShippedTopologies};
-pub use topology::{Changelog, StoreKind, StoreSpec, TaskProcessors, Topology, TopologyError};
+pub use topology::{StoreKind, StoreSpec, TaskProcessors, Topology, TopologyError};

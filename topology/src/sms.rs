@@ -6,37 +6,37 @@
 //!
 //! ```text
 //!  APPROVAL_COMPLETED / CANCELLED ─▶ late? ─▶ already sent or suppressed ─▶ phone over its cap? ─▶ SEND_SMS
-//!                                     │        (ledgers, dedup window)         │
+//!                                     │        (dedup window stores)          │
 //!                                     ▼                                        ▼
 //!                                  dropped, counted                  SEND_SMS.SUPPRESSED (reason)
 //! ```
 //!
-//! Three window stores:
+//! Three window stores, each with its own changelog:
 //! - [`SMS_SENT_STORE`] and [`SMS_SUPPRESSED_STORE`]: keyed by (template, order id) at the event
-//!   time, kept for the dedup window plus grace. They are *ledgers* of the two output topics
-//!   (see [`crate::topology::Changelog::Ledger`]): restore rebuilds them from what actually
-//!   reached `SEND_SMS` and `SEND_SMS.SUPPRESSED`. After a crash, the records replayed since the
-//!   last commit find exactly the SMS that were acknowledged, so none is sent twice and none is
-//!   lost, on this instance or on the one that takes the partition over.
+//!   time, kept for the dedup window plus grace: what this application sent (or suppressed).
 //! - [`SMS_RATE_STORE`]: SMS sent per phone at each event time, kept for the rate window plus
-//!   grace, with an ordinary changelog. The cap counts the SMS of this partition's orders: a
-//!   phone whose orders live in several partitions is capped per partition (a global cap would
-//!   need a repartition by phone).
+//!   grace. The cap counts the SMS of this partition's orders: a phone whose orders live in
+//!   several partitions is capped per partition (a global cap would need a repartition by phone).
 //!
-//! Lateness: an event more than `grace_ms` behind the ledger's observed time could be a
-//! duplicate of an SMS the ledger has already forgotten, so it is dropped and counted
+//! Exactly once: the executor commits a record's SMS, the store entries that remember it and the
+//! source offset in one Kafka transaction (`exactly_once_v2`), so after a crash or a failover
+//! the replayed records find exactly the SMS that were committed. Nothing is ever read back from
+//! `SEND_SMS`: other applications may write to it too.
+//!
+//! Lateness: an event more than `grace_ms` behind the dedup store's observed time could be a
+//! duplicate of an SMS the store has already forgotten, so it is dropped and counted
 //! ([`ProcessorContext::record_late`]) rather than risk a second SMS.
 
-use paystream_state::window::{encode_window_key, oldest_retained};
+use paystream_state::window::oldest_retained;
 use serde::{Deserialize, Serialize};
 
 use crate::order::{parse_event, EventType, OrderEvent};
 use crate::processor::{ProcessError, Processor, ProcessorContext, Record};
 use crate::topology::StoreSpec;
 
-/// Ledger of `SEND_SMS`: (template, order id) at event time → the request JSON.
+/// SMS sent: (template, order id) at event time → the request JSON.
 pub const SMS_SENT_STORE: &str = "sms-sent";
-/// Ledger of `SEND_SMS.SUPPRESSED`: (template, order id) at event time → the suppressed JSON.
+/// SMS suppressed: (template, order id) at event time → the suppressed JSON.
 pub const SMS_SUPPRESSED_STORE: &str = "sms-suppressed";
 /// SMS sent per phone: phone at event time → count (u32, big-endian).
 pub const SMS_RATE_STORE: &str = "sms-rate";
@@ -107,28 +107,17 @@ pub struct SuppressedSms {
     pub detail: String,
 }
 
-/// Key of an SMS in the ledgers (before the window encoding): `template/order_id`.
-pub fn ledger_key(template: &str, order_id: &str) -> Vec<u8> {
+/// Key of an SMS in the dedup stores (before the window encoding): `template/order_id`.
+pub fn sms_key(template: &str, order_id: &str) -> Vec<u8> {
     format!("{template}/{order_id}").into_bytes()
-}
-
-/// Maps a `SEND_SMS` or `SEND_SMS.SUPPRESSED` record to its ledger entry key.
-pub fn ledger_entry_key(_key: &[u8], value: &[u8], _ts: i64) -> Option<Vec<u8>> {
-    let request: SmsRequest = serde_json::from_slice(value).ok()?;
-    Some(encode_window_key(
-        &ledger_key(&request.template, &request.order_id),
-        request.event_ts,
-    ))
 }
 
 /// The three stores of the SMS topology for `config`.
 pub fn sms_stores(config: &SmsConfig) -> Vec<StoreSpec> {
-    let ledger_retention = config.dedup_window_ms.saturating_add(config.grace_ms);
+    let dedup_retention = config.dedup_window_ms.saturating_add(config.grace_ms);
     vec![
-        StoreSpec::window(SMS_SENT_STORE, ledger_retention)
-            .ledger_of(&config.topic, ledger_entry_key),
-        StoreSpec::window(SMS_SUPPRESSED_STORE, ledger_retention)
-            .ledger_of(&config.suppressed_topic, ledger_entry_key),
+        StoreSpec::window(SMS_SENT_STORE, dedup_retention),
+        StoreSpec::window(SMS_SUPPRESSED_STORE, dedup_retention),
         StoreSpec::window(
             SMS_RATE_STORE,
             config.rate_window_ms.saturating_add(config.grace_ms),
@@ -155,20 +144,20 @@ impl SmsProcessor {
     ) -> Result<(), ProcessError> {
         let c = &self.config;
         let ts = event.ts;
-        let key = ledger_key(template, &event.order_id);
+        let key = sms_key(template, &event.order_id);
         let (lo, hi) = (
             ts.saturating_sub(c.dedup_window_ms),
             ts.saturating_add(c.dedup_window_ms),
         );
         for store in [SMS_SENT_STORE, SMS_SUPPRESSED_STORE] {
-            let ledger = ctx.window_store(store)?;
-            let oldest = oldest_retained(ledger.observed_time(), ledger.retention_ms());
+            let seen = ctx.window_store(store)?;
+            let oldest = oldest_retained(seen.observed_time(), seen.retention_ms());
             if lo < oldest {
                 tracing::debug!(order_id = %event.order_id, ts, oldest, "SMS event beyond grace; dropped");
                 ctx.record_late();
                 return Ok(());
             }
-            if !ledger.fetch(&key, lo, hi)?.is_empty() {
+            if !seen.fetch(&key, lo, hi)?.is_empty() {
                 return Ok(());
             }
         }

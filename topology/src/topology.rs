@@ -25,7 +25,7 @@ use crate::processor::{
     ProcessError, Processor, ProcessorContext, PunctuationType, Record, RecordMeta, TaskIo,
     TaskTime,
 };
-pub use crate::store_spec::{Changelog, LedgerFn, StoreKind, StoreSpec};
+pub use crate::store_spec::{StoreKind, StoreSpec};
 
 /// Why [`crate::dsl::StreamsBuilder::build`] rejected a topology. Every check here is about the
 /// topology alone; whether topics exist is the runtime's business.
@@ -54,8 +54,6 @@ pub enum TopologyError {
     NodeAfterSink { node: String },
     #[error("window store {0:?} needs a positive retention")]
     BadRetention(String),
-    #[error("store {store:?} is a ledger of topic {topic:?}, which its processor does not declare as an output")]
-    LedgerNotAnOutput { store: String, topic: String },
     #[error("output topic {0:?} is declared by more than one processor")]
     DuplicateOutput(String),
 }
@@ -151,14 +149,6 @@ impl Topology {
                     if let StoreKind::Window { retention_ms } = spec.kind {
                         if retention_ms <= 0 {
                             return Err(TopologyError::BadRetention(spec.name.clone()));
-                        }
-                    }
-                    if let Changelog::Ledger { topic, .. } = &spec.changelog {
-                        if !outputs.contains(topic) {
-                            return Err(TopologyError::LedgerNotAnOutput {
-                                store: spec.name.clone(),
-                                topic: topic.clone(),
-                            });
                         }
                     }
                     stores.push(spec.clone());

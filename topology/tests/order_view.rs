@@ -1,9 +1,9 @@
 //! The order-view topology through `TestDriver` (as a user of the crate would test it), and the
 //! property tests that tie the topology to the pure fold: same result, and replays are harmless.
 
-use paystream_state::logging::{ChangelogWriter, LoggingStore};
 use paystream_state::memory::InMemoryStore;
-use paystream_state::store::KeyValueStore;
+use paystream_state::store::{KeyValueStore, StoreError};
+use paystream_state::transactional::{ChangelogWriter, TxnKeyValueStore};
 use paystream_topology::order::{
     apply, decode_order, fold_events, order_view_topology, parse_event, try_order_view_topology,
     Applied, EventType, OrderEvent, StoredOrder, ORDERS_STORE,
@@ -149,16 +149,16 @@ fn malformed_records_are_dead_lettered_while_good_ones_apply() {
 struct Recorder(Vec<(Vec<u8>, Option<Vec<u8>>)>);
 
 impl ChangelogWriter for Recorder {
-    fn send(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+    fn send(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
         self.0.push((key.to_vec(), value.map(<[u8]>::to_vec)));
         Ok(())
     }
 }
 
-/// One task with a logged store, to see every put the processor makes.
-struct LoggedTask(LoggingStore<InMemoryStore, Recorder>);
+/// One task with the runtime's transactional store layer, to see what each commit logs.
+struct TxnTask(TxnKeyValueStore<InMemoryStore>);
 
-impl TaskIo for LoggedTask {
+impl TaskIo for TxnTask {
     fn store(&mut self, name: &str) -> Option<&mut dyn KeyValueStore> {
         (name == ORDERS_STORE).then_some(&mut self.0 as &mut dyn KeyValueStore)
     }
@@ -172,44 +172,43 @@ impl TaskIo for LoggedTask {
     }
 }
 
+impl TxnTask {
+    /// Commit, returning the changelog records of the commit.
+    fn commit(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut rec = Recorder::default();
+        self.0.prepare(&mut rec).unwrap();
+        self.0.commit().unwrap();
+        rec.0
+    }
+}
+
 #[test]
-fn repeats_relog_the_current_value_unchanged() {
-    let mut io = LoggedTask(LoggingStore::new(
-        InMemoryStore::new(ORDERS_STORE),
-        Recorder::default(),
-    ));
+fn events_of_one_commit_log_one_record_and_repeats_log_nothing() {
+    let mut io = TxnTask(TxnKeyValueStore::new(InMemoryStore::new(ORDERS_STORE)));
     let mut task = order_view_topology("PAYMENT.ORDER").instantiate();
     let meta = RecordMeta {
         topic: "PAYMENT.ORDER".into(),
         partition: 0,
         offset: 0,
     };
-    let mut run = |io: &mut LoggedTask, e: &OrderEvent| {
+    let mut run = |io: &mut TxnTask, e: &OrderEvent| {
         let record = Record::new(e.order_id.clone(), json(e), e.ts);
         task.process(io, &meta, record, 0).unwrap();
     };
-    run(&mut io, &ev("O", "a", ApprovalCompleted, 1));
-    let after_first = io.0.inner().get(b"O").unwrap();
-    run(&mut io, &ev("O", "a", ApprovalCompleted, 1)); // duplicate
-    run(&mut io, &ev("O", "b", ApprovalRequested, 0)); // ignored (terminal)
-    let log = &io.0.writer_mut().0;
-    assert_eq!(
-        log.len(),
-        3,
-        "every record, applied or not, logs the key once"
-    );
-    for (key, value) in log {
-        assert_eq!(key, b"O");
-        assert_eq!(value, &after_first);
-    }
+    run(&mut io, &ev("O", "a", ApprovalRequested, 1));
+    run(&mut io, &ev("O", "b", ApprovalCompleted, 2));
+    let log = io.commit();
+    assert_eq!(log.len(), 1, "two events of one order within a commit: one record");
+    let view = decode_order(log[0].1.as_deref().unwrap()).unwrap().view;
+    assert_eq!((view.state, view.events), (ApprovalCompleted, 2));
+    run(&mut io, &ev("O", "b", ApprovalCompleted, 2)); // duplicate
+    run(&mut io, &ev("O", "c", ApprovalRequested, 0)); // ignored (terminal)
+    assert!(io.commit().is_empty(), "nothing changed, nothing logged");
 }
 
 #[test]
 fn undecodable_stored_value_stops_the_task() {
-    let mut io = LoggedTask(LoggingStore::new(
-        InMemoryStore::new(ORDERS_STORE),
-        Recorder::default(),
-    ));
+    let mut io = TxnTask(TxnKeyValueStore::new(InMemoryStore::new(ORDERS_STORE)));
     io.0.inner_mut().put(b"O", &[99, 1, 2]).unwrap();
     let mut task = order_view_topology("PAYMENT.ORDER").instantiate();
     let meta = RecordMeta {

@@ -209,7 +209,8 @@ fn out_of_order_within_grace_is_handled_late_beyond_grace_is_dropped_and_counted
     );
     assert_eq!(sent(&mut d).len(), 2);
     assert_eq!(d.late_records(0), 0);
-    // 10 minutes and 1 ms behind: the ledger may have forgotten an SMS this duplicates; dropped.
+    // 10 minutes and 1 ms behind: the dedup store may have forgotten an SMS this duplicates;
+    // dropped.
     pipe(
         &mut d,
         &ev("O-3", "c", ApprovalCompleted, T0 + 50 * MIN - 1, "+3"),
@@ -287,8 +288,13 @@ fn window_store_entries_expire_with_stream_time() {
 }
 
 #[test]
-fn a_crash_and_replay_sends_nothing_twice() {
-    let mut d = sms_driver(SmsConfig::default());
+fn a_crash_between_commits_rolls_back_and_replays_without_sending_twice() {
+    let which = ShippedTopologies {
+        sms: Some(SmsConfig::default()),
+        approval_timeout: None,
+    };
+    let mut d =
+        TestDriver::new(shipped_topology("PAYMENT.ORDER", &which).unwrap(), 1).manual_commits();
     let events: Vec<OrderEvent> = (0..20)
         .map(|i| {
             ev(
@@ -300,22 +306,29 @@ fn a_crash_and_replay_sends_nothing_twice() {
             )
         })
         .collect();
-    for e in &events[..12] {
+    for e in &events[..8] {
         pipe(&mut d, e);
     }
-    assert_eq!(sent(&mut d).len(), 12);
-    // Crash: the uncommitted tail (say from event 8 on) is processed again after a restore that
-    // rebuilt the ledgers from SEND_SMS.
-    d.restart_partition(0).unwrap();
-    for e in &events[8..] {
+    d.commit().unwrap();
+    for e in &events[8..12] {
         pipe(&mut d, e);
     }
+    assert_eq!(sent(&mut d).len(), 8, "the last four SMS are not committed yet");
+    // Crash: the transaction holding SMS 8..12 is aborted; its records are processed again
+    // against the committed dedup store, and send their SMS (once) this time.
+    assert_eq!(d.crash_partition(0).unwrap(), 4);
+    for e in &events[12..] {
+        pipe(&mut d, e);
+    }
+    // And the whole history once more from upstream: all duplicates now.
+    for e in &events {
+        pipe(&mut d, e);
+    }
+    d.commit().unwrap();
     let out = sent(&mut d);
     let ids: Vec<&str> = out.iter().map(|s| s.order_id.as_str()).collect();
-    assert_eq!(
-        ids,
-        ["O-12", "O-13", "O-14", "O-15", "O-16", "O-17", "O-18", "O-19"]
-    );
+    let want: Vec<String> = (8..20).map(|i| format!("O-{i}")).collect();
+    assert_eq!(ids, want);
 }
 
 // ------------------------------------------------------------ missing-completion detector
@@ -464,9 +477,10 @@ fn alerts_are_per_partition_and_survive_a_crash_without_repeating() {
     let mut expected: Vec<String> = orders.iter().step_by(4).cloned().collect();
     expected.sort();
     assert_eq!(alerted, expected);
-    // Crash every partition, replay everything: the alert ledger knows what was raised.
+    // Crash every partition, then the whole history arrives again (a replay upstream): the
+    // alert store knows what was raised.
     for p in d.active_partitions() {
-        d.restart_partition(p).unwrap();
+        d.crash_partition(p).unwrap();
     }
     for (i, o) in orders.iter().enumerate() {
         pipe(&mut d, &ev(o, "r", ApprovalRequested, T0 + i as i64, ""));
@@ -512,19 +526,19 @@ fn raised_alerts_are_remembered_for_the_alert_retention_only() {
     pipe(&mut d, &ev("O-1", "r", ApprovalRequested, T0, ""));
     tick(&mut d, 1, T0 + 10 * MIN);
     assert_eq!(alerts(&mut d).len(), 1);
-    let ledger = d.window_store(APPROVAL_ALERTS_STORE, 0).unwrap();
-    assert_eq!(ledger.fetch(b"O-1", i64::MIN, i64::MAX).unwrap().len(), 1);
-    // Another alert two hours later moves the ledger's time on: the first one is forgotten, so
-    // the ledger does not grow with every alert ever raised.
+    let raised = d.window_store(APPROVAL_ALERTS_STORE, 0).unwrap();
+    assert_eq!(raised.fetch(b"O-1", i64::MIN, i64::MAX).unwrap().len(), 1);
+    // Another alert two hours later moves the store's time on: the first one is forgotten, so
+    // the store does not grow with every alert ever raised.
     pipe(
         &mut d,
         &ev("O-2", "r", ApprovalRequested, T0 + 2 * HOUR, ""),
     );
     tick(&mut d, 2, T0 + 2 * HOUR + 10 * MIN);
     assert_eq!(alerts(&mut d).len(), 1);
-    let ledger = d.window_store(APPROVAL_ALERTS_STORE, 0).unwrap();
-    assert!(ledger.fetch(b"O-1", i64::MIN, i64::MAX).unwrap().is_empty());
-    assert_eq!(ledger.len(), 1);
+    let raised = d.window_store(APPROVAL_ALERTS_STORE, 0).unwrap();
+    assert!(raised.fetch(b"O-1", i64::MIN, i64::MAX).unwrap().is_empty());
+    assert_eq!(raised.len(), 1);
 }
 
 #[test]
@@ -536,7 +550,7 @@ fn a_completion_after_a_restart_still_resolves_the_alert() {
     // The task restarts: its due index is rebuilt from the store and still lists O-1 (alerted,
     // but the store cannot say so). The completion arrives first thing, close enough to the
     // request to find its entry.
-    d.restart_partition(0).unwrap();
+    d.crash_partition(0).unwrap();
     let done = ev("O-1", "c", ApprovalCompleted, T0 + 5 * MIN + 11_000, "");
     pipe(&mut d, &done);
     let r = alerts(&mut d);

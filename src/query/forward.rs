@@ -1,53 +1,18 @@
-//! Where a partition can be read: the partition map from the group's latest assignment, and
-//! forwarding a query one hop to the instance that holds it.
+//! Forwarding a query one hop to the instance that holds the partition.
 //!
 //! Loop guard: a forwarded request carries [`FORWARDED`]; an instance answers such a request
 //! from its own stores or refuses it, and never forwards it again.
 
-use std::collections::BTreeMap;
-use std::sync::RwLock;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 
-use crate::coordination::assignor::PartitionOwners;
-
 /// Header marking a forwarded query (value: the forwarding instance).
 pub const FORWARDED: &str = "x-paystream-forwarded";
 /// Header allowing the receiver of a forwarded query to answer from a standby copy.
 pub const ALLOW_STANDBY: &str = "x-paystream-allow-standby";
-
-/// The partition map of the current generation.
-#[derive(Default)]
-pub struct RoutingTable {
-    inner: RwLock<(i32, BTreeMap<i32, PartitionOwners>)>,
-}
-
-impl RoutingTable {
-    pub fn update(&self, generation: i32, map: BTreeMap<i32, PartitionOwners>) {
-        match self.inner.write() {
-            Ok(mut g) => *g = (generation, map),
-            Err(p) => *p.into_inner() = (generation, map),
-        }
-    }
-
-    /// Owners of `partition` in the latest generation.
-    pub fn owners(&self, partition: i32) -> Option<PartitionOwners> {
-        match self.inner.read() {
-            Ok(g) => g.1.get(&partition).cloned(),
-            Err(p) => p.into_inner().1.get(&partition).cloned(),
-        }
-    }
-
-    pub fn generation(&self) -> i32 {
-        match self.inner.read() {
-            Ok(g) => g.0,
-            Err(p) => p.into_inner().0,
-        }
-    }
-}
 
 /// Outcome of a forwarding attempt.
 pub enum Forwarded {

@@ -10,30 +10,25 @@
 //! ```
 //! Eager rebalancing: every active is committed and paused before rejoining, so two instances
 //! never process one partition in the same generation. Stores stay open and queryable throughout.
-//! Commits carry the generation: a member that was cut off and comes back is refused (fenced),
-//! and its stream thread drops its actives until the next assignment.
+//! Commits carry the generation (in the transaction under exactly-once, in OffsetCommit under
+//! at-least-once): a member that was cut off and comes back is refused (fenced), and its stream
+//! thread drops its actives until the next assignment. Every successful heartbeat is reported to
+//! the engine's [`Liveness`], so an instance that stops hearing from the coordinator fences
+//! itself before anyone else has to.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::routing::RoutingTable;
 use crate::coordination::leader::GroupAssignor;
 use crate::coordination::membership::{GroupMember, HeartbeatOutcome, MembershipError};
 use crate::coordination::protocol::{AssignmentInfo, SubscriptionInfo};
-use crate::query::routing::RoutingTable;
-
-/// What the group loop tells the stream thread.
-pub enum Command {
-    /// A new generation: run these actives, keep these standbys and warm-ups.
-    Assign {
-        generation: i32,
-        info: AssignmentInfo,
-    },
-    /// A rebalance is starting: commit and suspend every active, then acknowledge.
-    Revoke { done: oneshot::Sender<()> },
-}
+use crate::engine::{
+    lock, CommitRefused, EngineCommand, Liveness, OffsetCommitter, SharedHeldTasks,
+};
 
 /// A commit of source offsets, from the stream thread, with the reply.
 pub struct CommitRequest {
@@ -41,25 +36,15 @@ pub struct CommitRequest {
     pub reply: oneshot::Sender<Result<(), CommitRefused>>,
 }
 
-/// Why a commit was not accepted.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CommitRefused {
-    /// This instance is no longer a member of the current generation (zombie).
-    #[error("fenced: {0}")]
-    Fenced(String),
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// The stream thread's side of the channel to the group loop.
+/// The stream thread's side of the channel to the group loop (at-least-once commits).
 #[derive(Clone)]
-pub struct Committer {
+pub struct GroupCommitter {
     tx: mpsc::Sender<CommitRequest>,
 }
 
-impl Committer {
+impl OffsetCommitter for GroupCommitter {
     /// Commit and wait for the answer (blocking: called from the stream thread).
-    pub fn commit_blocking(&self, offsets: Vec<(i32, i64)>) -> Result<(), CommitRefused> {
+    fn commit(&self, offsets: Vec<(i32, i64)>) -> Result<(), CommitRefused> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .blocking_send(CommitRequest { offsets, reply })
@@ -70,19 +55,29 @@ impl Committer {
 }
 
 /// Build the channel pair.
-pub fn commit_channel() -> (Committer, mpsc::Receiver<CommitRequest>) {
+pub fn commit_channel() -> (GroupCommitter, mpsc::Receiver<CommitRequest>) {
     let (tx, rx) = mpsc::channel(16);
-    (Committer { tx }, rx)
+    (GroupCommitter { tx }, rx)
+}
+
+/// Who this instance is in the group, besides what the engine reports.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub process_id: String,
+    /// `HOST:PORT` of its query API.
+    pub endpoint: String,
 }
 
 /// Everything the group loop needs.
 pub struct GroupLoop {
     pub member: GroupMember,
     pub assignor: GroupAssignor,
-    pub commands: std::sync::mpsc::Sender<Command>,
+    pub commands: std::sync::mpsc::Sender<EngineCommand>,
     pub commits: mpsc::Receiver<CommitRequest>,
-    /// Kept current by the stream thread; sent with every join.
-    pub subscription: Arc<Mutex<SubscriptionInfo>>,
+    pub identity: Identity,
+    /// What the engine holds and how far each copy is; read at every join.
+    pub held: SharedHeldTasks,
+    pub liveness: Arc<Liveness>,
     pub routing: Arc<RoutingTable>,
     pub shutdown: CancellationToken,
     /// After an assignment that placed warm-ups, rejoin this much later to move actives.
@@ -111,15 +106,9 @@ impl GroupLoop {
     pub async fn run(mut self) -> Result<(), MembershipError> {
         let mut backoff = Duration::from_millis(200);
         'generations: loop {
-            let user_data = {
-                let s = match self.subscription.lock() {
-                    Ok(s) => s.clone(),
-                    Err(p) => p.into_inner().clone(),
-                };
-                s.encode().map_err(|e| {
-                    MembershipError::Config(format!("cannot encode subscription: {e}"))
-                })?
-            };
+            let user_data = self.subscription().encode().map_err(|e| {
+                MembershipError::Config(format!("cannot encode subscription: {e}"))
+            })?;
             let joined = tokio::select! {
                 r = self.member.join(user_data, &self.assignor) => r,
                 _ = self.shutdown.cancelled() => break 'generations,
@@ -127,6 +116,7 @@ impl GroupLoop {
             let assignment = match joined {
                 Ok(a) => {
                     backoff = Duration::from_millis(200);
+                    self.liveness.confirmed();
                     a
                 }
                 Err(e) if e.is_retriable() || matches!(e, MembershipError::Fenced { .. }) => {
@@ -162,11 +152,14 @@ impl GroupLoop {
             self.routing
                 .update(assignment.generation_id, info.partition_map.clone());
             let followup = info.followup_rebalance;
+            let standby: Vec<i32> = info.standby.iter().chain(&info.warmup).copied().collect();
             if self
                 .commands
-                .send(Command::Assign {
+                .send(EngineCommand::Assign {
                     generation: assignment.generation_id,
-                    info,
+                    member_id: assignment.member_id.clone(),
+                    active: info.active,
+                    standby,
                 })
                 .is_err()
             {
@@ -183,7 +176,7 @@ impl GroupLoop {
             loop {
                 tokio::select! {
                     _ = heartbeat.tick() => match self.member.heartbeat().await {
-                        Ok(HeartbeatOutcome::Stable) => {}
+                        Ok(HeartbeatOutcome::Stable) => self.liveness.confirmed(),
                         Ok(HeartbeatOutcome::RebalanceNeeded) => break,
                         Err(e) => {
                             tracing::warn!(error = %e, "heartbeat failed");
@@ -202,7 +195,7 @@ impl GroupLoop {
             }
             // Rebalance: the stream thread commits (through us) and suspends its actives.
             let (done, mut done_rx) = oneshot::channel();
-            if self.commands.send(Command::Revoke { done }).is_err() {
+            if self.commands.send(EngineCommand::Revoke { done }).is_err() {
                 break 'generations;
             }
             loop {
@@ -226,117 +219,16 @@ impl GroupLoop {
     }
 }
 
-/// Standalone mode (no group protocol): this instance owns every partition. Used with brokers
-/// that cannot host paystream's group (librdkafka's mock cluster in `paystream demo`) and by
-/// users who run exactly one instance. Offsets are committed as a simple consumer (generation
-/// -1), which the broker accepts only while no group member owns the group id.
-pub struct Standalone {
-    pub partitions: i32,
-    pub self_addr: String,
-    pub commands: std::sync::mpsc::Sender<Command>,
-    pub commits: mpsc::Receiver<CommitRequest>,
-    pub routing: Arc<RoutingTable>,
-    pub bootstrap: String,
-    pub group_id: String,
-    pub topic: String,
-}
-
-impl Standalone {
-    /// Hand the stream thread every partition, then serve its commits until it is done.
-    pub async fn run(self) {
-        let Standalone {
-            partitions,
-            self_addr,
-            commands,
-            commits,
-            routing,
-            bootstrap,
-            group_id,
-            topic,
-        } = self;
-        run_standalone(
-            partitions,
-            self_addr,
-            commands,
-            commits,
-            routing,
-            (bootstrap, group_id, topic),
-        )
-        .await;
+impl GroupLoop {
+    /// What the next join tells the leader.
+    fn subscription(&self) -> SubscriptionInfo {
+        let held = lock(&self.held).clone();
+        SubscriptionInfo {
+            process_id: self.identity.process_id.clone(),
+            endpoint: self.identity.endpoint.clone(),
+            prev_active: held.active,
+            prev_standby: held.standby,
+            offsets: held.positions,
+        }
     }
-}
-
-async fn run_standalone(
-    partitions: i32,
-    self_addr: String,
-    commands: std::sync::mpsc::Sender<Command>,
-    mut commits: mpsc::Receiver<CommitRequest>,
-    routing: Arc<RoutingTable>,
-    (bootstrap, group_id, topic): (String, String, String),
-) {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
-
-    let map = (0..partitions)
-        .map(|p| {
-            (
-                p,
-                crate::coordination::assignor::PartitionOwners {
-                    active: self_addr.clone(),
-                    standbys: vec![],
-                },
-            )
-        })
-        .collect();
-    routing.update(0, map);
-    let info = AssignmentInfo {
-        active: (0..partitions).collect(),
-        partition_map: routing_snapshot(&routing, partitions),
-        ..Default::default()
-    };
-    if commands
-        .send(Command::Assign {
-            generation: 0,
-            info,
-        })
-        .is_err()
-    {
-        return;
-    }
-    let consumer: Option<Arc<BaseConsumer>> =
-        crate::kafka::client::source_consumer_config(&bootstrap, &group_id)
-            .create()
-            .map(Arc::new)
-            .map_err(|e| tracing::error!(error = %e, "cannot create the offset committer"))
-            .ok();
-    while let Some(req) = commits.recv().await {
-        let Some(c) = consumer.clone() else {
-            let _ = req
-                .reply
-                .send(Err(CommitRefused::Failed("no committer".into())));
-            continue;
-        };
-        let topic = topic.clone();
-        let offsets = req.offsets;
-        let r = tokio::task::spawn_blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            for (p, o) in &offsets {
-                tpl.add_partition_offset(&topic, *p, Offset::Offset(*o))
-                    .map_err(|e| e.to_string())?;
-            }
-            c.commit(&tpl, CommitMode::Sync).map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        let _ = req.reply.send(r.map_err(CommitRefused::Failed));
-    }
-}
-
-fn routing_snapshot(
-    routing: &RoutingTable,
-    partitions: i32,
-) -> std::collections::BTreeMap<i32, crate::coordination::assignor::PartitionOwners> {
-    (0..partitions)
-        .filter_map(|p| routing.owners(p).map(|o| (p, o)))
-        .collect()
 }

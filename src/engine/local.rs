@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
-use crate::runtime::store::StoreReader;
-
+use super::store::StoreReader;
 use crate::telemetry::TaskMetrics;
 
-/// Whether a local copy is the partition's active (processing the source) or a standby.
+/// Whether a local copy is the partition's active (a running task: processing the source, its
+/// store is what the partition has committed) or a standby (following the changelog, or an
+/// active that is restoring or suspended: possibly behind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

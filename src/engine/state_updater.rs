@@ -1,0 +1,560 @@
+//! The state updater: a thread of its own that restores actives and keeps standbys up to date
+//! (Kafka Streams' `StateUpdater` + `StoreChangelogReader`), so that a long restore never stops
+//! the stream thread from processing its other partitions, nor the group loop from answering a
+//! rebalance.
+//!
+//! ```text
+//!  stream thread ──UpdaterCommand──▶ updater: Create / Adopt / SetRole / Close / Shutdown
+//!                                       │  per store: watermarks → where to start (checkpoint,
+//!                                       │  live position, or wipe) → read to the end
+//!  stream thread ◀──Restored(task)──────┘  an active whose every store reached its changelog end
+//! ```
+//!
+//! Where a store starts: a store opened from disk starts at its checkpoint, a live copy (a
+//! standby being promoted, an active handed back) at its changelog position; either must lie
+//! within the changelog's `[low, high]` watermarks, else the local copy is wiped and restored
+//! from the beginning. "The end" is the last stable offset (records are read `read_committed`).
+//! A changelog partition that cannot be read (its leader is down, the topic is gone) is retried
+//! with backoff and reported in `/health`; so is one that stops making progress.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paystream_topology::Topology;
+use thiserror::Error;
+
+use super::changelog_reader::{ChangelogReader, Polled};
+use super::local::LocalStores;
+use super::status::SharedStatus;
+use super::task::{Task, TaskError, TaskState};
+use super::{lock, SharedHeldTasks};
+use crate::telemetry::Metrics;
+
+/// Records taken from one reader per round before the others get a turn.
+const ROUND: usize = 2_000;
+/// How long an idle round waits for records before looking at commands again.
+const IDLE_WAIT: Duration = Duration::from_millis(10);
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A restoring store that has not moved for this long is reported in `/health`.
+const STALL_AFTER: Duration = Duration::from_secs(30);
+
+/// What the stream thread asks of the updater.
+pub enum UpdaterCommand {
+    /// Open `partition`'s task from disk and restore it (`active`) or follow it (standby).
+    Create { partition: i32, active: bool },
+    /// Take over a task from the stream thread (a suspended active, a restored task that is no
+    /// longer active): catch it up (`active`) or follow its changelogs (standby).
+    Adopt { task: Box<Task>, active: bool },
+    /// Promote a standby (`active`) or demote a restoring active; ignored if the updater does
+    /// not hold `partition` (the stream thread then gets it back with `Restored` and decides).
+    SetRole { partition: i32, active: bool },
+    /// Checkpoint and close `partition`'s task; ignored if not held.
+    Close { partition: i32 },
+    /// Checkpoint and close everything, then stop.
+    Shutdown,
+}
+
+/// What the updater tells the stream thread.
+pub enum UpdaterEvent {
+    /// An active caught up with every changelog; it is still `Restoring` for the stream thread
+    /// to start.
+    Restored(Box<Task>),
+    /// The updater stopped because of this error.
+    Failed(UpdaterError),
+}
+
+#[derive(Debug, Error)]
+pub enum UpdaterError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("changelog consumer for {topic}: {source}")]
+    Consumer {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// Everything the updater thread needs.
+pub struct StateUpdater {
+    pub bootstrap: String,
+    pub application_id: String,
+    pub state_dir: PathBuf,
+    pub topology: Arc<Topology>,
+    pub metrics: Arc<Metrics>,
+    pub local: Arc<LocalStores>,
+    pub status: Arc<SharedStatus>,
+    pub held: SharedHeldTasks,
+    pub commands: Receiver<UpdaterCommand>,
+    pub events: Sender<UpdaterEvent>,
+}
+
+/// Where one store of a held task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreRead {
+    /// Waiting to learn the changelog's watermarks (again at `retry_at`).
+    Pending { retry_at: Instant, backoff: Duration },
+    /// Reading; `end` is the last stable offset when the read began.
+    Reading { end: i64, moved_at: Instant },
+    /// At the end (actives only: a standby keeps reading).
+    CaughtUp,
+}
+
+/// A task the updater holds.
+struct Held {
+    task: Task,
+    reads: Vec<StoreRead>,
+    /// Opened from disk (its checkpoint decides where to start), not a live copy.
+    fresh: bool,
+    /// For a restoring active: (records restored, records to restore).
+    progress: (u64, u64),
+}
+
+impl Held {
+    fn new(task: Task, fresh: bool) -> Self {
+        let reads = task
+            .stores
+            .iter()
+            .map(|_| StoreRead::Pending {
+                retry_at: Instant::now(),
+                backoff: BACKOFF_MIN,
+            })
+            .collect();
+        Self {
+            task,
+            reads,
+            fresh,
+            progress: (0, 0),
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        self.task.state() == TaskState::Restoring
+    }
+
+    fn caught_up(&self) -> bool {
+        self.is_active() && self.reads.iter().all(|r| *r == StoreRead::CaughtUp)
+    }
+}
+
+/// Changelog records read in one round, per (store index, partition).
+#[derive(Default)]
+struct Batch {
+    entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    last_offset: i64,
+}
+
+/// Where a store's read starts, from its checkpoint (or live position) and the changelog's
+/// watermarks: `(start, wipe the local copy first)`. Pure; see the module documentation.
+pub(crate) fn restore_start(
+    position: Option<i64>,
+    has_data: bool,
+    (lo, hi): (i64, i64),
+) -> (i64, bool) {
+    match position {
+        Some(c) if lo <= c && c <= hi => (c, false),
+        Some(_) => (lo, true),
+        None => (lo, has_data),
+    }
+}
+
+impl StateUpdater {
+    /// Run on the current thread until `Shutdown` (or the command channel closes).
+    pub fn run(self) {
+        let events = self.events.clone();
+        if let Err(e) = self.run_inner() {
+            tracing::error!(error = %e, "state updater failed");
+            let _ = events.send(UpdaterEvent::Failed(e));
+        }
+    }
+
+    fn run_inner(self) -> Result<(), UpdaterError> {
+        let group = format!("{}-restore", self.application_id);
+        let mut readers = Vec::new();
+        for (i, spec) in self.topology.stores().iter().enumerate() {
+            let topic = spec.changelog_topic(&self.application_id);
+            let lag = (i == 0).then(|| self.metrics.clone());
+            let reader = ChangelogReader::new(&self.bootstrap, &group, &topic, lag)
+                .map_err(|source| UpdaterError::Consumer { topic, source })?;
+            readers.push(reader);
+        }
+        let mut held: BTreeMap<i32, Held> = BTreeMap::new();
+        let mut last_progress = Instant::now();
+        // After a round that read nothing, the next one waits a little on its first consumer
+        // instead of spinning.
+        let mut wait = Duration::ZERO;
+        loop {
+            if !self.handle_commands(&mut held, &mut readers)? {
+                break;
+            }
+            self.start_pending(&mut held, &mut readers)?;
+            if !held.is_empty() && !readers.iter().any(ChangelogReader::has_assignment) {
+                std::thread::sleep(IDLE_WAIT);
+            }
+            let read = self.read_round(&mut held, &mut readers, wait)?;
+            wait = if read == 0 { IDLE_WAIT } else { Duration::ZERO };
+            self.hand_over_caught_up(&mut held, &mut readers)?;
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                self.report(&mut held);
+            }
+        }
+        for (p, mut h) in std::mem::take(&mut held) {
+            self.close(p, &mut h, &mut readers)?;
+        }
+        Ok(())
+    }
+
+    /// Handle every queued command; `false` once told to stop.
+    fn handle_commands(
+        &self,
+        held: &mut BTreeMap<i32, Held>,
+        readers: &mut [ChangelogReader],
+    ) -> Result<bool, UpdaterError> {
+        let mut first = true;
+        loop {
+            let cmd = if first && held.is_empty() {
+                match self.commands.recv_timeout(Duration::from_millis(100)) {
+                    Ok(c) => c,
+                    Err(RecvTimeoutError::Timeout) => return Ok(true),
+                    Err(RecvTimeoutError::Disconnected) => return Ok(false),
+                }
+            } else {
+                match self.commands.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) => return Ok(true),
+                    Err(TryRecvError::Disconnected) => return Ok(false),
+                }
+            };
+            first = false;
+            match cmd {
+                UpdaterCommand::Create { partition, active } => {
+                    let task = Task::open(
+                        partition,
+                        &self.topology,
+                        &self.state_dir,
+                        &self.application_id,
+                        self.metrics.task(partition),
+                    )?;
+                    self.take(held, task, active, true)?;
+                }
+                UpdaterCommand::Adopt { task, active } => {
+                    self.take(held, *task, active, false)?;
+                }
+                UpdaterCommand::SetRole { partition, active } => {
+                    if let Some(mut h) = held.remove(&partition) {
+                        if h.is_active() == active {
+                            held.insert(partition, h);
+                            continue;
+                        }
+                        self.unassign_all(partition, &mut h, readers)?;
+                        let next = if active {
+                            TaskState::Restoring
+                        } else {
+                            TaskState::Standby
+                        };
+                        h.task.transition(next)?;
+                        self.registered(partition, &h.task);
+                        held.insert(partition, Held::new(h.task, false));
+                    }
+                }
+                UpdaterCommand::Close { partition } => {
+                    if let Some(mut h) = held.remove(&partition) {
+                        self.close(partition, &mut h, readers)?;
+                    }
+                }
+                UpdaterCommand::Shutdown => return Ok(false),
+            }
+        }
+    }
+
+    fn take(
+        &self,
+        held: &mut BTreeMap<i32, Held>,
+        mut task: Task,
+        active: bool,
+        fresh: bool,
+    ) -> Result<(), UpdaterError> {
+        let next = if active {
+            TaskState::Restoring
+        } else {
+            TaskState::Standby
+        };
+        if task.state() != next {
+            task.transition(next)?;
+        }
+        let p = task.partition;
+        self.registered(p, &task);
+        held.insert(p, Held::new(task, fresh));
+        Ok(())
+    }
+
+    /// Make `task` queryable (as a standby copy) and visible in `/health`.
+    fn registered(&self, partition: i32, task: &Task) {
+        self.local.insert(partition, task.local_partition());
+        self.status.task_state(partition, task.state().name());
+    }
+
+    fn close(
+        &self,
+        partition: i32,
+        h: &mut Held,
+        readers: &mut [ChangelogReader],
+    ) -> Result<(), UpdaterError> {
+        self.unassign_all(partition, h, readers)?;
+        self.local.remove(partition);
+        self.status.task_gone(partition);
+        lock(&self.held).positions.remove(&partition);
+        h.task.checkpoint()?;
+        h.task.transition(TaskState::Closed)?;
+        tracing::info!(partition, "closed task");
+        Ok(())
+    }
+
+    fn unassign_all(
+        &self,
+        partition: i32,
+        h: &mut Held,
+        readers: &mut [ChangelogReader],
+    ) -> Result<(), UpdaterError> {
+        for (i, read) in h.reads.iter_mut().enumerate() {
+            if matches!(read, StoreRead::Reading { .. }) {
+                let r = &mut readers[i];
+                r.unassign(partition)
+                    .map_err(|source| UpdaterError::Consumer {
+                        topic: r.topic.clone(),
+                        source,
+                    })?;
+            }
+            *read = StoreRead::CaughtUp;
+        }
+        Ok(())
+    }
+
+    /// Find out where each pending store starts and ends, and start reading it.
+    fn start_pending(
+        &self,
+        held: &mut BTreeMap<i32, Held>,
+        readers: &mut [ChangelogReader],
+    ) -> Result<(), UpdaterError> {
+        let now = Instant::now();
+        for (&p, h) in held.iter_mut() {
+            // One reader per store, in the same order.
+            for (i, reader) in readers.iter_mut().enumerate() {
+                let StoreRead::Pending { retry_at, backoff } = h.reads[i] else {
+                    continue;
+                };
+                if retry_at > now {
+                    continue;
+                }
+                let (lo, hi) = match reader.watermarks(p) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let why = format!("changelog {} unreadable: {e}", reader.topic);
+                        tracing::warn!(partition = p, error = %why, retry_in = ?backoff, "cannot read changelog; retrying");
+                        self.status.task_error(p, Some(why));
+                        h.reads[i] = StoreRead::Pending {
+                            retry_at: now + backoff,
+                            backoff: (backoff * 2).min(BACKOFF_MAX),
+                        };
+                        continue;
+                    }
+                };
+                self.status.task_error(p, None);
+                let active = h.is_active();
+                let s = &mut h.task.stores[i];
+                let position = if h.fresh {
+                    s.checkpointed
+                } else {
+                    Some(s.changelog_end)
+                };
+                let has_data = s.approximate_len().unwrap_or(0) > 0;
+                let (start, wipe) = restore_start(position, has_data, (lo, hi));
+                if wipe {
+                    tracing::warn!(partition = p, store = %s.name, ?position, lo, hi, "local copy does not fit the changelog; restoring from scratch");
+                    s.wipe()
+                        .map_err(|source| TaskError::Store { partition: p, source })?;
+                }
+                s.changelog_end = start;
+                if active && start >= hi {
+                    h.reads[i] = StoreRead::CaughtUp;
+                    continue;
+                }
+                if active {
+                    h.progress.1 += u64::try_from(hi - start).unwrap_or(0);
+                    tracing::info!(partition = p, store = %s.name, from = start, to = hi, "restoring from changelog");
+                }
+                reader
+                    .assign(p, start)
+                    .map_err(|source| UpdaterError::Consumer {
+                        topic: reader.topic.clone(),
+                        source,
+                    })?;
+                h.reads[i] = StoreRead::Reading {
+                    end: hi,
+                    moved_at: now,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Read what every consumer has (up to [`ROUND`] records each) and apply it in batches.
+    fn read_round(
+        &self,
+        held: &mut BTreeMap<i32, Held>,
+        readers: &mut [ChangelogReader],
+        mut wait: Duration,
+    ) -> Result<usize, UpdaterError> {
+        let mut batches: HashMap<(usize, i32), Batch> = HashMap::new();
+        let mut ended: Vec<(usize, i32)> = Vec::new();
+        let mut total = 0;
+        for (i, reader) in readers.iter().enumerate() {
+            if !reader.has_assignment() {
+                continue;
+            }
+            for _ in 0..ROUND {
+                let timeout = std::mem::take(&mut wait);
+                let got = reader.poll(timeout, |polled| match polled {
+                    Polled::Record {
+                        partition,
+                        offset,
+                        key,
+                        value,
+                    } => {
+                        if let Some(k) = key {
+                            let b = batches.entry((i, partition)).or_default();
+                            b.entries.push((k.to_vec(), value.map(<[u8]>::to_vec)));
+                            b.last_offset = offset;
+                        } else {
+                            batches.entry((i, partition)).or_default().last_offset = offset;
+                        }
+                        true
+                    }
+                    Polled::End { partition } => {
+                        ended.push((i, partition));
+                        true
+                    }
+                    Polled::Nothing => false,
+                });
+                if !got {
+                    break;
+                }
+                total += 1;
+            }
+        }
+        for ((i, p), batch) in batches {
+            let Some(h) = held.get_mut(&p) else { continue };
+            let s = &mut h.task.stores[i];
+            s.apply_batch(&batch.entries, batch.last_offset)
+                .and_then(|()| s.maybe_checkpoint(false))
+                .map_err(|source| TaskError::Store { partition: p, source })?;
+            let n = batch.entries.len() as u64;
+            h.task
+                .metrics
+                .records_restored
+                .fetch_add(n, Ordering::Relaxed);
+            if let StoreRead::Reading { end, moved_at } = &mut h.reads[i] {
+                *moved_at = Instant::now();
+                if h.task.state() == TaskState::Restoring {
+                    h.progress.0 += n;
+                    if batch.last_offset + 1 >= *end {
+                        ended.push((i, p));
+                    }
+                }
+            }
+        }
+        for (i, p) in ended {
+            let Some(h) = held.get_mut(&p) else { continue };
+            if h.is_active() && matches!(h.reads[i], StoreRead::Reading { .. }) {
+                let r = &mut readers[i];
+                r.unassign(p).map_err(|source| UpdaterError::Consumer {
+                    topic: r.topic.clone(),
+                    source,
+                })?;
+                h.reads[i] = StoreRead::CaughtUp;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Hand every active whose stores all reached their end to the stream thread.
+    fn hand_over_caught_up(
+        &self,
+        held: &mut BTreeMap<i32, Held>,
+        readers: &mut [ChangelogReader],
+    ) -> Result<(), UpdaterError> {
+        let done: Vec<i32> = held
+            .iter()
+            .filter(|(_, h)| h.caught_up())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in done {
+            let Some(mut h) = held.remove(&p) else { continue };
+            self.unassign_all(p, &mut h, readers)?;
+            h.task.checkpoint()?;
+            self.status.restore_progress(p, h.progress.0, h.progress.1);
+            tracing::info!(partition = p, restored = h.progress.0, "restored; handing over to the stream thread");
+            if self.events.send(UpdaterEvent::Restored(Box::new(h.task))).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Progress in logs and `/health`, positions for the group, stalled reads flagged.
+    fn report(&self, held: &mut BTreeMap<i32, Held>) {
+        let (mut done, mut total, mut restoring) = (0, 0, 0);
+        for (&p, h) in held.iter() {
+            if h.is_active() {
+                restoring += 1;
+                done += h.progress.0;
+                total += h.progress.1;
+                self.status.restore_progress(p, h.progress.0, h.progress.1);
+            }
+            let stalled = h.reads.iter().any(|r| {
+                matches!(r, StoreRead::Reading { moved_at, .. } if h.is_active() && moved_at.elapsed() > STALL_AFTER)
+            });
+            if stalled {
+                self.status.task_error(
+                    p,
+                    Some(format!(
+                        "restore made no progress for {} s (changelog leader unavailable?)",
+                        STALL_AFTER.as_secs()
+                    )),
+                );
+            }
+        }
+        if restoring > 0 {
+            tracing::info!(restored = done, total, partitions = restoring, "restoring");
+        }
+        let mut shared = lock(&self.held);
+        for (&p, h) in held.iter() {
+            shared.positions.insert(p, h.task.changelog_position());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restore_start;
+
+    #[test]
+    fn restore_starts_at_a_position_inside_the_changelog_else_wipes() {
+        assert_eq!(restore_start(Some(50), true, (0, 100)), (50, false));
+        assert_eq!(restore_start(Some(100), true, (0, 100)), (100, false));
+        assert_eq!(restore_start(Some(0), false, (0, 0)), (0, false));
+        // Beyond the end (changelog recreated) or before its start (records deleted).
+        assert_eq!(restore_start(Some(150), true, (0, 100)), (0, true));
+        assert_eq!(restore_start(Some(5), true, (10, 100)), (10, true));
+        // No checkpoint: from the beginning, wiping whatever is there.
+        assert_eq!(restore_start(None, true, (10, 100)), (10, true));
+        assert_eq!(restore_start(None, false, (10, 100)), (10, false));
+    }
+}

@@ -1,0 +1,100 @@
+//! What the engine reports about itself, for `/health`: the instance's coarse status, and per
+//! partition the state of its task, its restore progress and whether a changelog cannot be read.
+//!
+//! Written by the stream thread and the state updater, read by the query layer.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::lock;
+
+/// Coarse status of the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum Status {
+    Starting = 0,
+    /// Waiting for actives to be restored before any processes.
+    Restoring = 1,
+    Running = 2,
+    /// Not processing: its last heartbeat is older than the session timeout, or its last commit
+    /// was fenced; it waits to rejoin the group.
+    Fenced = 3,
+    Stopping = 4,
+    Failed = 5,
+}
+
+/// One partition as `/health` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TaskView {
+    /// `restoring`, `standby`, `running` or `suspended`.
+    pub state: &'static str,
+    /// Changelog records restored so far by the current restore, and how many it needs in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<(u64, u64)>,
+    /// Why a changelog of this partition cannot be read right now (retried with backoff).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The instance status plus one [`TaskView`] per partition held.
+#[derive(Debug, Default)]
+pub struct SharedStatus {
+    status: AtomicU8,
+    tasks: Mutex<BTreeMap<i32, TaskView>>,
+}
+
+impl SharedStatus {
+    pub fn set(&self, s: Status) {
+        self.status.store(s as u8, Ordering::Release);
+    }
+
+    pub fn get(&self) -> Status {
+        match self.status.load(Ordering::Acquire) {
+            0 => Status::Starting,
+            1 => Status::Restoring,
+            2 => Status::Running,
+            3 => Status::Fenced,
+            4 => Status::Stopping,
+            _ => Status::Failed,
+        }
+    }
+
+    /// Set `partition`'s state, keeping nothing of an earlier restore or error.
+    pub fn task_state(&self, partition: i32, state: &'static str) {
+        lock(&self.tasks).insert(
+            partition,
+            TaskView {
+                state,
+                ..TaskView::default()
+            },
+        );
+    }
+
+    /// Record restore progress of `partition`.
+    pub fn restore_progress(&self, partition: i32, done: u64, total: u64) {
+        if let Some(t) = lock(&self.tasks).get_mut(&partition) {
+            t.restore = Some((done, total));
+        }
+    }
+
+    /// Record (or clear, with `None`) why `partition`'s changelog cannot be read.
+    pub fn task_error(&self, partition: i32, error: Option<String>) {
+        if let Some(t) = lock(&self.tasks).get_mut(&partition) {
+            t.error = error;
+        }
+    }
+
+    /// `partition` is no longer held.
+    pub fn task_gone(&self, partition: i32) {
+        lock(&self.tasks).remove(&partition);
+    }
+
+    /// Every partition held, with its view.
+    pub fn tasks(&self) -> BTreeMap<i32, TaskView> {
+        lock(&self.tasks).clone()
+    }
+}

@@ -1,0 +1,273 @@
+//! One store of one task, key-value or window: `transactional(rocksdb)` plus its changelog
+//! position and checkpoint.
+//!
+//! ```text
+//!              ┌ KeyValue: TxnKeyValueStore<RocksDbStore>     ─┐  processors write the buffer;
+//! TaskStore ───┤                                               ├─ commit: prepare → changelog,
+//!              └ Window:   TxnWindowStore<RocksDbWindowStore> ─┘  then one RocksDB batch
+//! ```
+//!
+//! RocksDB holds committed state only (see `paystream_state::transactional`), so its content is
+//! always a prefix of the changelog: restore and standbys write changelog records straight into
+//! it ([`TaskStore::apply_batch`]) and the query layer reads it through [`StoreReader`]s.
+//!
+//! `changelog_end` is the next changelog offset the local store does not hold yet; a checkpoint
+//! file records it after a flush, so a restart restores only what lies past it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paystream_state::checkpoint::Checkpoint;
+use paystream_state::rocks::{RocksDbReader, RocksDbStore};
+use paystream_state::rocks_window::{RocksDbWindowReader, RocksDbWindowStore};
+use paystream_state::store::{KeyValueStore, StoreError};
+use paystream_state::transactional::{TxnKeyValueStore, TxnWindowStore};
+use paystream_state::window::WindowStore;
+use paystream_topology::{StoreKind, StoreSpec};
+
+use crate::kafka::producer::{KafkaChangelogWriter, OutputProducer};
+
+/// Checkpoint once this many changelog records were applied since the last one (Kafka Streams
+/// uses the same threshold): each checkpoint flushes RocksDB memtables, so doing it on every
+/// commit would make many tiny files; restore replays at most this much extra.
+pub const CHECKPOINT_DELTA: u64 = 10_000;
+
+/// How long opening a store retries while its files are still locked (a query thread may hold
+/// the last read handle of a copy that was just closed).
+const OPEN_RETRY: Duration = Duration::from_secs(5);
+
+/// The layered store itself.
+pub enum StoreHandle {
+    KeyValue(TxnKeyValueStore<RocksDbStore>),
+    Window(TxnWindowStore<RocksDbWindowStore>),
+}
+
+/// A read handle for query threads (committed state).
+#[derive(Clone)]
+pub enum StoreReader {
+    KeyValue(RocksDbReader),
+    Window(RocksDbWindowReader),
+}
+
+/// One store of a task with its changelog position.
+pub struct TaskStore {
+    pub name: String,
+    pub dir: PathBuf,
+    pub changelog_topic: Arc<str>,
+    pub store: StoreHandle,
+    pub reader: StoreReader,
+    /// Next changelog offset the local (committed) store does not contain yet.
+    pub changelog_end: i64,
+    /// The checkpoint the store had when opened (`None`: restore from the beginning).
+    pub checkpointed: Option<i64>,
+    /// Changelog records applied since the last checkpoint.
+    pub writes_since_checkpoint: u64,
+    /// Records sent by the last `prepare` (waiting for the commit's outcome).
+    prepared: usize,
+}
+
+impl TaskStore {
+    /// Open (or create) the store of `spec` in `dir`. A store that cannot be opened after
+    /// [`OPEN_RETRY`] is wiped and will be restored from its changelog in full.
+    pub fn open(spec: &StoreSpec, dir: PathBuf, topic: Arc<str>) -> Result<Self, StoreError> {
+        let checkpoint = Checkpoint::read(&dir)?;
+        let started = Instant::now();
+        let (store, reader) = loop {
+            match open_kind(spec, &dir) {
+                Ok(s) => break s,
+                Err(e) if started.elapsed() < OPEN_RETRY => {
+                    tracing::debug!(store = %spec.name, error = %e, "store busy; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    tracing::warn!(store = %spec.name, error = %e, "local store unusable; wiping it to restore from the changelog");
+                    destroy(spec.kind, &dir)?;
+                    break open_kind(spec, &dir)?;
+                }
+            }
+        };
+        let mut s = Self {
+            name: spec.name.clone(),
+            dir,
+            changelog_topic: topic,
+            store,
+            reader,
+            changelog_end: 0,
+            checkpointed: None,
+            writes_since_checkpoint: 0,
+            prepared: 0,
+        };
+        // The checkpoint is meaningless for a store that was wiped.
+        if let Some(c) = checkpoint {
+            if s.approximate_len()? > 0 || c.changelog_offset == 0 {
+                s.changelog_end = c.changelog_offset;
+                s.checkpointed = Some(c.changelog_offset);
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn approximate_len(&self) -> Result<u64, StoreError> {
+        match &self.store {
+            StoreHandle::KeyValue(s) => s.approximate_len(),
+            StoreHandle::Window(s) => s.approximate_len(),
+        }
+    }
+
+    /// Bytes written by processors since the last commit (kept in memory until then).
+    pub fn uncommitted_bytes(&self) -> usize {
+        match &self.store {
+            StoreHandle::KeyValue(s) => s.uncommitted_bytes(),
+            StoreHandle::Window(s) => s.uncommitted_bytes(),
+        }
+    }
+
+    /// Commit, phase one: one changelog record per key written since the last commit, sent
+    /// through `producer` (into its open transaction under exactly-once).
+    pub fn prepare(
+        &mut self,
+        producer: &OutputProducer,
+        partition: i32,
+    ) -> Result<usize, StoreError> {
+        let mut writer = KafkaChangelogWriter {
+            producer,
+            topic: &self.changelog_topic,
+            partition,
+        };
+        self.prepared = match &mut self.store {
+            StoreHandle::KeyValue(s) => s.prepare(&mut writer)?,
+            StoreHandle::Window(s) => s.prepare(&mut writer)?,
+        };
+        Ok(self.prepared)
+    }
+
+    /// Commit, phase two (the transaction committed, or under at-least-once every record was
+    /// acknowledged): write the prepared entries to RocksDB and advance the changelog position.
+    pub fn commit(&mut self, producer: &OutputProducer, partition: i32) -> Result<(), StoreError> {
+        match &mut self.store {
+            StoreHandle::KeyValue(s) => s.commit()?,
+            StoreHandle::Window(s) => s.commit()?,
+        }
+        if self.prepared > 0 {
+            let acked = producer.acked_offset(&self.changelog_topic, partition);
+            self.changelog_end = self.changelog_end.max(acked + 1);
+            self.writes_since_checkpoint += self.prepared as u64;
+            self.prepared = 0;
+        }
+        Ok(())
+    }
+
+    /// The commit failed: forget every write since the last one.
+    pub fn abort(&mut self) {
+        self.prepared = 0;
+        match &mut self.store {
+            StoreHandle::KeyValue(s) => s.abort(),
+            StoreHandle::Window(s) => s.abort(),
+        }
+    }
+
+    /// Apply changelog records (restore, standbys) straight to RocksDB; `last_offset` is the
+    /// offset of the last of them.
+    pub fn apply_batch(
+        &mut self,
+        entries: &[(Vec<u8>, Option<Vec<u8>>)],
+        last_offset: i64,
+    ) -> Result<(), StoreError> {
+        if !entries.is_empty() {
+            match &mut self.store {
+                StoreHandle::KeyValue(s) => s.inner_mut().put_batch(entries)?,
+                StoreHandle::Window(s) => {
+                    s.inner_mut().restore_batch(entries)?;
+                    s.resync();
+                }
+            }
+        }
+        self.changelog_end = self.changelog_end.max(last_offset + 1);
+        self.writes_since_checkpoint += entries.len() as u64;
+        Ok(())
+    }
+
+    /// Delete every entry (the files stay open), for a restore from scratch.
+    pub fn wipe(&mut self) -> Result<(), StoreError> {
+        self.checkpointed = None;
+        self.changelog_end = 0;
+        Checkpoint::remove(&self.dir)?;
+        match &mut self.store {
+            StoreHandle::KeyValue(s) => {
+                s.abort();
+                let store = s.inner_mut();
+                let mut keys = Vec::new();
+                store.for_each(&mut |k, _| {
+                    keys.push((k.to_vec(), None));
+                    true
+                })?;
+                for chunk in keys.chunks(2_000) {
+                    store.put_batch(chunk)?;
+                }
+            }
+            StoreHandle::Window(s) => {
+                s.abort();
+                let store = s.inner_mut();
+                let mut entries = Vec::new();
+                store.fetch_all(i64::MIN, i64::MAX, &mut |k, t, _| {
+                    entries.push((k.to_vec(), t));
+                    true
+                })?;
+                for (k, t) in entries {
+                    store.delete(&k, t)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoint if enough changed since the last one (or `force`, when a task stops or
+    /// changes hands).
+    pub fn maybe_checkpoint(&mut self, force: bool) -> Result<(), StoreError> {
+        let due = self.writes_since_checkpoint >= CHECKPOINT_DELTA
+            || (force && self.checkpointed != Some(self.changelog_end));
+        if due {
+            self.checkpoint_now()?;
+        }
+        Ok(())
+    }
+
+    /// Flush the store, then record its changelog position as durable. The order matters: a
+    /// checkpoint must never claim more than the local files hold.
+    pub fn checkpoint_now(&mut self) -> Result<(), StoreError> {
+        match &mut self.store {
+            StoreHandle::KeyValue(s) => s.flush()?,
+            StoreHandle::Window(s) => s.flush()?,
+        }
+        Checkpoint {
+            changelog_offset: self.changelog_end,
+        }
+        .write(&self.dir)?;
+        self.checkpointed = Some(self.changelog_end);
+        self.writes_since_checkpoint = 0;
+        Ok(())
+    }
+}
+
+fn open_kind(spec: &StoreSpec, dir: &Path) -> Result<(StoreHandle, StoreReader), StoreError> {
+    Ok(match spec.kind {
+        StoreKind::KeyValue => {
+            let s = RocksDbStore::open(dir, &spec.name)?;
+            let r = StoreReader::KeyValue(s.reader());
+            (StoreHandle::KeyValue(TxnKeyValueStore::new(s)), r)
+        }
+        StoreKind::Window { retention_ms } => {
+            let s = RocksDbWindowStore::open(dir, &spec.name, retention_ms)?;
+            let r = StoreReader::Window(s.reader());
+            (StoreHandle::Window(TxnWindowStore::new(s)), r)
+        }
+    })
+}
+
+fn destroy(kind: StoreKind, dir: &Path) -> Result<(), StoreError> {
+    match kind {
+        StoreKind::KeyValue => RocksDbStore::destroy(dir),
+        StoreKind::Window { .. } => RocksDbWindowStore::destroy(dir),
+    }
+}

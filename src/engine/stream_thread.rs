@@ -1,0 +1,472 @@
+//! The stream thread: polls the source for its running tasks, processes, commits. Assignments,
+//! restores and standbys happen elsewhere ([`super::task_manager`], [`super::state_updater`]),
+//! so this loop never blocks on them.
+//!
+//! ```text
+//!   command? (Assign → commit, TaskManager::handle_assignment; Revoke → commit + suspend)
+//!   updater event? (Restored(task) → running: assign its source partition at the committed offset)
+//!   heartbeat older than the session timeout? → self-fence: abort, suspend every active
+//!   poll source ─▶ Task::process (topology → store buffers, outputs into the transaction)
+//!   every commit interval, or when the buffers hold --max-uncommitted-bytes: commit
+//!     failure → abort: tasks drop their uncommitted writes and restart at the committed offset;
+//!     fenced → also suspend until the next assignment
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paystream_topology::processor::Record;
+use paystream_topology::Topology;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use super::commit::{CommitFailure, Committer};
+use super::local::LocalStores;
+use super::state_updater::{StateUpdater, UpdaterError, UpdaterEvent};
+use super::status::{SharedStatus, Status};
+use super::task::{TaskError, TaskOutputs};
+use super::task_manager::{SourceChanges, TaskManager};
+use super::{now_ms, EngineCommand, Liveness, OffsetCommitter, SharedHeldTasks};
+use crate::config::RunSettings;
+use crate::kafka::client::source_consumer_config;
+use crate::kafka::producer::{CommitError, Delivery, OutputProducer};
+use crate::kafka::txn_offsets::GroupMetadata;
+use crate::kafka::KafkaError;
+use crate::telemetry::Metrics;
+
+/// Records handled per poll round before commands, the updater and commits get a turn.
+const ROUND: usize = 2_000;
+/// Wait between attempts to create a producer after a fatal producer error.
+const PRODUCER_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Error)]
+pub enum StreamThreadError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("state updater: {0}")]
+    Updater(#[from] UpdaterError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("source consumer: {0}")]
+    Consumer(#[source] rdkafka::error::KafkaError),
+    #[error("could not start the state updater thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Feeds librdkafka's view of each source partition's lag into the metrics.
+struct LagContext {
+    metrics: Arc<Metrics>,
+    topic: String,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        let Some(t) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        for (p, s) in &t.partitions {
+            if *p >= 0 && s.ls_offset >= 0 && s.app_offset >= 0 {
+                self.metrics
+                    .task(*p)
+                    .lag
+                    .store((s.ls_offset - s.app_offset).max(0), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// Everything the stream thread needs.
+pub struct StreamThread {
+    pub settings: RunSettings,
+    pub topology: Arc<Topology>,
+    pub producer: Arc<OutputProducer>,
+    /// How to create the producer again after a fatal error (same transactional id).
+    pub delivery: Delivery,
+    /// Changelog topics (with the partition count) whose acknowledged offsets are tracked.
+    pub tracked: Vec<(String, i32)>,
+    pub dlq_partitions: i32,
+    pub sink_partitions: HashMap<String, i32>,
+    pub local: Arc<LocalStores>,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<SharedStatus>,
+    pub shutdown: CancellationToken,
+    pub commands: Receiver<EngineCommand>,
+    /// At-least-once: source offsets are committed through the group.
+    pub via_group: Option<Box<dyn OffsetCommitter>>,
+    pub liveness: Arc<Liveness>,
+    pub held: SharedHeldTasks,
+}
+
+/// Why the stream thread is not processing although it holds actives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    /// Its commit was refused: it waits for the next assignment.
+    Refused,
+    /// It stopped hearing from the coordinator: it resumes if the coordinator confirms the
+    /// membership again without a rebalance, or with the next assignment.
+    Stale,
+}
+
+/// The loop's state besides the tasks.
+struct Loop {
+    source: BaseConsumer<LagContext>,
+    manager: TaskManager,
+    committer: Committer,
+    producer: Arc<OutputProducer>,
+    updater: Receiver<UpdaterEvent>,
+    /// Not processing (see [`Fence`]).
+    fenced: Option<Fence>,
+    last_commit: Instant,
+    dirty: bool,
+}
+
+impl StreamThread {
+    /// Run until `shutdown` is cancelled (then commit and return `Ok`) or a fatal error (then
+    /// return it without committing).
+    pub fn run(mut self) -> Result<(), StreamThreadError> {
+        let via_group = self.via_group.take();
+        let s = &self.settings;
+        let source: BaseConsumer<LagContext> =
+            source_consumer_config(&s.bootstrap_servers, &s.application_id)
+                .create_with_context(LagContext {
+                    metrics: self.metrics.clone(),
+                    topic: s.input_topic.clone(),
+                })
+                .map_err(StreamThreadError::Consumer)?;
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+        let (event_tx, event_rx) = std::sync::mpsc::channel();
+        let updater = StateUpdater {
+            bootstrap: s.bootstrap_servers.clone(),
+            application_id: s.application_id.clone(),
+            state_dir: s.state_dir.clone(),
+            topology: self.topology.clone(),
+            metrics: self.metrics.clone(),
+            local: self.local.clone(),
+            status: self.status.clone(),
+            held: self.held.clone(),
+            commands: cmd_rx,
+            events: event_tx,
+        };
+        let updater_thread = std::thread::Builder::new()
+            .name("state-updater".into())
+            .spawn(move || updater.run())
+            .map_err(StreamThreadError::Spawn)?;
+        let mut l = Loop {
+            source,
+            manager: TaskManager::new(
+                cmd_tx,
+                self.local.clone(),
+                self.status.clone(),
+                self.held.clone(),
+            ),
+            committer: Committer {
+                source_topic: s.input_topic.clone(),
+                group: GroupMetadata::standalone(&s.application_id),
+                via_group,
+                metrics: self.metrics.clone(),
+            },
+            producer: self.producer.clone(),
+            updater: event_rx,
+            fenced: None,
+            last_commit: Instant::now(),
+            dirty: false,
+        };
+        let result = self.run_loop(&mut l);
+        let finished = match result {
+            Ok(()) => {
+                self.status.set(Status::Stopping);
+                self.commit(&mut l)
+                    .and_then(|()| l.manager.shutdown().map_err(Into::into))
+            }
+            Err(e) => {
+                // Stop the updater without committing anything more.
+                let _ = l.manager.shutdown();
+                Err(e)
+            }
+        };
+        drop(l);
+        let _ = updater_thread.join();
+        if finished.is_ok() {
+            tracing::info!("stream thread stopped cleanly");
+        }
+        finished
+    }
+
+    fn run_loop(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
+        let s = &self.settings;
+        tracing::info!("stream thread waiting for an assignment");
+        while !self.shutdown.is_cancelled() {
+            // Nothing to poll: wait for commands (and updater events) instead of spinning.
+            let idle = l.fenced.is_some() || l.manager.running().next().is_none();
+            if !self.handle_commands(l, idle)? {
+                break;
+            }
+            self.handle_updater_events(l)?;
+            match (l.fenced, self.liveness.is_stale()) {
+                (None, true) => self.self_fence(l)?,
+                (Some(Fence::Stale), false) => self.resume(l)?,
+                _ => {}
+            }
+            if l.fenced.is_none() {
+                self.process_round(l)?;
+            }
+            let uncommitted: usize = l.manager.tasks.values().map(|t| t.uncommitted_bytes()).sum();
+            if (l.dirty && l.last_commit.elapsed() >= s.commit_interval)
+                || uncommitted >= s.max_uncommitted_bytes
+            {
+                self.commit(l)?;
+                l.manager.publish_positions();
+            }
+        }
+        Ok(())
+    }
+
+    /// Take the group's commands; `false` when the group side is gone (shutting down).
+    fn handle_commands(&self, l: &mut Loop, idle: bool) -> Result<bool, StreamThreadError> {
+        loop {
+            let cmd = if idle {
+                match self.commands.recv_timeout(Duration::from_millis(20)) {
+                    Ok(c) => c,
+                    Err(RecvTimeoutError::Timeout) => return Ok(true),
+                    Err(RecvTimeoutError::Disconnected) => return Ok(false),
+                }
+            } else {
+                match self.commands.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) => return Ok(true),
+                    Err(TryRecvError::Disconnected) => return Ok(false),
+                }
+            };
+            match cmd {
+                EngineCommand::Revoke { done } => {
+                    self.commit(l)?;
+                    let changes = l.manager.suspend_all()?;
+                    self.unassign_source(l, &changes)?;
+                    let _ = done.send(());
+                }
+                EngineCommand::Assign {
+                    generation,
+                    member_id,
+                    active,
+                    standby,
+                } => {
+                    self.commit(l)?;
+                    l.committer.group = GroupMetadata {
+                        group_id: self.settings.application_id.clone(),
+                        generation,
+                        member_id,
+                        group_instance_id: self.settings.group_instance_id.clone(),
+                    };
+                    l.fenced = None;
+                    let changes = l.manager.handle_assignment(&active, &standby)?;
+                    self.unassign_source(l, &changes)?;
+                    let status = if active.is_empty() || l.manager.running().next().is_some() {
+                        Status::Running
+                    } else {
+                        Status::Restoring
+                    };
+                    self.status.set(status);
+                    tracing::info!(generation, ?active, ?standby, "assignment applied");
+                }
+            }
+        }
+    }
+
+    /// Run the tasks the updater restored (if they are still assigned active).
+    fn handle_updater_events(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
+        loop {
+            match l.updater.try_recv() {
+                Ok(UpdaterEvent::Restored(task)) => {
+                    if let Some(p) = l.manager.on_restored(*task)? {
+                        if l.fenced.is_some() {
+                            let changes = l.manager.suspend_all()?;
+                            self.unassign_source(l, &changes)?;
+                        } else {
+                            self.assign_source(l, p)?;
+                            self.status.set(Status::Running);
+                        }
+                    }
+                }
+                Ok(UpdaterEvent::Failed(e)) => return Err(e.into()),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+
+    /// Poll the source once (up to [`ROUND`] records) and process what came.
+    fn process_round(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
+        if l.manager.running().next().is_none() {
+            return Ok(());
+        }
+        let outputs = TaskOutputs {
+            producer: &l.producer,
+            dlq_topic: &self.settings.dlq_topic,
+            dlq_partitions: self.dlq_partitions,
+            sink_partitions: &self.sink_partitions,
+            application_id: &self.settings.application_id,
+        };
+        let wall_clock = now_ms();
+        for task in l.manager.tasks.values_mut() {
+            task.punctuate_wall_clock(wall_clock, &outputs)?;
+        }
+        for _ in 0..ROUND {
+            match l.source.poll(Duration::from_millis(20)) {
+                None => break,
+                Some(Ok(msg)) => {
+                    let Some(task) = l.manager.tasks.get_mut(&msg.partition()) else {
+                        continue;
+                    };
+                    let record = Record {
+                        key: msg.key().map(<[u8]>::to_vec),
+                        value: msg.payload().map(<[u8]>::to_vec),
+                        timestamp: msg.timestamp().to_millis().unwrap_or(0),
+                        headers: Vec::new(),
+                    };
+                    task.process(msg.topic(), msg.offset(), record, &outputs, wall_clock)?;
+                    l.dirty = true;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "source consumer error (librdkafka retries)");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commit the running tasks. A failed commit rolls them back to their last commit; a fenced
+    /// one also suspends them; a fatal producer error replaces the producer.
+    fn commit(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
+        let result = l.committer.commit(&l.producer, &mut l.manager.tasks);
+        l.last_commit = Instant::now();
+        l.dirty = false;
+        let failure = match result {
+            Ok(_) => return Ok(()),
+            Err(CommitFailure::Task(e)) => return Err(e.into()),
+            Err(CommitFailure::Kafka(e)) => e,
+        };
+        tracing::warn!(error = %failure, "commit failed; going back to the last commit");
+        self.rewind(l)?;
+        match failure {
+            CommitError::Fenced(_) => self.fence(l, Fence::Refused)?,
+            CommitError::Fatal(_) => {
+                let _ = l.producer.abort();
+                self.replace_producer(l);
+            }
+            CommitError::Aborted(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Drop uncommitted writes and restart every running task at its committed source offset.
+    fn rewind(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
+        let running: Vec<i32> = l.manager.running().collect();
+        for t in l.manager.tasks.values_mut() {
+            t.abort();
+        }
+        for p in running {
+            self.unassign_source(
+                l,
+                &SourceChanges {
+                    stopped: vec![p],
+                },
+            )?;
+            self.assign_source(l, p)?;
+        }
+        Ok(())
+    }
+
+    /// Stop processing (see [`Fence`]).
+    fn fence(&self, l: &mut Loop, why: Fence) -> Result<(), StreamThreadError> {
+        tracing::warn!(?why, "fenced: suspending every active until the group takes this instance back");
+        l.fenced = Some(why);
+        self.status.set(Status::Fenced);
+        let changes = l.manager.suspend_all()?;
+        self.unassign_source(l, &changes)
+    }
+
+    /// The coordinator confirmed the membership again without a rebalance: the partitions are
+    /// still this instance's. Catch the suspended actives up and run them again.
+    fn resume(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
+        tracing::info!("the group confirmed this instance again; resuming its actives");
+        l.fenced = None;
+        let (active, standby) = l.manager.assignment();
+        let changes = l.manager.handle_assignment(&active, &standby)?;
+        self.unassign_source(l, &changes)?;
+        self.status.set(Status::Restoring);
+        Ok(())
+    }
+
+    /// The last heartbeat is older than the session timeout: the group has most likely given
+    /// this instance's partitions to others. Whatever is uncommitted is aborted now rather than
+    /// fenced later, and queries fall back to the other copies.
+    fn self_fence(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
+        self.metrics.self_fenced.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = l.producer.abort() {
+            tracing::warn!(error = %e, "abort after losing the group failed; replacing the producer");
+            self.replace_producer(l);
+        }
+        for t in l.manager.tasks.values_mut() {
+            t.abort();
+        }
+        self.fence(l, Fence::Stale)
+    }
+
+    /// Create the producer again (same transactional id: this also fences whatever the old one
+    /// left open), retrying until it works or the instance shuts down.
+    fn replace_producer(&self, l: &mut Loop) {
+        while !self.shutdown.is_cancelled() {
+            match OutputProducer::new(&self.settings.bootstrap_servers, &self.tracked, &self.delivery)
+            {
+                Ok(p) => {
+                    l.producer = p;
+                    tracing::info!("producer replaced");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the producer; retrying");
+                    std::thread::sleep(PRODUCER_RETRY);
+                }
+            }
+        }
+    }
+
+    fn assign_source(&self, l: &mut Loop, partition: i32) -> Result<(), StreamThreadError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.settings.input_topic, partition, Offset::Stored)
+            .map_err(StreamThreadError::Consumer)?;
+        l.source
+            .incremental_assign(&tpl)
+            .map_err(StreamThreadError::Consumer)
+    }
+
+    fn unassign_source(&self, l: &mut Loop, changes: &SourceChanges) -> Result<(), StreamThreadError> {
+        if changes.stopped.is_empty() {
+            return Ok(());
+        }
+        let assigned = l.source.assignment().map_err(StreamThreadError::Consumer)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in &changes.stopped {
+            if assigned
+                .find_partition(&self.settings.input_topic, *p)
+                .is_some()
+            {
+                tpl.add_partition(&self.settings.input_topic, *p);
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        l.source
+            .incremental_unassign(&tpl)
+            .map_err(StreamThreadError::Consumer)
+    }
+}

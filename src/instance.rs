@@ -1,0 +1,338 @@
+//! One paystream instance: topics checked, engine and cluster membership started, query API
+//! served; the composition root, the only module that knows every layer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use paystream_topology::{shipped_topology, StoreKind, Topology};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::group::{commit_channel, GroupLoop, Identity};
+use crate::cluster::identity::{checkpointed_positions, process_id, IdentityError};
+use crate::cluster::routing::RoutingTable;
+use crate::cluster::standalone::Standalone;
+use crate::config::{ProcessingGuarantee, RunSettings};
+use crate::coordination::leader::GroupAssignor;
+use crate::coordination::membership::{GroupMember, MembershipConfig, MembershipError};
+use crate::engine::stream_thread::{StreamThread, StreamThreadError};
+use crate::engine::{HeldTasks, Liveness, LocalStores, OffsetCommitter, SharedStatus, Status};
+use crate::kafka::admin::{ensure_topics, partition_count, TopicSpec};
+use crate::kafka::producer::{Delivery, OutputProducer};
+use crate::kafka::KafkaError;
+use crate::query::{self, QueryState};
+use crate::telemetry::Metrics;
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(
+        "input topic {topic} does not exist on {bootstrap}: create it (e.g. `paystream produce \
+         --create-topic`) or set --input-topic"
+    )]
+    InputTopicMissing { topic: String, bootstrap: String },
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("topology: {0}")]
+    Topology(String),
+    #[error("stream thread: {0}")]
+    StreamThread(#[from] StreamThreadError),
+    #[error("stream thread panicked")]
+    Panicked,
+    #[error("http server: {0}")]
+    Http(#[source] std::io::Error),
+    #[error("group membership: {0}")]
+    Group(#[from] MembershipError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// A running instance's shared parts (for embedding, tests and the demo).
+pub struct Instance;
+
+/// Partition count of `topic`, off the async runtime.
+async fn count(bootstrap: &str, topic: &str) -> Result<Option<i32>, RunError> {
+    let (b, t) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || partition_count(&b, &t))
+        .await
+        .map_err(|_| RunError::Panicked)?
+        .map_err(Into::into)
+}
+
+/// The topics an instance writes, created if missing: changelogs, the dead-letter topic and the
+/// output topics. Returns (dead-letter partitions, partitions of each output topic).
+async fn ensure_own_topics(
+    settings: &RunSettings,
+    topology: &Topology,
+    partitions: i32,
+) -> Result<(i32, HashMap<String, i32>), RunError> {
+    let bootstrap = &settings.bootstrap_servers;
+    // Changelogs: compacted; a window store's also deletes what is older than the store keeps
+    // (plus a day, as Kafka Streams does), so it does not grow forever.
+    let mut specs: Vec<TopicSpec> = topology
+        .stores()
+        .iter()
+        .map(|st| TopicSpec {
+            name: st.changelog_topic(&settings.application_id),
+            partitions,
+            replication_factor: settings.replication_factor,
+            configs: match st.kind {
+                StoreKind::KeyValue => vec![("cleanup.policy".into(), "compact".into())],
+                StoreKind::Window { retention_ms } => vec![
+                    ("cleanup.policy".into(), "compact,delete".into()),
+                    (
+                        "retention.ms".into(),
+                        retention_ms.saturating_add(86_400_000).to_string(),
+                    ),
+                ],
+            },
+        })
+        .collect();
+    // Output topics (SEND_SMS, alerts, ...) may be shared with other applications and
+    // pre-created with any partition count and config: paystream only writes them (keyed records
+    // go to murmur2(key) % their own partition count). Missing ones are created like the input,
+    // with append time, so the broker's retention follows when they were written, not the event
+    // times they carry (a backfill of old events must not be deleted before anyone reads it).
+    let mut missing_outputs = Vec::new();
+    for sink in topology.sink_topics() {
+        if count(bootstrap, &sink).await?.is_none() {
+            missing_outputs.push(sink);
+        }
+    }
+    for sink in missing_outputs {
+        specs.push(TopicSpec {
+            name: sink,
+            partitions,
+            replication_factor: settings.replication_factor,
+            configs: vec![("message.timestamp.type".into(), "LogAppendTime".into())],
+        });
+    }
+    let dlq_partitions = count(bootstrap, &settings.dlq_topic).await?;
+    if dlq_partitions.is_none() {
+        specs.push(TopicSpec {
+            name: settings.dlq_topic.clone(),
+            partitions,
+            replication_factor: settings.replication_factor,
+            configs: vec![],
+        });
+    }
+    ensure_topics(bootstrap, &specs).await?;
+    let mut sink_partitions = HashMap::new();
+    for sink in topology.sink_topics() {
+        let n = count(bootstrap, &sink)
+            .await?
+            .ok_or_else(|| KafkaError::Topic {
+                topic: sink.clone(),
+                message: "sink topic does not exist".into(),
+            })?;
+        sink_partitions.insert(sink, n);
+    }
+    Ok((dlq_partitions.unwrap_or(partitions), sink_partitions))
+}
+
+impl Instance {
+    /// Run one instance until `shutdown` is cancelled or a fatal error occurs. The caller binds
+    /// `listener` (so tests can use port 0).
+    pub async fn run(
+        settings: RunSettings,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), RunError> {
+        let bootstrap = settings.bootstrap_servers.clone();
+        let input = settings.input_topic.clone();
+        let partitions =
+            count(&bootstrap, &input)
+                .await?
+                .ok_or_else(|| RunError::InputTopicMissing {
+                    topic: input.clone(),
+                    bootstrap: bootstrap.clone(),
+                })?;
+        let topology = Arc::new(
+            shipped_topology(&input, &settings.shipped)
+                .map_err(|e| RunError::Topology(e.to_string()))?,
+        );
+        tracing::info!(topology = %topology.describe(), guarantee = settings.processing_guarantee.as_str(), "topology");
+        let (dlq_partitions, sink_partitions) =
+            ensure_own_topics(&settings, &topology, partitions).await?;
+
+        let process_id = process_id(&settings.state_dir, &settings.application_id)?;
+        let tracked: Vec<(String, i32)> = topology
+            .stores()
+            .iter()
+            .map(|st| (st.changelog_topic(&settings.application_id), partitions))
+            .collect();
+        let delivery = match settings.processing_guarantee {
+            ProcessingGuarantee::ExactlyOnceV2 => Delivery::ExactlyOnce {
+                // One producer per stream thread (there is one): `<app>-<process id>-<thread>`.
+                transactional_id: format!("{}-{}-0", settings.application_id, process_id),
+            },
+            ProcessingGuarantee::AtLeastOnce => Delivery::AtLeastOnce,
+        };
+        let producer = {
+            let (b, t, d) = (bootstrap.clone(), tracked.clone(), delivery.clone());
+            tokio::task::spawn_blocking(move || OutputProducer::new(&b, &t, &d))
+                .await
+                .map_err(|_| RunError::Panicked)??
+        };
+        let metrics = Metrics::new();
+        let local = LocalStores::new();
+        let status = Arc::new(SharedStatus::default());
+        let routing = Arc::new(RoutingTable::default());
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(32)
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .build()
+            .map_err(|e| RunError::Http(std::io::Error::other(e)))?;
+        let query_state = QueryState {
+            local: local.clone(),
+            partition_count: partitions,
+            self_addr: settings.advertised_addr.clone(),
+            metrics: metrics.clone(),
+            status: status.clone(),
+            routing: routing.clone(),
+            client,
+        };
+
+        // What this instance holds, starting with the stores an earlier run left on disk, so the
+        // leader can hand those partitions back instead of restoring them elsewhere. Positions
+        // are the first store's changelog offsets (what every instance reports, comparable).
+        let first_store: Vec<String> = topology
+            .stores()
+            .iter()
+            .take(1)
+            .map(|s| s.name.clone())
+            .collect();
+        let held = Arc::new(std::sync::Mutex::new(HeldTasks {
+            positions: checkpointed_positions(
+                &settings.state_dir,
+                &settings.application_id,
+                &first_store,
+                partitions,
+            ),
+            ..HeldTasks::default()
+        }));
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+        let (committer, commits) = commit_channel();
+        // Under exactly-once the offsets travel in the transaction: nobody sends on the channel,
+        // and dropping its sender lets the group side finish once the stream thread is done.
+        let via_group: Option<Box<dyn OffsetCommitter>> = match settings.processing_guarantee {
+            ProcessingGuarantee::ExactlyOnceV2 => {
+                drop(committer);
+                None
+            }
+            ProcessingGuarantee::AtLeastOnce => Some(Box::new(committer)),
+        };
+        let liveness = if settings.standalone {
+            Liveness::always()
+        } else {
+            Liveness::group(settings.session_timeout)
+        };
+        let group_task = if settings.standalone {
+            tracing::info!("standalone: this instance owns all {partitions} partitions");
+            let standalone = Standalone {
+                partitions,
+                self_addr: settings.advertised_addr.clone(),
+                commands: cmd_tx,
+                commits,
+                routing,
+                bootstrap: bootstrap.clone(),
+                group_id: settings.application_id.clone(),
+                topic: input.clone(),
+            };
+            tokio::spawn(async move {
+                standalone.run().await;
+                Ok(())
+            })
+        } else {
+            let mut membership = MembershipConfig::new(
+                bootstrap.split(',').map(|s| s.trim().to_owned()).collect(),
+                settings.application_id.clone(),
+                input.clone(),
+            );
+            membership.client_id = format!("paystream-{}", settings.advertised_addr);
+            membership.session_timeout = settings.session_timeout;
+            let heartbeat = (settings.session_timeout / 5).min(std::time::Duration::from_secs(1));
+            membership.heartbeat_interval = heartbeat;
+            membership.group_instance_id = settings.group_instance_id.clone();
+            let member = GroupMember::connect(membership).await?;
+            let mut assignor = GroupAssignor::new(partitions, settings.standby_replicas);
+            assignor.acceptable_recovery_lag = settings.acceptable_recovery_lag;
+            let group = GroupLoop {
+                member,
+                assignor,
+                commands: cmd_tx,
+                commits,
+                identity: Identity {
+                    process_id: process_id.clone(),
+                    endpoint: settings.advertised_addr.clone(),
+                },
+                held: held.clone(),
+                liveness: liveness.clone(),
+                routing,
+                shutdown: shutdown.clone(),
+                probing_interval: settings.probing_rebalance_interval,
+                heartbeat_interval: heartbeat,
+                leave_on_shutdown: settings.group_instance_id.is_none(),
+            };
+            tracing::info!(process_id = %process_id, "joining group {}", settings.application_id);
+            tokio::spawn(group.run())
+        };
+
+        let thread = StreamThread {
+            settings: settings.clone(),
+            topology,
+            producer,
+            delivery,
+            tracked,
+            dlq_partitions,
+            sink_partitions,
+            local,
+            metrics,
+            status: status.clone(),
+            shutdown: shutdown.clone(),
+            commands: cmd_rx,
+            via_group,
+            liveness,
+            held,
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("stream-thread".into())
+            .spawn(move || {
+                let r = thread.run();
+                let _ = done_tx.send(r);
+            })
+            .map_err(RunError::Http)?;
+
+        let addr = listener.local_addr().map_err(RunError::Http)?;
+        tracing::info!(%addr, advertised = %settings.advertised_addr, "query api listening");
+        let server_shutdown = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, query::app(query_state))
+                .with_graceful_shutdown(server_shutdown.cancelled_owned())
+                .await
+        });
+
+        let result = match done_rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                status.set(Status::Failed);
+                tracing::error!(error = %e, "stream thread failed; stopping without committing");
+                Err(RunError::StreamThread(e))
+            }
+            Err(_) => Err(RunError::Panicked),
+        };
+        shutdown.cancel();
+        match group_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "group loop ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "group loop task failed"),
+        }
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "http server error"),
+            Err(e) => tracing::warn!(error = %e, "http server task failed"),
+        }
+        result
+    }
+}
