@@ -1242,5 +1242,4 @@ fn split_version(bytes: &Bytes) -> Result<(Bytes, i16), String> {
 }
 
 #[cfg(test)]
-#[path = "membership_tests.rs"]
 mod tests;
