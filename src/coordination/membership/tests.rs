@@ -1,6 +1,22 @@
 //! Unit tests of the membership client against a scripted fake broker: the failure modes a
 //! real broker will not produce on demand.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ConsumerProtocolSubscription, JoinGroupRequest, JoinGroupResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use super::consumer_protocol::{
+    decode_assignment, decode_subscription, encode_assignment, encode_subscription,
+    CONSUMER_PROTOCOL_VERSION,
+};
 use super::*;
+use crate::coordination::error::code;
+use crate::coordination::wire::peek_i16;
 
 #[test]
 fn subscription_round_trips_with_version_prefix() {
