@@ -11,6 +11,7 @@
 //! - [`leader`]: the leader-side adapter from JoinGroup members to [`assignor::assign`].
 
 pub mod assignor;
+mod error;
 pub mod leader;
 pub mod membership;
 pub mod protocol;

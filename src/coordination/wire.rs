@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
@@ -22,7 +21,7 @@ use kafka_protocol::protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::membership::MembershipError;
+use super::error::MembershipError;
 
 /// Largest response frame accepted; group responses are small, so anything bigger is garbage.
 const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -293,13 +292,5 @@ pub(crate) fn api_name(key: i16) -> &'static str {
         Ok(ApiKey::OffsetCommit) => "OffsetCommit",
         Ok(ApiKey::OffsetFetch) => "OffsetFetch",
         _ => "request",
-    }
-}
-
-/// Kafka's name for an error code, e.g. `RebalanceInProgress`.
-pub(crate) fn error_name(code: i16) -> String {
-    match ResponseError::try_from_code(code) {
-        None => "None".to_string(),
-        Some(e) => e.to_string(),
     }
 }

@@ -1,6 +1,22 @@
 //! Unit tests of the membership client against a scripted fake broker: the failure modes a
 //! real broker will not produce on demand.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ConsumerProtocolSubscription, JoinGroupRequest, JoinGroupResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use super::consumer_protocol::{
+    decode_assignment, decode_subscription, encode_assignment, encode_subscription,
+    CONSUMER_PROTOCOL_VERSION,
+};
 use super::*;
+use crate::coordination::error::code;
+use crate::coordination::wire::peek_i16;
 
 #[test]
 fn subscription_round_trips_with_version_prefix() {
@@ -414,4 +430,82 @@ async fn coordinator_errors_and_dropped_connections_are_survived() {
     );
     assert_eq!(m.generation(), None);
     assert_eq!(broker.count(ApiKey::OffsetCommit), 2);
+}
+
+#[tokio::test]
+async fn offset_fetch_and_leave_retry_per_their_policies() {
+    use kafka_protocol::messages::offset_fetch_response::{
+        OffsetFetchResponseGroup, OffsetFetchResponsePartitions, OffsetFetchResponseTopics,
+    };
+    use kafka_protocol::messages::{LeaveGroupResponse, OffsetFetchResponse};
+
+    let (mut fetches, mut leaves) = (0, 0);
+    let broker = fake::start(move |key, v, _body| match key {
+        ApiKey::OffsetFetch => {
+            fetches += 1;
+            let partition = |index, offset, error_code| {
+                let mut p = OffsetFetchResponsePartitions::default();
+                p.partition_index = index;
+                p.committed_offset = offset;
+                p.error_code = error_code;
+                p
+            };
+            let mut t = OffsetFetchResponseTopics::default();
+            t.name = TopicName(StrBytes::from_static_str("t"));
+            t.partitions = vec![partition(0, 42, 0), partition(1, -1, 0)];
+            let mut g = OffsetFetchResponseGroup::default();
+            match fetches {
+                1 => t.partitions[0].error_code = code::UNSTABLE_OFFSET_COMMIT,
+                2 => g.error_code = code::NOT_COORDINATOR,
+                _ => {}
+            }
+            g.topics = vec![t];
+            let mut r = OffsetFetchResponse::default();
+            r.groups = vec![g];
+            reply(&r, v)
+        }
+        ApiKey::LeaveGroup => {
+            leaves += 1;
+            let mut r = LeaveGroupResponse::default();
+            match leaves {
+                1 => return Reply::Close,
+                2 => r.error_code = code::NOT_COORDINATOR,
+                _ => r.error_code = code::UNKNOWN_MEMBER_ID,
+            }
+            reply(&r, v)
+        }
+        other => panic!("unexpected {other:?}"),
+    })
+    .await;
+    let mut config = fake_config(&broker.addr);
+    config.group_instance_id = Some("i-1".into());
+    let mut m = GroupMember::connect(config).await.unwrap();
+
+    // UNSTABLE_OFFSET_COMMIT and NOT_COORDINATOR are retried (the latter on a rediscovered
+    // coordinator); partitions without a committed offset are absent.
+    let lookups = broker.count(ApiKey::FindCoordinator);
+    let offsets = m.fetch_offsets(&[0, 1]).await.unwrap();
+    assert_eq!(offsets, BTreeMap::from([(0, 42)]));
+    assert_eq!(broker.count(ApiKey::OffsetFetch), 3);
+    assert_eq!(broker.count(ApiKey::FindCoordinator), lookups + 1);
+
+    // A dropped connection is retried once, at once; a coordinator error on that retry is
+    // returned as it is, without forgetting the coordinator.
+    let err = m.leave().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MembershipError::Kafka {
+                code: code::NOT_COORDINATOR,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(broker.count(ApiKey::LeaveGroup), 2);
+    let lookups = broker.count(ApiKey::FindCoordinator);
+    // A member the coordinator no longer knows has nothing to leave.
+    m.leave().await.unwrap();
+    assert_eq!(broker.count(ApiKey::LeaveGroup), 3);
+    assert_eq!(broker.count(ApiKey::FindCoordinator), lookups);
 }
