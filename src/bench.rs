@@ -15,9 +15,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
 
+use crate::config::ProcessingGuarantee;
 use crate::kafka::admin::{ensure_topics, TopicSpec};
 use crate::kafka::client::restore_consumer_config;
-use crate::config::ProcessingGuarantee;
 use crate::produce::{produce, GeneratorOptions, ProduceOptions};
 
 /// Options of `paystream bench`.
@@ -190,10 +190,7 @@ async fn run_instance(
             app_id,
         ])
         .args(["--input-topic", topic, "--http-addr", &addr, "--standalone"])
-        .args([
-            "--processing-guarantee",
-            opts.processing_guarantee.as_str(),
-        ])
+        .args(["--processing-guarantee", opts.processing_guarantee.as_str()])
         .args(["--sms-topic", &format!("{app_id}.SEND_SMS")])
         .args([
             "--approval-timeout-topic",

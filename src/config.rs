@@ -535,7 +535,10 @@ mod tests {
         .build()
         .unwrap_err()
         .to_string();
-        assert!(err.contains("processing-guarantee") || err.contains("exactly_once_v2"), "{err}");
+        assert!(
+            err.contains("processing-guarantee") || err.contains("exactly_once_v2"),
+            "{err}"
+        );
         let err = RunArgs {
             max_uncommitted_bytes: Some(10),
             ..Default::default()

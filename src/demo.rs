@@ -14,9 +14,9 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RunArgs, RunSettings};
+use crate::instance::Instance;
 use crate::produce::{produce, GeneratorOptions, ProduceOptions, Traffic};
 use crate::query::OrderResponse;
-use crate::instance::Instance;
 use paystream_topology::shipped_topology;
 
 /// Options of `paystream demo`.

@@ -238,6 +238,7 @@ impl Instance {
                 bootstrap: bootstrap.clone(),
                 group_id: settings.application_id.clone(),
                 topic: input.clone(),
+                shutdown: shutdown.clone(),
             };
             tokio::spawn(async move {
                 standalone.run().await;

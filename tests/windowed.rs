@@ -15,84 +15,19 @@ use paystream::query::windowed::{AlertsResponse, SmsResponse};
 use paystream_topology::approval::{AlertStatus, ApprovalAlert};
 use paystream_topology::order::{EventType, OrderEvent};
 use paystream_topology::sms::SmsRequest;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 
 const PARTITIONS: i32 = 6;
 /// Approval timeout (event time) for this test: the generator completes approvals within ~6 s.
 const TIMEOUT_MS: i64 = 20_000;
 
-/// Every record of `topic` up to its current end: (key, value).
+/// Every committed record of `topic`: (key, value).
 fn read_all(topic: &str) -> Vec<(String, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let (lo, hi) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
-        if hi > lo {
-            tpl.add_partition_offset(topic, p, Offset::Offset(lo))
-                .expect("tpl");
-            ends.insert(p, hi);
-        }
-    }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return out;
-    }
-    consumer.assign(&tpl).expect("assign");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut done = BTreeSet::new();
-    while done.len() < ends.len() {
-        assert!(
-            Instant::now() < deadline,
-            "could not read {topic} to its end"
-        );
-        let Some(r) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = r.expect("message");
-        let key = String::from_utf8(m.key().unwrap_or_default().to_vec()).expect("utf-8 key");
-        out.push((key, m.payload().unwrap_or_default().to_vec()));
-        if m.offset() + 1 >= ends[&m.partition()] {
-            done.insert(m.partition());
-        }
-    }
-    out
-}
-
-/// Source offsets the group has committed, summed, and the input's end offsets, summed.
-fn committed_and_end(app: &str, topic: &str) -> (i64, i64) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", app)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    let mut end = 0;
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-        end += consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks")
-            .1;
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed");
-    let sum = committed
-        .elements()
-        .iter()
-        .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
-        .sum();
-    (sum, end)
+    read_topic(topic, "read_committed")
+        .into_iter()
+        .map(|r| (r.key.unwrap_or_default(), r.value))
+        .collect()
 }
 
 /// One complete order per partition at `ts`, so every partition's stream time passes the last
@@ -255,23 +190,10 @@ async fn exactly_one_sms_per_completed_order_and_one_alert_per_stuck_approval_de
     assert!(stuck.len() > 20, "the generator leaves some approvals open");
 
     // Wait until the survivors processed and committed everything.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        procs[0].assert_alive();
-        procs[2].assert_alive();
-        let (a, t) = (app.clone(), topic.clone());
-        let (committed, end) = tokio::task::spawn_blocking(move || committed_and_end(&a, &t))
-            .await
-            .unwrap();
-        if committed == end {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "committed {committed} of {end}; log:\n{}",
-            procs[0].log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let (a, rest) = procs.split_at_mut(1);
+        let mut survivors = [&mut a[0], &mut rest[1]];
+        wait_all_committed(&app, &topic, &mut survivors, Duration::from_secs(180)).await;
     }
 
     // SEND_SMS: exactly the expected (order, template) pairs, each once.

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use paystream::config::{ProcessingGuarantee, RunArgs};
 use paystream::demo::{self, DemoOptions};
-use paystream::produce::{produce, GeneratorOptions, ProduceOptions};
 use paystream::instance::Instance;
+use paystream::produce::{produce, GeneratorOptions, ProduceOptions};
 use paystream::{partition_for_key, telemetry};
 use tokio_util::sync::CancellationToken;
 

@@ -106,9 +106,10 @@ impl GroupLoop {
     pub async fn run(mut self) -> Result<(), MembershipError> {
         let mut backoff = Duration::from_millis(200);
         'generations: loop {
-            let user_data = self.subscription().encode().map_err(|e| {
-                MembershipError::Config(format!("cannot encode subscription: {e}"))
-            })?;
+            let user_data = self
+                .subscription()
+                .encode()
+                .map_err(|e| MembershipError::Config(format!("cannot encode subscription: {e}")))?;
             let joined = tokio::select! {
                 r = self.member.join(user_data, &self.assignor) => r,
                 _ = self.shutdown.cancelled() => break 'generations,

@@ -57,7 +57,9 @@ pub fn checkpointed_positions(
         for s in stores {
             let dir = store_dir(state_dir, application_id, p, s);
             match Checkpoint::read(&dir) {
-                Ok(Some(c)) => min = Some(min.map_or(c.changelog_offset, |m| m.min(c.changelog_offset))),
+                Ok(Some(c)) => {
+                    min = Some(min.map_or(c.changelog_offset, |m| m.min(c.changelog_offset)))
+                }
                 _ => continue 'partitions,
             }
         }
@@ -84,6 +86,10 @@ mod tests {
         }
         let stores = ["orders".to_owned(), "sms".to_owned()];
         let got = checkpointed_positions(dir.path(), "app", &stores, 3);
-        assert_eq!(got, BTreeMap::from([(0, 7)]), "partition 1 lacks an sms checkpoint");
+        assert_eq!(
+            got,
+            BTreeMap::from([(0, 7)]),
+            "partition 1 lacks an sms checkpoint"
+        );
     }
 }

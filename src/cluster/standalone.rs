@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::group::CommitRequest;
 use super::routing::RoutingTable;
@@ -27,10 +28,13 @@ pub struct Standalone {
     pub bootstrap: String,
     pub group_id: String,
     pub topic: String,
+    /// The engine stops when its command channel closes: keep it open until shutdown.
+    pub shutdown: CancellationToken,
 }
 
 impl Standalone {
-    /// Hand the stream thread every partition, then serve its commits until it is done.
+    /// Hand the stream thread every partition, then serve its commits (at-least-once) until it
+    /// is done, and keep the command channel open until shutdown.
     pub async fn run(mut self) {
         let map: BTreeMap<i32, PartitionOwners> = (0..self.partitions)
             .map(|p| {
@@ -80,5 +84,6 @@ impl Standalone {
             .unwrap_or_else(|e| Err(e.to_string()));
             let _ = req.reply.send(r.map_err(CommitRefused::Failed));
         }
+        self.shutdown.cancelled().await;
     }
 }

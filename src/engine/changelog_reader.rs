@@ -80,7 +80,9 @@ pub(crate) enum Polled<'a> {
         value: Option<&'a [u8]>,
     },
     /// The consumer reached the end (last stable offset) of this partition.
-    End { partition: i32 },
+    End {
+        partition: i32,
+    },
     Nothing,
 }
 

@@ -99,9 +99,17 @@ pub struct StateUpdater {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StoreRead {
     /// Waiting to learn the changelog's watermarks (again at `retry_at`).
-    Pending { retry_at: Instant, backoff: Duration },
-    /// Reading; `end` is the last stable offset when the read began.
-    Reading { end: i64, moved_at: Instant },
+    Pending {
+        retry_at: Instant,
+        backoff: Duration,
+    },
+    /// Reading; `end` is the last stable offset when the read began, `reached` whether the read
+    /// got there (a standby reads on).
+    Reading {
+        end: i64,
+        moved_at: Instant,
+        reached: bool,
+    },
     /// At the end (actives only: a standby keeps reading).
     CaughtUp,
 }
@@ -112,12 +120,15 @@ struct Held {
     reads: Vec<StoreRead>,
     /// Opened from disk (its checkpoint decides where to start), not a live copy.
     fresh: bool,
+    /// Queryable: every store reached its changelog's end at least once. A copy that never did
+    /// may lack whole orders, and would answer "not found" for orders that exist.
+    synced: bool,
     /// For a restoring active: (records restored, records to restore).
     progress: (u64, u64),
 }
 
 impl Held {
-    fn new(task: Task, fresh: bool) -> Self {
+    fn new(task: Task, fresh: bool, synced: bool) -> Self {
         let reads = task
             .stores
             .iter()
@@ -130,8 +141,19 @@ impl Held {
             task,
             reads,
             fresh,
+            synced,
             progress: (0, 0),
         }
+    }
+
+    /// Every store is at (or has been at) its changelog's end.
+    fn at_end(&self) -> bool {
+        self.reads.iter().all(|r| {
+            matches!(
+                r,
+                StoreRead::CaughtUp | StoreRead::Reading { reached: true, .. }
+            )
+        })
     }
 
     fn is_active(&self) -> bool {
@@ -260,8 +282,9 @@ impl StateUpdater {
                             TaskState::Standby
                         };
                         h.task.transition(next)?;
-                        self.registered(partition, &h.task);
-                        held.insert(partition, Held::new(h.task, false));
+                        self.status.task_state(partition, h.task.state().name());
+                        let synced = h.synced;
+                        held.insert(partition, Held::new(h.task, false, synced));
                     }
                 }
                 UpdaterCommand::Close { partition } => {
@@ -290,15 +313,16 @@ impl StateUpdater {
             task.transition(next)?;
         }
         let p = task.partition;
-        self.registered(p, &task);
-        held.insert(p, Held::new(task, fresh));
+        self.status.task_state(p, task.state().name());
+        // A live copy handed over by the stream thread was queryable there: it stays so (as a
+        // standby copy, possibly behind). One opened from disk waits until it caught up.
+        if fresh {
+            self.local.remove(p);
+        } else {
+            self.local.insert(p, task.local_partition());
+        }
+        held.insert(p, Held::new(task, fresh, !fresh));
         Ok(())
-    }
-
-    /// Make `task` queryable (as a standby copy) and visible in `/health`.
-    fn registered(&self, partition: i32, task: &Task) {
-        self.local.insert(partition, task.local_partition());
-        self.status.task_state(partition, task.state().name());
     }
 
     fn close(
@@ -378,8 +402,10 @@ impl StateUpdater {
                 let (start, wipe) = restore_start(position, has_data, (lo, hi));
                 if wipe {
                     tracing::warn!(partition = p, store = %s.name, ?position, lo, hi, "local copy does not fit the changelog; restoring from scratch");
-                    s.wipe()
-                        .map_err(|source| TaskError::Store { partition: p, source })?;
+                    s.wipe().map_err(|source| TaskError::Store {
+                        partition: p,
+                        source,
+                    })?;
                 }
                 s.changelog_end = start;
                 if active && start >= hi {
@@ -399,6 +425,7 @@ impl StateUpdater {
                 h.reads[i] = StoreRead::Reading {
                     end: hi,
                     moved_at: now,
+                    reached: false,
                 };
             }
         }
@@ -454,24 +481,30 @@ impl StateUpdater {
             let s = &mut h.task.stores[i];
             s.apply_batch(&batch.entries, batch.last_offset)
                 .and_then(|()| s.maybe_checkpoint(false))
-                .map_err(|source| TaskError::Store { partition: p, source })?;
+                .map_err(|source| TaskError::Store {
+                    partition: p,
+                    source,
+                })?;
             let n = batch.entries.len() as u64;
             h.task
                 .metrics
                 .records_restored
                 .fetch_add(n, Ordering::Relaxed);
-            if let StoreRead::Reading { end, moved_at } = &mut h.reads[i] {
+            if let StoreRead::Reading { end, moved_at, .. } = &mut h.reads[i] {
                 *moved_at = Instant::now();
                 if h.task.state() == TaskState::Restoring {
                     h.progress.0 += n;
-                    if batch.last_offset + 1 >= *end {
-                        ended.push((i, p));
-                    }
+                }
+                if batch.last_offset + 1 >= *end {
+                    ended.push((i, p));
                 }
             }
         }
         for (i, p) in ended {
             let Some(h) = held.get_mut(&p) else { continue };
+            if let StoreRead::Reading { reached, .. } = &mut h.reads[i] {
+                *reached = true;
+            }
             if h.is_active() && matches!(h.reads[i], StoreRead::Reading { .. }) {
                 let r = &mut readers[i];
                 r.unassign(p).map_err(|source| UpdaterError::Consumer {
@@ -484,24 +517,45 @@ impl StateUpdater {
         Ok(total)
     }
 
-    /// Hand every active whose stores all reached their end to the stream thread.
+    /// Make copies that caught up for the first time queryable, and hand every active whose
+    /// stores all reached their end to the stream thread.
     fn hand_over_caught_up(
         &self,
         held: &mut BTreeMap<i32, Held>,
         readers: &mut [ChangelogReader],
     ) -> Result<(), UpdaterError> {
+        for (&p, h) in held.iter_mut() {
+            if !h.synced && h.at_end() {
+                h.synced = true;
+                self.local.insert(p, h.task.local_partition());
+                tracing::info!(
+                    partition = p,
+                    "local copy caught up; serving queries from it"
+                );
+            }
+        }
         let done: Vec<i32> = held
             .iter()
             .filter(|(_, h)| h.caught_up())
             .map(|(p, _)| *p)
             .collect();
         for p in done {
-            let Some(mut h) = held.remove(&p) else { continue };
+            let Some(mut h) = held.remove(&p) else {
+                continue;
+            };
             self.unassign_all(p, &mut h, readers)?;
             h.task.checkpoint()?;
             self.status.restore_progress(p, h.progress.0, h.progress.1);
-            tracing::info!(partition = p, restored = h.progress.0, "restored; handing over to the stream thread");
-            if self.events.send(UpdaterEvent::Restored(Box::new(h.task))).is_err() {
+            tracing::info!(
+                partition = p,
+                restored = h.progress.0,
+                "restored; handing over to the stream thread"
+            );
+            if self
+                .events
+                .send(UpdaterEvent::Restored(Box::new(h.task)))
+                .is_err()
+            {
                 break;
             }
         }

@@ -218,7 +218,12 @@ impl StreamThread {
             if l.fenced.is_none() {
                 self.process_round(l)?;
             }
-            let uncommitted: usize = l.manager.tasks.values().map(|t| t.uncommitted_bytes()).sum();
+            let uncommitted: usize = l
+                .manager
+                .tasks
+                .values()
+                .map(|t| t.uncommitted_bytes())
+                .sum();
             if (l.dirty && l.last_commit.elapsed() >= s.commit_interval)
                 || uncommitted >= s.max_uncommitted_bytes
             {
@@ -373,12 +378,7 @@ impl StreamThread {
             t.abort();
         }
         for p in running {
-            self.unassign_source(
-                l,
-                &SourceChanges {
-                    stopped: vec![p],
-                },
-            )?;
+            self.unassign_source(l, &SourceChanges { stopped: vec![p] })?;
             self.assign_source(l, p)?;
         }
         Ok(())
@@ -386,7 +386,10 @@ impl StreamThread {
 
     /// Stop processing (see [`Fence`]).
     fn fence(&self, l: &mut Loop, why: Fence) -> Result<(), StreamThreadError> {
-        tracing::warn!(?why, "fenced: suspending every active until the group takes this instance back");
+        tracing::warn!(
+            ?why,
+            "fenced: suspending every active until the group takes this instance back"
+        );
         l.fenced = Some(why);
         self.status.set(Status::Fenced);
         let changes = l.manager.suspend_all()?;
@@ -424,8 +427,11 @@ impl StreamThread {
     /// left open), retrying until it works or the instance shuts down.
     fn replace_producer(&self, l: &mut Loop) {
         while !self.shutdown.is_cancelled() {
-            match OutputProducer::new(&self.settings.bootstrap_servers, &self.tracked, &self.delivery)
-            {
+            match OutputProducer::new(
+                &self.settings.bootstrap_servers,
+                &self.tracked,
+                &self.delivery,
+            ) {
                 Ok(p) => {
                     l.producer = p;
                     tracing::info!("producer replaced");
@@ -448,7 +454,11 @@ impl StreamThread {
             .map_err(StreamThreadError::Consumer)
     }
 
-    fn unassign_source(&self, l: &mut Loop, changes: &SourceChanges) -> Result<(), StreamThreadError> {
+    fn unassign_source(
+        &self,
+        l: &mut Loop,
+        changes: &SourceChanges,
+    ) -> Result<(), StreamThreadError> {
         if changes.stopped.is_empty() {
             return Ok(());
         }

@@ -244,7 +244,9 @@ impl Task {
             .process(&mut io, &self.meta, record, wall_clock)
             .map_err(|source| TaskError::Process { partition, source })?;
         self.next_offset = Some(offset + 1);
-        self.metrics.records_processed.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .records_processed
+            .fetch_add(1, Ordering::Relaxed);
         let late = processors.late_records();
         if late != self.late_seen {
             self.metrics
@@ -284,7 +286,8 @@ impl Task {
 
     /// The source offset to commit, if the task processed something since its last commit.
     pub fn offset_to_commit(&self) -> Option<i64> {
-        self.next_offset.filter(|n| Some(*n) != self.committed_offset)
+        self.next_offset
+            .filter(|n| Some(*n) != self.committed_offset)
     }
 
     /// Commit, phase one: send every store's dirty entries to its changelog.

@@ -129,7 +129,8 @@ impl TaskManager {
         let mut held = lock(&self.held);
         held.active = self.active.iter().copied().collect();
         held.standby = self.standby.iter().copied().collect();
-        held.positions.retain(|p, _| self.active.contains(p) || self.standby.contains(p));
+        held.positions
+            .retain(|p, _| self.active.contains(p) || self.standby.contains(p));
         Ok(changes)
     }
 
@@ -142,7 +143,9 @@ impl TaskManager {
             task.transition(TaskState::Running)?;
             self.local.insert(p, task.local_partition());
             self.status.task_state(p, TaskState::Running.name());
-            lock(&self.held).positions.insert(p, task.changelog_position());
+            lock(&self.held)
+                .positions
+                .insert(p, task.changelog_position());
             self.tasks.insert(p, task);
             return Ok(Some(p));
         }

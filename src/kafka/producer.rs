@@ -232,13 +232,16 @@ impl OutputProducer {
         if offsets.is_empty() && !self.in_transaction.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.begin().map_err(|e| CommitError::Fatal(e.to_string()))?;
+        self.begin()
+            .map_err(|e| CommitError::Fatal(e.to_string()))?;
         let result = self.commit_transaction(source_topic, offsets, group);
         if let Err(e) = &result {
             tracing::warn!(error = %e, "transaction failed; aborting it");
             if !matches!(e, CommitError::Fatal(_)) {
                 if let Err(abort) = self.abort() {
-                    return Err(CommitError::Fatal(format!("{e}; then the abort failed: {abort}")));
+                    return Err(CommitError::Fatal(format!(
+                        "{e}; then the abort failed: {abort}"
+                    )));
                 }
             }
         }
@@ -257,8 +260,7 @@ impl OutputProducer {
                 tpl.add_partition_offset(source_topic, *p, Offset::Offset(*o))
                     .map_err(|e| CommitError::Aborted(e.to_string()))?;
             }
-            send_offsets_to_transaction(&self.inner, &tpl, group, TXN_TIMEOUT)
-                .map_err(classify)?;
+            send_offsets_to_transaction(&self.inner, &tpl, group, TXN_TIMEOUT).map_err(classify)?;
         }
         let committed = self.inner.commit_transaction(TXN_TIMEOUT);
         self.take_failures();

@@ -13,8 +13,8 @@ use paystream_topology::partition_for_key;
 use tower::ServiceExt;
 
 use super::forward::FORWARDED;
-use crate::cluster::routing::RoutingTable;
 use super::{app, QueryState};
+use crate::cluster::routing::RoutingTable;
 use crate::coordination::assignor::PartitionOwners;
 use crate::engine::{LocalPartition, LocalStores, Role};
 use crate::engine::{SharedStatus, Status};

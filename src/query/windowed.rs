@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use super::forward::{forward, Forwarded, ALLOW_STANDBY, FORWARDED};
 use super::{percent_encode, validate_id, QueryError, QueryState, FORWARD_TIMEOUT};
-use crate::engine::{LocalPartition, Role};
 use crate::engine::store::StoreReader;
+use crate::engine::{LocalPartition, Role};
 
 /// Body of `GET /sms/{order_id}`.
 #[derive(Debug, Serialize, Deserialize)]

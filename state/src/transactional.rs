@@ -340,7 +340,11 @@ impl<S: WindowStore> WindowStore for TxnWindowStore<S> {
             merged.insert((k.to_vec(), t), v.to_vec());
             true
         })?;
-        for ((k, t), v) in self.buffer.iter().filter(|((_, t), _)| (from..=to).contains(t)) {
+        for ((k, t), v) in self
+            .buffer
+            .iter()
+            .filter(|((_, t), _)| (from..=to).contains(t))
+        {
             match v {
                 Some(v) => merged.insert((k.clone(), *t), v.clone()),
                 None => merged.remove(&(k.clone(), *t)),

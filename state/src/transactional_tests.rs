@@ -223,13 +223,20 @@ fn writes_to_one_key_coalesce_into_one_record_and_bytes_are_counted() {
         txn.put(b"O-1", &[v; 100]).unwrap();
     }
     let bytes = txn.uncommitted_bytes();
-    assert!((100..200).contains(&bytes), "one entry's worth, not ten: {bytes}");
+    assert!(
+        (100..200).contains(&bytes),
+        "one entry's worth, not ten: {bytes}"
+    );
     txn.put(b"O-2", &[1; 100]).unwrap();
     assert!(txn.uncommitted_bytes() > bytes);
     let mut rec = Recorder::default();
     assert_eq!(txn.prepare(&mut rec).unwrap(), 2);
     let o1 = rec.0.iter().find(|(k, _)| k == b"O-1").unwrap();
-    assert_eq!(o1.1.as_deref(), Some(&[9u8; 100][..]), "the last write wins");
+    assert_eq!(
+        o1.1.as_deref(),
+        Some(&[9u8; 100][..]),
+        "the last write wins"
+    );
 }
 
 #[test]
@@ -250,10 +257,16 @@ fn expired_windows_are_not_sent_to_the_changelog() {
     let mut txn = TxnWindowStore::new(InMemoryWindowStore::new("w", 10));
     assert!(txn.put(b"a", 1, b"old").unwrap());
     assert!(txn.put(b"b", 100, b"new").unwrap());
-    assert!(!txn.put(b"c", 5, b"expired").unwrap(), "refused like the inner store would");
+    assert!(
+        !txn.put(b"c", 5, b"expired").unwrap(),
+        "refused like the inner store would"
+    );
     let mut rec = Recorder::default();
     txn.prepare(&mut rec).unwrap();
-    assert_eq!(rec.0, vec![(encode_window_key(b"b", 100), Some(b"new".to_vec()))]);
+    assert_eq!(
+        rec.0,
+        vec![(encode_window_key(b"b", 100), Some(b"new".to_vec()))]
+    );
     txn.commit().unwrap();
     assert_eq!(txn.inner().observed_time(), 100);
 }

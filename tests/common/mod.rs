@@ -347,7 +347,10 @@ pub fn read_topic(topic: &str, isolation: &str) -> Vec<ReadRecord> {
     let mut done = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     while done.len() < partitions.len() {
-        assert!(Instant::now() < deadline, "could not read {topic} to its end");
+        assert!(
+            Instant::now() < deadline,
+            "could not read {topic} to its end"
+        );
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
@@ -407,7 +410,12 @@ pub fn committed_and_end(group: &str, topic: &str) -> (i64, i64) {
 
 /// Poll until the group `app` has committed every record of `topic` (deadline), failing early
 /// if any of `procs` that should be alive died.
-pub async fn wait_all_committed(app: &str, topic: &str, procs: &mut [&mut Proc], timeout: Duration) {
+pub async fn wait_all_committed(
+    app: &str,
+    topic: &str,
+    procs: &mut [&mut Proc],
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         for p in procs.iter_mut() {

@@ -70,7 +70,11 @@ fn event(key: Option<&str>, value: &str) -> Option<(String, String, String, Valu
     let event_id = v.get("event_id")?.as_str()?.to_owned();
     let kind = v.get("type")?.as_str()?.to_owned();
     v.get("ts")?.as_i64()?;
-    if key? != order_id || order_id.is_empty() || event_id.is_empty() || !TYPES.contains(&kind.as_str()) {
+    if key? != order_id
+        || order_id.is_empty()
+        || event_id.is_empty()
+        || !TYPES.contains(&kind.as_str())
+    {
         return None;
     }
     Some((order_id, event_id, kind, v))
@@ -160,7 +164,9 @@ mod tests {
     fn ev(order: &str, id: &str, kind: &str, ts: i64) -> (Option<String>, String) {
         (
             Some(order.to_owned()),
-            format!(r#"{{"order_id":"{order}","event_id":"{id}","type":"{kind}","amount":5,"ts":{ts}}}"#),
+            format!(
+                r#"{{"order_id":"{order}","event_id":"{id}","type":"{kind}","amount":5,"ts":{ts}}}"#
+            ),
         )
     }
 

@@ -198,7 +198,11 @@ fn events_of_one_commit_log_one_record_and_repeats_log_nothing() {
     run(&mut io, &ev("O", "a", ApprovalRequested, 1));
     run(&mut io, &ev("O", "b", ApprovalCompleted, 2));
     let log = io.commit();
-    assert_eq!(log.len(), 1, "two events of one order within a commit: one record");
+    assert_eq!(
+        log.len(),
+        1,
+        "two events of one order within a commit: one record"
+    );
     let view = decode_order(log[0].1.as_deref().unwrap()).unwrap().view;
     assert_eq!((view.state, view.events), (ApprovalCompleted, 2));
     run(&mut io, &ev("O", "b", ApprovalCompleted, 2)); // duplicate

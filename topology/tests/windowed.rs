@@ -313,7 +313,11 @@ fn a_crash_between_commits_rolls_back_and_replays_without_sending_twice() {
     for e in &events[8..12] {
         pipe(&mut d, e);
     }
-    assert_eq!(sent(&mut d).len(), 8, "the last four SMS are not committed yet");
+    assert_eq!(
+        sent(&mut d).len(),
+        8,
+        "the last four SMS are not committed yet"
+    );
     // Crash: the transaction holding SMS 8..12 is aborted; its records are processed again
     // against the committed dedup store, and send their SMS (once) this time.
     assert_eq!(d.crash_partition(0).unwrap(), 4);
