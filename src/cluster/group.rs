@@ -117,7 +117,7 @@ impl GroupLoop {
             let assignment = match joined {
                 Ok(a) => {
                     backoff = Duration::from_millis(200);
-                    self.liveness.confirmed();
+                    self.liveness.joined(a.generation_id);
                     a
                 }
                 Err(e) if e.is_retriable() || matches!(e, MembershipError::Fenced { .. }) => {

@@ -40,7 +40,7 @@ pub mod task;
 pub mod task_manager;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,6 +88,8 @@ pub struct Liveness {
     /// Epoch ms of the last successful heartbeat or join; `i64::MAX` = never stale (standalone).
     last_ok_ms: AtomicI64,
     session_timeout_ms: i64,
+    /// The generation those confirmations are for.
+    generation: AtomicI32,
 }
 
 impl Liveness {
@@ -96,6 +98,7 @@ impl Liveness {
         Arc::new(Self {
             last_ok_ms: AtomicI64::new(now_ms()),
             session_timeout_ms: i64::try_from(session_timeout.as_millis()).unwrap_or(i64::MAX),
+            generation: AtomicI32::new(-1),
         })
     }
 
@@ -104,14 +107,26 @@ impl Liveness {
         Arc::new(Self {
             last_ok_ms: AtomicI64::new(i64::MAX),
             session_timeout_ms: i64::MAX,
+            generation: AtomicI32::new(-1),
         })
     }
 
-    /// The coordinator just confirmed this member (heartbeat or join).
+    /// This member joined `generation` (call before handing its assignment to the engine).
+    pub fn joined(&self, generation: i32) {
+        self.generation.store(generation, Ordering::Release);
+        self.confirmed();
+    }
+
+    /// The coordinator just confirmed this member in its current generation (a heartbeat).
     pub fn confirmed(&self) {
         if self.last_ok_ms.load(Ordering::Relaxed) != i64::MAX {
             self.last_ok_ms.store(now_ms(), Ordering::Release);
         }
+    }
+
+    /// The generation the last confirmation was for (-1 before the first join, or standalone).
+    pub fn generation(&self) -> i32 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Whether the last confirmation is older than the session timeout.

@@ -204,16 +204,24 @@ impl StreamThread {
         let s = &self.settings;
         tracing::info!("stream thread waiting for an assignment");
         while !self.shutdown.is_cancelled() {
+            // First of all: a member that lost contact with the group (it may just have woken
+            // from a long pause) stops before it acts on anything.
+            if l.fenced.is_none() && self.liveness.is_stale() {
+                self.self_fence(l)?;
+            }
             // Nothing to poll: wait for commands (and updater events) instead of spinning.
             let idle = l.fenced.is_some() || l.manager.running().next().is_none();
             if !self.handle_commands(l, idle)? {
                 break;
             }
             self.handle_updater_events(l)?;
-            match (l.fenced, self.liveness.is_stale()) {
-                (None, true) => self.self_fence(l)?,
-                (Some(Fence::Stale), false) => self.resume(l)?,
-                _ => {}
+            // The coordinator confirmed this member again in the generation it was working in
+            // (a new generation comes with its own assignment): its partitions are still its.
+            if l.fenced == Some(Fence::Stale)
+                && !self.liveness.is_stale()
+                && self.liveness.generation() == l.committer.group.generation
+            {
+                self.resume(l)?;
             }
             if l.fenced.is_none() {
                 self.process_round(l)?;

@@ -116,10 +116,23 @@ pub struct Proc {
 
 impl Proc {
     /// Start `paystream run` with the given settings; its log goes to `<state_dir>/../<port>.log`.
+    /// Output topics are per application (`<app>.SEND_SMS`, ...) unless `extra` names them.
     pub fn run(app_id: &str, topic: &str, state_dir: &Path, port: u16, extra: &[&str]) -> Proc {
         let http = format!("127.0.0.1:{port}");
         let log = state_dir.with_extension(format!("{port}.log"));
         let file = std::fs::File::create(&log).expect("log file");
+        let mut outputs: Vec<String> = Vec::new();
+        // Output topics of the windowed topologies are per application here, so tests running
+        // side by side (with different partition counts) never share them.
+        if !extra.contains(&"--sms-topic") {
+            outputs.extend(["--sms-topic".into(), format!("{app_id}.SEND_SMS")]);
+        }
+        if !extra.contains(&"--approval-timeout-topic") {
+            outputs.extend([
+                "--approval-timeout-topic".into(),
+                format!("{app_id}.APPROVAL_TIMEOUT"),
+            ]);
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_paystream"))
             .args([
                 "run",
@@ -132,14 +145,8 @@ impl Proc {
             ])
             .arg("--state-dir")
             .arg(state_dir)
-            .args(["--http-addr", &http, "--commit-interval-ms", "200"])
-            // Output topics of the windowed topologies are per application here, so tests
-            // running side by side (with different partition counts) never share them.
-            .args(["--sms-topic", &format!("{app_id}.SEND_SMS")])
-            .args([
-                "--approval-timeout-topic",
-                &format!("{app_id}.APPROVAL_TIMEOUT"),
-            ])
+            .args(["--http-addr", &http])
+            .args(&outputs)
             .args(extra)
             .env("RUST_LOG", "info,paystream=debug,rdkafka=warn")
             .stdout(Stdio::null())
@@ -186,6 +193,14 @@ impl Proc {
         if let Ok(Some(s)) = self.child.try_wait() {
             panic!("paystream exited with {s}; log:\n{}", self.log_tail());
         }
+    }
+
+    /// A counter of `GET /health` (0 while not answering).
+    pub async fn health_count(&self, field: &str) -> u64 {
+        self.health()
+            .await
+            .and_then(|h| h[field].as_u64())
+            .unwrap_or(0)
     }
 
     /// `GET /health` as JSON (None while not answering).
