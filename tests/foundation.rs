@@ -1,15 +1,12 @@
-//! End-to-end tests of one instance against a real Kafka broker: the materialized view equals the
-//! generator's model after normal processing, after `kill -9` mid-stream, after losing the local
-//! state directory, and with malformed records mixed in.
+//! End-to-end tests of one instance against a real Kafka broker: the materialized view equals an
+//! independent model of the input (`common::model`) after normal processing, after `kill -9`
+//! mid-stream, after losing the local state directory, and with malformed records mixed in.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 12;
 
@@ -18,10 +15,9 @@ async fn fifty_thousand_events_fold_into_the_model() {
     let topic = unique("orders");
     create_topic(&topic, PARTITIONS).await;
     let dir = tempfile::tempdir().unwrap();
-    let model_path = dir.path().join("model.jsonl");
-    let report = produce(&topic, 10_000, Some(50_000), 0, None, &model_path).await;
+    let (report, sent) = produce(&topic, 10_000, Some(50_000), 0, None).await;
     assert_eq!(report.events, 50_000);
-    let model = read_model(&model_path);
+    let model = model::order_views(&sent);
     assert_eq!(model.len(), 10_000);
 
     let mut p = Proc::run(
@@ -35,7 +31,7 @@ async fn fifty_thousand_events_fold_into_the_model() {
         h["records_processed"] == 50_000
     })
     .await;
-    let differing = wait_views_match(&p.http, &model, Duration::from_secs(60)).await;
+    let differing = wait_views_match_model(&p.http, &model, "", Duration::from_secs(60)).await;
     assert!(
         differing.is_empty(),
         "{} orders differ from the model, e.g. {:?}",
@@ -55,7 +51,6 @@ async fn kill_nine_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let topic = unique("orders");
     create_topic(&topic, PARTITIONS).await;
     let dir = tempfile::tempdir().unwrap();
-    let model_path = dir.path().join("model.jsonl");
     let state = dir.path().join("state");
     let app = unique("app");
     let port = free_port();
@@ -65,10 +60,8 @@ async fn kill_nine_mid_stream_loses_nothing_and_applies_nothing_twice() {
         .await;
     // Produce at a bounded rate so the kill lands mid-stream.
     let producer = {
-        let (topic, model_path) = (topic.clone(), model_path.clone());
-        tokio::spawn(async move {
-            produce(&topic, 10_000, Some(50_000), 0, Some(25_000), &model_path).await
-        })
+        let topic = topic.clone();
+        tokio::spawn(async move { produce(&topic, 10_000, Some(50_000), 0, Some(25_000)).await })
     };
     p.wait_health("some records processed", Duration::from_secs(120), |h| {
         h["records_processed"].as_u64().unwrap_or(0) > 10_000
@@ -76,14 +69,14 @@ async fn kill_nine_mid_stream_loses_nothing_and_applies_nothing_twice() {
     .await;
     p.kill9();
     let mut p = Proc::run(&app, &topic, &state, port, &[]);
-    let report = producer.await.unwrap();
+    let (report, sent) = producer.await.unwrap();
     assert_eq!(report.events, 50_000);
-    let model = read_model(&model_path);
+    let model = model::order_views(&sent);
     p.wait_health("ready after restart", Duration::from_secs(120), |h| {
         h["ready"] == true
     })
     .await;
-    let differing = wait_views_match(&p.http, &model, Duration::from_secs(120)).await;
+    let differing = wait_views_match_model(&p.http, &model, "", Duration::from_secs(120)).await;
     assert!(
         differing.is_empty(),
         "{} orders differ after kill -9, e.g. {:?}",
@@ -97,21 +90,22 @@ async fn deleted_state_directory_is_restored_from_the_changelog() {
     let topic = unique("orders");
     create_topic(&topic, PARTITIONS).await;
     let dir = tempfile::tempdir().unwrap();
-    let model_path = dir.path().join("model.jsonl");
     let state = dir.path().join("state");
     let app = unique("app");
     let port = free_port();
-    produce(&topic, 5_000, Some(20_000), 0, None, &model_path).await;
-    let model = read_model(&model_path);
+    let (_, sent) = produce(&topic, 5_000, Some(20_000), 0, None).await;
+    let model = model::order_views(&sent);
 
     let mut p = Proc::run(&app, &topic, &state, port, &[]);
     p.wait_health("all processed", Duration::from_secs(120), |h| {
         h["records_processed"] == 20_000
     })
     .await;
-    assert!(wait_views_match(&p.http, &model, Duration::from_secs(60))
-        .await
-        .is_empty());
+    assert!(
+        wait_views_match_model(&p.http, &model, "", Duration::from_secs(60))
+            .await
+            .is_empty()
+    );
     assert_eq!(p.terminate().code(), Some(0));
 
     std::fs::remove_dir_all(&state).unwrap();
@@ -127,7 +121,7 @@ async fn deleted_state_directory_is_restored_from_the_changelog() {
         "{h}"
     );
     assert_eq!(h["records_processed"], 0, "{h}");
-    let differing = wait_views_match(&p.http, &model, Duration::from_secs(30)).await;
+    let differing = wait_views_match_model(&p.http, &model, "", Duration::from_secs(30)).await;
     assert!(
         differing.is_empty(),
         "{} orders differ after restore, e.g. {:?}",
@@ -141,9 +135,8 @@ async fn malformed_records_go_to_the_dead_letter_topic_with_a_reason() {
     let topic = unique("orders");
     create_topic(&topic, PARTITIONS).await;
     let dir = tempfile::tempdir().unwrap();
-    let model_path = dir.path().join("model.jsonl");
-    let report = produce(&topic, 3_000, None, 1_000, None, &model_path).await;
-    let model = read_model(&model_path);
+    let (report, sent) = produce(&topic, 3_000, None, 1_000, None).await;
+    let model = model::order_views(&sent);
 
     let mut p = Proc::run(
         &unique("app"),
@@ -159,7 +152,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_with_a_reason() {
     .await;
     let h = p.health().await.unwrap();
     assert_eq!(h["records_dead_lettered"], 1_000, "{h}");
-    let differing = wait_views_match(&p.http, &model, Duration::from_secs(60)).await;
+    let differing = wait_views_match_model(&p.http, &model, "", Duration::from_secs(60)).await;
     assert!(
         differing.is_empty(),
         "good orders must be correct: {:?}",
@@ -168,9 +161,20 @@ async fn malformed_records_go_to_the_dead_letter_topic_with_a_reason() {
 
     // Read the DLQ back: 1,000 records, each with a reason header and its source coordinates.
     let dlq = format!("{topic}.DLQ");
-    let records = tokio::task::spawn_blocking(move || read_all(&dlq, 1_000))
-        .await
-        .unwrap();
+    let records: Vec<(String, i64)> =
+        tokio::task::spawn_blocking(move || read_topic(&dlq, "read_committed"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let reason = r.headers.get("paystream.dlq.reason").cloned();
+                let offset = r.headers.get("paystream.source.offset");
+                (
+                    reason.unwrap_or_default(),
+                    offset.and_then(|o| o.parse().ok()).unwrap_or(-1),
+                )
+            })
+            .collect();
     assert_eq!(records.len(), 1_000);
     let reasons = [
         "invalid_json",
@@ -191,40 +195,4 @@ async fn malformed_records_go_to_the_dead_letter_topic_with_a_reason() {
             "no record dead-lettered for {r}"
         );
     }
-}
-
-/// Read `expect` records of `topic` from the beginning: (reason header, source offset header).
-fn read_all(topic: &str, expect: usize) -> Vec<(String, i64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", unique("dlq-reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut out = Vec::new();
-    while out.len() < expect && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let mut reason = String::new();
-            let mut offset = -1;
-            if let Some(h) = m.headers() {
-                for hd in h.iter() {
-                    let v = String::from_utf8_lossy(hd.value.unwrap_or_default()).to_string();
-                    match hd.key {
-                        "paystream.dlq.reason" => reason = v,
-                        "paystream.source.offset" => offset = v.parse().unwrap_or(-1),
-                        _ => {}
-                    }
-                }
-            }
-            out.push((reason, offset));
-        }
-    }
-    out
 }

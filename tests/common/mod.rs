@@ -5,15 +5,13 @@
 
 pub mod model;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use paystream::query::OrderResponse;
-use paystream_topology::order::OrderView;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -243,69 +241,18 @@ impl Drop for Proc {
     }
 }
 
-/// Read a model file written by `produce --model-out`.
-pub fn read_model(path: &Path) -> HashMap<String, OrderView> {
-    std::fs::read_to_string(path)
-        .expect("model file")
-        .lines()
-        .map(|l| {
-            let v: OrderView = serde_json::from_str(l).expect("model line");
-            (v.order_id.clone(), v)
-        })
-        .collect()
-}
-
-/// Query every order of the model on `http` until all equal the model or `timeout` passes.
-/// Returns the ids still differing (empty = success).
-pub async fn wait_views_match(
-    http: &str,
-    model: &HashMap<String, OrderView>,
-    timeout: Duration,
-) -> Vec<String> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(16)
-        .build()
-        .expect("client");
-    let deadline = Instant::now() + timeout;
-    let mut pending: Vec<String> = model.keys().cloned().collect();
-    loop {
-        let mut still = Vec::new();
-        for chunk in pending.chunks(64) {
-            let futs = chunk.iter().map(|id| {
-                let client = client.clone();
-                let url = format!("http://{http}/orders/{id}");
-                async move {
-                    let r = client.get(url).send().await.ok()?;
-                    if !r.status().is_success() {
-                        return None;
-                    }
-                    r.json::<OrderResponse>().await.ok()
-                }
-            });
-            let answers = futures::future::join_all(futs).await;
-            for (id, a) in chunk.iter().zip(answers) {
-                if a.map(|a| a.order) != model.get(id).cloned() {
-                    still.push(id.clone());
-                }
-            }
-        }
-        pending = still;
-        if pending.is_empty() || Instant::now() > deadline {
-            return pending;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// Produce generated traffic (in-process) and write the model next to `dir`.
+/// Produce generated traffic (in-process); returns the report and what was sent (for the
+/// independent model, `model::order_views`).
 pub async fn produce(
     topic: &str,
     orders: u64,
     events: Option<u64>,
     malformed: u64,
     rate: Option<u64>,
-    model: &Path,
-) -> paystream::produce::ProduceReport {
+) -> (
+    paystream::produce::ProduceReport,
+    Vec<(Option<String>, String)>,
+) {
     let opts = paystream::produce::ProduceOptions {
         bootstrap_servers: bootstrap(),
         topic: topic.to_owned(),
@@ -313,7 +260,7 @@ pub async fn produce(
         create_topic: false,
         partitions: 12,
         replication_factor: 1,
-        model_out: Some(model.to_owned()),
+        model_out: None,
         generator: paystream::produce::GeneratorOptions {
             orders,
             events,
@@ -321,10 +268,12 @@ pub async fn produce(
             ..Default::default()
         },
     };
-    tokio::task::spawn_blocking(move || paystream::produce::produce(&opts))
+    let traffic = paystream::produce::Traffic::generate(&opts.generator).expect("traffic");
+    let report = tokio::task::spawn_blocking(move || paystream::produce::produce(&opts))
         .await
         .expect("join")
-        .expect("produce")
+        .expect("produce");
+    (report, sent(&traffic))
 }
 
 /// A record read back from a topic.
