@@ -18,7 +18,7 @@ use crate::coordination::leader::GroupAssignor;
 use crate::coordination::membership::{GroupMember, MembershipConfig, MembershipError};
 use crate::engine::stream_thread::{StreamThread, StreamThreadError};
 use crate::engine::{HeldTasks, Liveness, LocalStores, OffsetCommitter, SharedStatus, Status};
-use crate::kafka::admin::{ensure_topics, partition_count, TopicSpec};
+use crate::kafka::admin::{ensure_topics, partition_count, partition_counts, TopicSpec};
 use crate::kafka::producer::{Delivery, OutputProducer};
 use crate::kafka::KafkaError;
 use crate::query::{self, QueryState};
@@ -59,6 +59,15 @@ async fn count(bootstrap: &str, topic: &str) -> Result<Option<i32>, RunError> {
         .map_err(Into::into)
 }
 
+/// Partition counts of `topics` (one metadata client), off the async runtime.
+async fn counts(bootstrap: &str, topics: &[String]) -> Result<Vec<Option<i32>>, RunError> {
+    let (b, t) = (bootstrap.to_owned(), topics.to_vec());
+    tokio::task::spawn_blocking(move || partition_counts(&b, &t))
+        .await
+        .map_err(|_| RunError::Panicked)?
+        .map_err(Into::into)
+}
+
 /// The topics an instance writes, created if missing: changelogs, the dead-letter topic and the
 /// output topics. Returns (dead-letter partitions, partitions of each output topic).
 async fn ensure_own_topics(
@@ -93,21 +102,21 @@ async fn ensure_own_topics(
     // go to murmur2(key) % their own partition count). Missing ones are created like the input,
     // with append time, so the broker's retention follows when they were written, not the event
     // times they carry (a backfill of old events must not be deleted before anyone reads it).
-    let mut missing_outputs = Vec::new();
-    for sink in topology.sink_topics() {
-        if count(bootstrap, &sink).await?.is_none() {
-            missing_outputs.push(sink);
+    let sinks = topology.sink_topics();
+    let mut wanted = sinks.clone();
+    wanted.push(settings.dlq_topic.clone());
+    let mut existing = counts(bootstrap, &wanted).await?;
+    let dlq_partitions = existing.pop().flatten();
+    for (sink, n) in sinks.iter().zip(&existing) {
+        if n.is_none() {
+            specs.push(TopicSpec {
+                name: sink.clone(),
+                partitions,
+                replication_factor: settings.replication_factor,
+                configs: vec![("message.timestamp.type".into(), "LogAppendTime".into())],
+            });
         }
     }
-    for sink in missing_outputs {
-        specs.push(TopicSpec {
-            name: sink,
-            partitions,
-            replication_factor: settings.replication_factor,
-            configs: vec![("message.timestamp.type".into(), "LogAppendTime".into())],
-        });
-    }
-    let dlq_partitions = count(bootstrap, &settings.dlq_topic).await?;
     if dlq_partitions.is_none() {
         specs.push(TopicSpec {
             name: settings.dlq_topic.clone(),
@@ -118,14 +127,12 @@ async fn ensure_own_topics(
     }
     ensure_topics(bootstrap, &specs).await?;
     let mut sink_partitions = HashMap::new();
-    for sink in topology.sink_topics() {
-        let n = count(bootstrap, &sink)
-            .await?
-            .ok_or_else(|| KafkaError::Topic {
-                topic: sink.clone(),
-                message: "sink topic does not exist".into(),
-            })?;
-        sink_partitions.insert(sink, n);
+    for (sink, n) in sinks.iter().zip(counts(bootstrap, &sinks).await?) {
+        let n = n.ok_or_else(|| KafkaError::Topic {
+            topic: sink.clone(),
+            message: "sink topic does not exist".into(),
+        })?;
+        sink_partitions.insert(sink.clone(), n);
     }
     Ok((dlq_partitions.unwrap_or(partitions), sink_partitions))
 }

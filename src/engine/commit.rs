@@ -24,7 +24,7 @@ use std::time::Instant;
 use super::task::{Task, TaskError, TaskState};
 use super::{CommitRefused, OffsetCommitter};
 use crate::kafka::producer::{CommitError, OutputProducer};
-use crate::kafka::txn_offsets::GroupMetadata;
+use crate::kafka::transaction::GroupMetadata;
 use crate::telemetry::Metrics;
 
 /// Why a commit did not happen.
@@ -77,6 +77,7 @@ impl Committer {
             }
         }
         done.offsets = offsets.len();
+        let prepared = started.elapsed();
         let in_txn = if producer.is_transactional() {
             offsets.as_slice()
         } else {
@@ -86,11 +87,20 @@ impl Committer {
             self.count_failure(&e);
             return Err(e.into());
         }
+        let kafka = started.elapsed();
         for t in tasks.values_mut() {
             if t.state() == TaskState::Running {
                 t.post_commit(producer)?;
             }
         }
+        tracing::debug!(
+            records = done.changelog_records,
+            offsets = done.offsets,
+            prepare_ms = prepared.as_millis() as u64,
+            kafka_ms = (kafka - prepared).as_millis() as u64,
+            local_ms = (started.elapsed() - kafka).as_millis() as u64,
+            "committed"
+        );
         if let Some(group) = &self.via_group {
             if !offsets.is_empty() {
                 match group.commit(offsets) {

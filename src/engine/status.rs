@@ -17,8 +17,9 @@ use super::lock;
 #[repr(u8)]
 pub enum Status {
     Starting = 0,
-    /// Waiting for actives to be restored before any processes.
+    /// Some assigned actives are still being restored (the others already process).
     Restoring = 1,
+    /// Every assigned active is running: the instance is `ready`.
     Running = 2,
     /// Not processing: its last heartbeat is older than the session timeout, or its last commit
     /// was fenced; it waits to rejoin the group.

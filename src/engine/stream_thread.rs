@@ -36,7 +36,7 @@ use super::{now_ms, EngineCommand, Liveness, OffsetCommitter, SharedHeldTasks};
 use crate::config::RunSettings;
 use crate::kafka::client::source_consumer_config;
 use crate::kafka::producer::{CommitError, Delivery, OutputProducer};
-use crate::kafka::txn_offsets::GroupMetadata;
+use crate::kafka::transaction::GroupMetadata;
 use crate::kafka::KafkaError;
 use crate::telemetry::Metrics;
 
@@ -281,12 +281,7 @@ impl StreamThread {
                     l.fenced = None;
                     let changes = l.manager.handle_assignment(&active, &standby)?;
                     self.unassign_source(l, &changes)?;
-                    let status = if active.is_empty() || l.manager.running().next().is_some() {
-                        Status::Running
-                    } else {
-                        Status::Restoring
-                    };
-                    self.status.set(status);
+                    self.update_status(l);
                     tracing::info!(generation, ?active, ?standby, "assignment applied");
                 }
             }
@@ -304,7 +299,7 @@ impl StreamThread {
                             self.unassign_source(l, &changes)?;
                         } else {
                             self.assign_source(l, p)?;
-                            self.status.set(Status::Running);
+                            self.update_status(l);
                         }
                     }
                 }
@@ -412,8 +407,18 @@ impl StreamThread {
         let (active, standby) = l.manager.assignment();
         let changes = l.manager.handle_assignment(&active, &standby)?;
         self.unassign_source(l, &changes)?;
-        self.status.set(Status::Restoring);
+        self.update_status(l);
         Ok(())
+    }
+
+    /// `running` once every assigned active runs (`ready` in `/health`), `restoring` before.
+    fn update_status(&self, l: &Loop) {
+        let status = if l.manager.all_actives_running() {
+            Status::Running
+        } else {
+            Status::Restoring
+        };
+        self.status.set(status);
     }
 
     /// The last heartbeat is older than the session timeout: the group has most likely given

@@ -180,6 +180,15 @@ impl TaskManager {
         )
     }
 
+    /// Whether every partition assigned active is running here.
+    pub fn all_actives_running(&self) -> bool {
+        self.active.iter().all(|p| {
+            self.tasks
+                .get(p)
+                .is_some_and(|t| t.state() == TaskState::Running)
+        })
+    }
+
     /// Partitions running now.
     pub fn running(&self) -> impl Iterator<Item = i32> + '_ {
         self.tasks

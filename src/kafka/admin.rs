@@ -25,9 +25,27 @@ pub struct TopicSpec {
 /// Partition count of `topic`, or `None` if it does not exist. Blocking: call from a blocking
 /// context (`spawn_blocking` in async code).
 pub fn partition_count(bootstrap: &str, topic: &str) -> Result<Option<i32>, KafkaError> {
-    let consumer: BaseConsumer = restore_consumer_config(bootstrap, "paystream-metadata")
+    let consumer = metadata_client(bootstrap)?;
+    count_with(&consumer, topic)
+}
+
+/// Partition counts of several topics through one client (`None`: the topic does not exist).
+/// Blocking, like [`partition_count`].
+pub fn partition_counts(
+    bootstrap: &str,
+    topics: &[String],
+) -> Result<Vec<Option<i32>>, KafkaError> {
+    let consumer = metadata_client(bootstrap)?;
+    topics.iter().map(|t| count_with(&consumer, t)).collect()
+}
+
+fn metadata_client(bootstrap: &str) -> Result<BaseConsumer, KafkaError> {
+    restore_consumer_config(bootstrap, "paystream-metadata")
         .create()
-        .map_err(KafkaError::client("metadata"))?;
+        .map_err(KafkaError::client("metadata"))
+}
+
+fn count_with(consumer: &BaseConsumer, topic: &str) -> Result<Option<i32>, KafkaError> {
     let md = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(KafkaError::client(format!("metadata of {topic}")))?;
@@ -57,16 +75,17 @@ pub async fn ensure_topics(bootstrap: &str, specs: &[TopicSpec]) -> Result<(), K
     let admin: AdminClient<DefaultClientContext> = admin_config(bootstrap)
         .create()
         .map_err(KafkaError::client("admin"))?;
-    for spec in specs {
-        let existing = {
-            let (b, n) = (bootstrap.to_owned(), spec.name.clone());
-            tokio::task::spawn_blocking(move || partition_count(&b, &n))
-                .await
-                .map_err(|e| KafkaError::Topic {
-                    topic: spec.name.clone(),
-                    message: e.to_string(),
-                })??
-        };
+    let existing = {
+        let b = bootstrap.to_owned();
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        tokio::task::spawn_blocking(move || partition_counts(&b, &names))
+            .await
+            .map_err(|e| KafkaError::Topic {
+                topic: "-".into(),
+                message: e.to_string(),
+            })??
+    };
+    for (spec, existing) in specs.iter().zip(existing) {
         match existing {
             Some(n) if n == spec.partitions => continue,
             Some(n) => {

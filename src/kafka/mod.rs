@@ -6,7 +6,7 @@
 pub mod admin;
 pub mod client;
 pub mod producer;
-pub mod txn_offsets;
+pub mod transaction;
 
 use thiserror::Error;
 

@@ -12,7 +12,7 @@
 //! a restarted instance (same process id, kept in its state directory) fences its own earlier
 //! incarnation's open transaction at start-up (`init_transactions`). Fencing of an instance that
 //! lost its partitions comes from the group generation sent with the offsets (KIP-447, see
-//! [`super::txn_offsets`]).
+//! [`super::transaction`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -27,7 +27,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::client::{producer_config, transactional_producer_config};
-use super::txn_offsets::{send_offsets_to_transaction, GroupMetadata, TxnError};
+use super::transaction::{self, send_offsets_to_transaction, GroupMetadata};
 use super::KafkaError;
 
 /// How long `send` waits for room in librdkafka's queue before giving up (back-pressure).
@@ -262,22 +262,11 @@ impl OutputProducer {
             }
             send_offsets_to_transaction(&self.inner, &tpl, group, TXN_TIMEOUT).map_err(classify)?;
         }
-        let committed = self.inner.commit_transaction(TXN_TIMEOUT);
+        let committed = transaction::commit_transaction(&self.inner, TXN_TIMEOUT);
         self.take_failures();
-        match committed {
-            Ok(()) => {
-                self.in_transaction.store(false, Ordering::Release);
-                Ok(())
-            }
-            Err(RdError::Transaction(e)) => Err(classify(TxnError {
-                code: e.code(),
-                message: e.string(),
-                fatal: e.is_fatal(),
-                requires_abort: e.txn_requires_abort(),
-                retriable: e.is_retriable(),
-            })),
-            Err(e) => Err(CommitError::Aborted(e.to_string())),
-        }
+        committed.map_err(classify)?;
+        self.in_transaction.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Abort the open transaction (exactly-once; nothing of it becomes visible), or forget
@@ -297,10 +286,12 @@ impl OutputProducer {
     /// Wait until every enqueued record is acknowledged; fail if any delivery failed since the
     /// last successful flush (the caller must then not commit).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner.flush(timeout).map_err(|e| KafkaError::Timeout {
-            what: format!("producer flush ({e})"),
-            seconds: timeout.as_secs(),
-        })?;
+        if !transaction::flush(&self.inner, timeout) {
+            return Err(KafkaError::Timeout {
+                what: "producer flush".into(),
+                seconds: timeout.as_secs(),
+            });
+        }
         if let Some((topic, message)) = self.take_failures() {
             return Err(KafkaError::Delivery { topic, message });
         }
@@ -334,7 +325,7 @@ impl OutputProducer {
 }
 
 /// Sort a failed transactional call into what the caller does next.
-fn classify(e: TxnError) -> CommitError {
+fn classify(e: transaction::TxnError) -> CommitError {
     if e.is_group_fencing()
         || matches!(
             e.code,
