@@ -770,3 +770,72 @@ async fn a_cancelled_join_leaves_the_member_usable() {
         m.leave().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_offsets_carry_our_generation_and_a_stale_one_is_fenced() {
+    use paystream::kafka::producer::{CommitError, Delivery, OutputProducer};
+    use paystream::kafka::transaction::GroupMetadata;
+
+    init_tracing();
+    let topic = unique("membership-txn");
+    create_topic(&topic, 2).await;
+    let group = unique("membership-txn-g");
+    let assignor = RoundRobin::new(2);
+    let mut a = connect(config(&group, &topic)).await;
+    let first = a.join(Bytes::from("a"), &*assignor).await.expect("a joins");
+    // Rejoining starts a new generation: the first one is stale from now on.
+    let second = a
+        .join(Bytes::from("a"), &*assignor)
+        .await
+        .expect("a rejoins");
+    assert!(second.generation_id > first.generation_id);
+    let as_of = |a: &Assignment| GroupMetadata {
+        group_id: group.clone(),
+        generation: a.generation_id,
+        member_id: a.member_id.clone(),
+        group_instance_id: None,
+    };
+    let (b, t) = (bootstrap(), unique("txn-id"));
+    let producer = tokio::task::spawn_blocking(move || {
+        OutputProducer::new(
+            &b,
+            &[],
+            &Delivery::ExactlyOnce {
+                transactional_id: t,
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .expect("transactional producer");
+
+    // A transaction committing offsets as the stale generation is refused and aborted.
+    let (p, top, stale) = (producer.clone(), topic.clone(), as_of(&first));
+    let refused = tokio::task::spawn_blocking(move || {
+        p.send(&top, 0, Some(b"k"), Some(b"zombie"), None, None)
+            .expect("send");
+        p.commit(&top, &[(0, 7)], &stale)
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(refused, Err(CommitError::Fenced(_))),
+        "stale generation: {refused:?}"
+    );
+    // The current generation commits: the offsets are the group's.
+    let (p, top, current) = (producer.clone(), topic.clone(), as_of(&second));
+    tokio::task::spawn_blocking(move || {
+        p.send(&top, 1, Some(b"k"), Some(b"current"), None, None)
+            .expect("send");
+        p.commit(&top, &[(1, 5)], &current)
+    })
+    .await
+    .unwrap()
+    .expect("current generation commits");
+    assert_eq!(
+        a.fetch_offsets(&[0, 1]).await.expect("fetch"),
+        BTreeMap::from([(1, 5)]),
+        "only the current generation's offsets were committed"
+    );
+    a.leave().await.expect("leave");
+}

@@ -334,8 +334,11 @@ impl StateUpdater {
         self.unassign_all(partition, h, readers)?;
         self.local.remove(partition);
         self.status.task_gone(partition);
-        lock(&self.held).positions.remove(&partition);
         h.task.checkpoint()?;
+        // The files stay (and say how far they are) for when the partition comes back.
+        lock(&self.held)
+            .positions
+            .insert(partition, h.task.changelog_position());
         h.task.transition(TaskState::Closed)?;
         tracing::info!(partition, "closed task");
         Ok(())

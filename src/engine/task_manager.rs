@@ -39,6 +39,90 @@ pub struct TaskManager {
     held: SharedHeldTasks,
 }
 
+/// Where a task is when an assignment arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// On the stream thread, processing.
+    Running,
+    /// On the stream thread, not processing (revoked or fenced; committed state only).
+    Suspended,
+    /// On the state updater (restoring, or a standby).
+    Updater,
+}
+
+/// One step of bringing the tasks in line with an assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    KeepRunning(i32),
+    /// From the stream thread to the updater: catch up (`active`) or follow as a standby.
+    HandOver {
+        partition: i32,
+        active: bool,
+    },
+    /// Close a task of the stream thread.
+    Close(i32),
+    /// Tell the updater the role of a task it holds.
+    SetRole {
+        partition: i32,
+        active: bool,
+    },
+    CloseInUpdater(i32),
+    /// A task nobody holds: the updater opens it.
+    Create {
+        partition: i32,
+        active: bool,
+    },
+}
+
+/// The module table as a pure function: what to do with every `held` task and every assigned
+/// partition. `standby` must not contain `active` partitions.
+///
+/// Postconditions (property-tested): every assigned partition gets exactly one move that leaves
+/// it held with its assigned role, every unassigned held task exactly one close, and a partition
+/// already held is never created again.
+pub fn plan(
+    held: &BTreeMap<i32, Place>,
+    active: &BTreeSet<i32>,
+    standby: &BTreeSet<i32>,
+) -> Vec<Move> {
+    let mut moves = Vec::new();
+    for (&p, &place) in held {
+        let role = if active.contains(&p) {
+            Some(true)
+        } else if standby.contains(&p) {
+            Some(false)
+        } else {
+            None
+        };
+        moves.push(match (place, role) {
+            (Place::Running, Some(true)) => Move::KeepRunning(p),
+            (Place::Running | Place::Suspended, Some(active)) => Move::HandOver {
+                partition: p,
+                active,
+            },
+            (Place::Running | Place::Suspended, None) => Move::Close(p),
+            (Place::Updater, Some(active)) => Move::SetRole {
+                partition: p,
+                active,
+            },
+            (Place::Updater, None) => Move::CloseInUpdater(p),
+        });
+    }
+    for (&p, is_active) in active
+        .iter()
+        .map(|p| (p, true))
+        .chain(standby.iter().map(|p| (p, false)))
+    {
+        if !held.contains_key(&p) {
+            moves.push(Move::Create {
+                partition: p,
+                active: is_active,
+            });
+        }
+    }
+    moves
+}
+
 /// What a change did to the stream thread's source assignment.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SourceChanges {
@@ -65,8 +149,8 @@ impl TaskManager {
         }
     }
 
-    /// Bring every task in line with a new assignment (see the module table). Running tasks
-    /// that leave must have been committed by the caller.
+    /// Bring every task in line with a new assignment (see the module table and [`plan`]).
+    /// Running tasks that leave must have been committed by the caller.
     pub fn handle_assignment(
         &mut self,
         active: &[i32],
@@ -78,59 +162,57 @@ impl TaskManager {
             .copied()
             .filter(|p| !self.active.contains(p))
             .collect();
-        let mut changes = SourceChanges::default();
-        for (p, mut task) in std::mem::take(&mut self.tasks) {
-            let running = task.state() == TaskState::Running;
-            if running && self.active.contains(&p) {
-                self.tasks.insert(p, task);
-                continue;
-            }
-            if running {
-                task.transition(TaskState::Suspended)?;
-                changes.stopped.push(p);
-            }
-            if self.active.contains(&p) || self.standby.contains(&p) {
-                self.hand_to_updater(task, self.active.contains(&p));
-            } else {
-                self.close(task)?;
-            }
-        }
-        for p in self.in_updater.clone() {
-            let cmd = if self.active.contains(&p) {
-                UpdaterCommand::SetRole {
-                    partition: p,
-                    active: true,
-                }
-            } else if self.standby.contains(&p) {
-                UpdaterCommand::SetRole {
-                    partition: p,
-                    active: false,
-                }
-            } else {
-                self.in_updater.remove(&p);
-                UpdaterCommand::Close { partition: p }
-            };
-            self.send(cmd);
-        }
-        let wanted: Vec<(i32, bool)> = self
-            .active
+        let held: BTreeMap<i32, Place> = self
+            .tasks
             .iter()
-            .map(|p| (*p, true))
-            .chain(self.standby.iter().map(|p| (*p, false)))
+            .map(|(p, t)| {
+                let place = if t.state() == TaskState::Running {
+                    Place::Running
+                } else {
+                    Place::Suspended
+                };
+                (*p, place)
+            })
+            .chain(self.in_updater.iter().map(|p| (*p, Place::Updater)))
             .collect();
-        for (p, active) in wanted {
-            if !self.tasks.contains_key(&p) && self.in_updater.insert(p) {
-                self.send(UpdaterCommand::Create {
-                    partition: p,
-                    active,
-                });
+        let mut changes = SourceChanges::default();
+        for m in plan(&held, &self.active, &self.standby) {
+            match m {
+                Move::KeepRunning(_) => {}
+                Move::HandOver { partition, active } => {
+                    if let Some(mut task) = self.tasks.remove(&partition) {
+                        if task.state() == TaskState::Running {
+                            task.transition(TaskState::Suspended)?;
+                            changes.stopped.push(partition);
+                        }
+                        self.hand_to_updater(task, active);
+                    }
+                }
+                Move::Close(p) => {
+                    if let Some(mut task) = self.tasks.remove(&p) {
+                        if task.state() == TaskState::Running {
+                            task.transition(TaskState::Suspended)?;
+                            changes.stopped.push(p);
+                        }
+                        self.close(task)?;
+                    }
+                }
+                Move::SetRole { partition, active } => {
+                    self.send(UpdaterCommand::SetRole { partition, active })
+                }
+                Move::CloseInUpdater(p) => {
+                    self.in_updater.remove(&p);
+                    self.send(UpdaterCommand::Close { partition: p });
+                }
+                Move::Create { partition, active } => {
+                    self.in_updater.insert(partition);
+                    self.send(UpdaterCommand::Create { partition, active });
+                }
             }
         }
         let mut held = lock(&self.held);
         held.active = self.active.iter().copied().collect();
         held.standby = self.standby.iter().copied().collect();
-        held.positions
-            .retain(|p, _| self.active.contains(p) || self.standby.contains(p));
         Ok(changes)
     }
 
@@ -227,6 +309,10 @@ impl TaskManager {
         self.local.remove(p);
         self.status.task_gone(p);
         task.checkpoint()?;
+        // The files stay (and say how far they are) for when the partition comes back.
+        lock(&self.held)
+            .positions
+            .insert(p, task.changelog_position());
         task.transition(TaskState::Closed)?;
         tracing::info!(partition = p, "closed task");
         Ok(())
@@ -236,5 +322,82 @@ impl TaskManager {
         // The updater only stops after Shutdown, or with an error the stream thread learns of
         // from its event channel; a command it can no longer take has nothing left to do.
         let _ = self.updater.send(cmd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::{plan, Move, Place};
+
+    fn place() -> impl Strategy<Value = Place> {
+        prop_oneof![
+            Just(Place::Running),
+            Just(Place::Suspended),
+            Just(Place::Updater)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_partition_ends_held_once_with_its_assigned_role(
+            held in proptest::collection::btree_map(0i32..16, place(), 0..16),
+            roles in proptest::collection::btree_map(0i32..16, any::<bool>(), 0..16),
+        ) {
+            let active: BTreeSet<i32> = roles.iter().filter(|(_, a)| **a).map(|(p, _)| *p).collect();
+            let standby: BTreeSet<i32> = roles.iter().filter(|(_, a)| !**a).map(|(p, _)| *p).collect();
+            let moves = plan(&held, &active, &standby);
+            // Where each partition ends and as what (true: active), from the moves alone.
+            let mut ends: BTreeMap<i32, Option<bool>> = BTreeMap::new();
+            for m in &moves {
+                let (p, end) = match *m {
+                    Move::KeepRunning(p) => (p, Some(true)),
+                    Move::HandOver { partition, active }
+                    | Move::SetRole { partition, active }
+                    | Move::Create { partition, active } => (partition, Some(active)),
+                    Move::Close(p) | Move::CloseInUpdater(p) => (p, None),
+                };
+                prop_assert!(ends.insert(p, end).is_none(), "two moves for {}", p);
+                if let Move::Create { partition, .. } = m {
+                    prop_assert!(!held.contains_key(partition), "created {} twice", partition);
+                }
+                if let Move::KeepRunning(p) = m {
+                    prop_assert_eq!(held.get(p), Some(&Place::Running));
+                }
+            }
+            for p in held.keys().chain(roles.keys()) {
+                let want = roles.get(p).copied();
+                prop_assert_eq!(ends.get(p).copied(), Some(want), "partition {}", p);
+            }
+        }
+    }
+
+    #[test]
+    fn a_running_active_keeps_running_and_a_suspended_one_catches_up_first() {
+        let held = BTreeMap::from([
+            (0, Place::Running),
+            (1, Place::Suspended),
+            (2, Place::Updater),
+        ]);
+        let active = BTreeSet::from([0, 1]);
+        let moves = plan(&held, &active, &BTreeSet::from([3]));
+        assert_eq!(
+            moves,
+            [
+                Move::KeepRunning(0),
+                Move::HandOver {
+                    partition: 1,
+                    active: true
+                },
+                Move::CloseInUpdater(2),
+                Move::Create {
+                    partition: 3,
+                    active: false
+                },
+            ]
+        );
     }
 }
