@@ -261,6 +261,8 @@ impl RunArgs {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let (processing_guarantee, commit_interval, max_uncommitted_bytes) =
+            self.commit_settings(&file)?;
         let windowed_file = WindowedFile {
             sms_enabled: file.sms_enabled,
             sms_topic: file.sms_topic,
@@ -336,33 +338,6 @@ impl RunArgs {
                 format!("{standby_replicas} is more than 16"),
             ));
         }
-        let processing_guarantee = self
-            .processing_guarantee
-            .or(file.processing_guarantee)
-            .unwrap_or_default();
-        let commit_ms = self
-            .commit_interval_ms
-            .or(file.commit_interval_ms)
-            .unwrap_or(match processing_guarantee {
-                ProcessingGuarantee::ExactlyOnceV2 => DEFAULT_EOS_COMMIT_INTERVAL_MS,
-                ProcessingGuarantee::AtLeastOnce => DEFAULT_ALOS_COMMIT_INTERVAL_MS,
-            });
-        if !(10..=600_000).contains(&commit_ms) {
-            return Err(invalid(
-                "commit-interval-ms",
-                format!("{commit_ms} is outside 10..=600000"),
-            ));
-        }
-        let max_uncommitted_bytes = self
-            .max_uncommitted_bytes
-            .or(file.max_uncommitted_bytes)
-            .unwrap_or(DEFAULT_MAX_UNCOMMITTED_BYTES);
-        if !((1 << 20)..=(16 << 30)).contains(&max_uncommitted_bytes) {
-            return Err(invalid(
-                "max-uncommitted-bytes",
-                format!("{max_uncommitted_bytes} is outside 1 MiB..=16 GiB"),
-            ));
-        }
         let dlq_topic = self
             .dlq_topic
             .clone()
@@ -425,7 +400,7 @@ impl RunArgs {
             advertised_addr,
             standby_replicas,
             processing_guarantee,
-            commit_interval: Duration::from_millis(commit_ms),
+            commit_interval,
             max_uncommitted_bytes,
             dlq_topic,
             replication_factor,
@@ -436,6 +411,48 @@ impl RunArgs {
             standalone: self.standalone || file.standalone.unwrap_or(false),
             shipped,
         })
+    }
+}
+
+impl RunArgs {
+    /// The processing guarantee and how work is committed under it: (guarantee, commit interval,
+    /// bytes buffered before an early commit).
+    fn commit_settings(
+        &self,
+        file: &FileConfig,
+    ) -> Result<(ProcessingGuarantee, Duration, usize), ConfigError> {
+        let guarantee = self
+            .processing_guarantee
+            .or(file.processing_guarantee)
+            .unwrap_or_default();
+        let commit_ms = self
+            .commit_interval_ms
+            .or(file.commit_interval_ms)
+            .unwrap_or(match guarantee {
+                ProcessingGuarantee::ExactlyOnceV2 => DEFAULT_EOS_COMMIT_INTERVAL_MS,
+                ProcessingGuarantee::AtLeastOnce => DEFAULT_ALOS_COMMIT_INTERVAL_MS,
+            });
+        if !(10..=600_000).contains(&commit_ms) {
+            return Err(invalid(
+                "commit-interval-ms",
+                format!("{commit_ms} is outside 10..=600000"),
+            ));
+        }
+        let max_uncommitted_bytes = self
+            .max_uncommitted_bytes
+            .or(file.max_uncommitted_bytes)
+            .unwrap_or(DEFAULT_MAX_UNCOMMITTED_BYTES);
+        if !((1 << 20)..=(16 << 30)).contains(&max_uncommitted_bytes) {
+            return Err(invalid(
+                "max-uncommitted-bytes",
+                format!("{max_uncommitted_bytes} is outside 1 MiB..=16 GiB"),
+            ));
+        }
+        Ok((
+            guarantee,
+            Duration::from_millis(commit_ms),
+            max_uncommitted_bytes,
+        ))
     }
 }
 
@@ -499,139 +516,4 @@ fn validate_topic_like(key: &'static str, value: &str) -> Result<(), ConfigError
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid() {
-        let s = RunArgs::default().build().unwrap();
-        assert_eq!(s.input_topic, "PAYMENT.ORDER");
-        assert_eq!(s.dlq_topic, "PAYMENT.ORDER.DLQ");
-        assert_eq!(s.standby_replicas, 1);
-        assert_eq!(s.advertised_addr, "127.0.0.1:8080");
-        assert_eq!(s.changelog_topic("orders"), "paystream-orders-changelog");
-        assert_eq!(s.processing_guarantee, ProcessingGuarantee::ExactlyOnceV2);
-        assert_eq!(s.commit_interval, Duration::from_millis(100));
-    }
-
-    #[test]
-    fn guarantee_from_file_picks_its_commit_interval_and_bad_values_name_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.toml");
-        std::fs::write(&path, "processing-guarantee = \"at_least_once\"\n").unwrap();
-        let s = RunArgs {
-            config: Some(path.clone()),
-            ..Default::default()
-        }
-        .build()
-        .unwrap();
-        assert_eq!(s.processing_guarantee, ProcessingGuarantee::AtLeastOnce);
-        assert_eq!(s.commit_interval, Duration::from_millis(1000));
-        std::fs::write(&path, "processing-guarantee = \"exactly_once\"\n").unwrap();
-        let err = RunArgs {
-            config: Some(path),
-            ..Default::default()
-        }
-        .build()
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("processing-guarantee") || err.contains("exactly_once_v2"),
-            "{err}"
-        );
-        let err = RunArgs {
-            max_uncommitted_bytes: Some(10),
-            ..Default::default()
-        }
-        .build()
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("max-uncommitted-bytes"), "{err}");
-    }
-
-    #[test]
-    fn flags_win_over_file_and_file_over_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.toml");
-        std::fs::write(
-            &path,
-            "application-id = \"from-file\"\nhttp-addr = \"127.0.0.1:9000\"\n",
-        )
-        .unwrap();
-        let args = RunArgs {
-            config: Some(path),
-            application_id: Some("from-flag".into()),
-            ..Default::default()
-        };
-        let s = args.build().unwrap();
-        assert_eq!(s.application_id, "from-flag");
-        assert_eq!(s.http_addr.port(), 9000);
-    }
-
-    #[test]
-    fn unknown_file_key_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.toml");
-        std::fs::write(&path, "bootstrap_servrs = \"x:1\"\n").unwrap();
-        let err = RunArgs {
-            config: Some(path),
-            ..Default::default()
-        }
-        .build()
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("bootstrap_servrs"), "{err}");
-    }
-
-    #[test]
-    fn bad_values_name_their_key() {
-        let cases: Vec<(RunArgs, &str)> = vec![
-            (
-                RunArgs {
-                    bootstrap_servers: Some("nohost".into()),
-                    ..Default::default()
-                },
-                "bootstrap-servers",
-            ),
-            (
-                RunArgs {
-                    application_id: Some("bad id".into()),
-                    ..Default::default()
-                },
-                "application-id",
-            ),
-            (
-                RunArgs {
-                    http_addr: Some("localhost".into()),
-                    ..Default::default()
-                },
-                "http-addr",
-            ),
-            (
-                RunArgs {
-                    http_addr: Some("0.0.0.0:8080".into()),
-                    ..Default::default()
-                },
-                "advertised-addr",
-            ),
-            (
-                RunArgs {
-                    commit_interval_ms: Some(1),
-                    ..Default::default()
-                },
-                "commit-interval-ms",
-            ),
-            (
-                RunArgs {
-                    dlq_topic: Some("PAYMENT.ORDER".into()),
-                    ..Default::default()
-                },
-                "dlq-topic",
-            ),
-        ];
-        for (args, key) in cases {
-            let err = args.build().unwrap_err().to_string();
-            assert!(err.contains(key), "{err} should name {key}");
-        }
-    }
-}
+mod tests;

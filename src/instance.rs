@@ -7,9 +7,10 @@ use std::sync::Arc;
 use paystream_topology::{shipped_topology, StoreKind, Topology};
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::group::{commit_channel, GroupLoop, Identity};
+use crate::cluster::group::{commit_channel, CommitRequest, GroupLoop, Identity};
 use crate::cluster::identity::{checkpointed_positions, process_id, IdentityError};
 use crate::cluster::routing::RoutingTable;
 use crate::cluster::standalone::Standalone;
@@ -17,7 +18,10 @@ use crate::config::{ProcessingGuarantee, RunSettings};
 use crate::coordination::leader::GroupAssignor;
 use crate::coordination::membership::{GroupMember, MembershipConfig, MembershipError};
 use crate::engine::stream_thread::{StreamThread, StreamThreadError};
-use crate::engine::{HeldTasks, Liveness, LocalStores, OffsetCommitter, SharedStatus, Status};
+use crate::engine::{
+    EngineCommand, HeldTasks, Liveness, LocalStores, OffsetCommitter, SharedHeldTasks,
+    SharedStatus, Status,
+};
 use crate::kafka::admin::{ensure_topics, partition_count, partition_counts, TopicSpec};
 use crate::kafka::producer::{Delivery, OutputProducer};
 use crate::kafka::KafkaError;
@@ -137,73 +141,84 @@ async fn ensure_own_topics(
     Ok((dlq_partitions.unwrap_or(partitions), sink_partitions))
 }
 
-impl Instance {
-    /// Run one instance until `shutdown` is cancelled or a fatal error occurs. The caller binds
-    /// `listener` (so tests can use port 0).
-    pub async fn run(
-        settings: RunSettings,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-    ) -> Result<(), RunError> {
-        let bootstrap = settings.bootstrap_servers.clone();
-        let input = settings.input_topic.clone();
-        let partitions =
-            count(&bootstrap, &input)
-                .await?
-                .ok_or_else(|| RunError::InputTopicMissing {
-                    topic: input.clone(),
-                    bootstrap: bootstrap.clone(),
-                })?;
-        let topology = Arc::new(
-            shipped_topology(&input, &settings.shipped)
-                .map_err(|e| RunError::Topology(e.to_string()))?,
-        );
-        tracing::info!(topology = %topology.describe(), guarantee = settings.processing_guarantee.as_str(), "topology");
-        let (dlq_partitions, sink_partitions) =
-            ensure_own_topics(&settings, &topology, partitions).await?;
+/// What an instance found and set up before it joins anything.
+struct Prepared {
+    partitions: i32,
+    topology: Arc<Topology>,
+    dlq_partitions: i32,
+    sink_partitions: HashMap<String, i32>,
+    process_id: String,
+    /// Changelog topics whose acknowledged offsets the producer tracks.
+    tracked: Vec<(String, i32)>,
+    delivery: Delivery,
+    producer: Arc<OutputProducer>,
+}
 
-        let process_id = process_id(&settings.state_dir, &settings.application_id)?;
-        let tracked: Vec<(String, i32)> = topology
-            .stores()
-            .iter()
-            .map(|st| (st.changelog_topic(&settings.application_id), partitions))
-            .collect();
-        let delivery = match settings.processing_guarantee {
-            ProcessingGuarantee::ExactlyOnceV2 => Delivery::ExactlyOnce {
-                // One producer per stream thread (there is one): `<app>-<process id>-<thread>`.
-                transactional_id: format!("{}-{}-0", settings.application_id, process_id),
-            },
-            ProcessingGuarantee::AtLeastOnce => Delivery::AtLeastOnce,
-        };
-        let producer = {
-            let (b, t, d) = (bootstrap.clone(), tracked.clone(), delivery.clone());
-            tokio::task::spawn_blocking(move || OutputProducer::new(&b, &t, &d))
-                .await
-                .map_err(|_| RunError::Panicked)??
-        };
-        let metrics = Metrics::new();
-        let local = LocalStores::new();
-        let status = Arc::new(SharedStatus::default());
-        let routing = Arc::new(RoutingTable::default());
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(32)
-            .connect_timeout(std::time::Duration::from_millis(500))
-            .build()
-            .map_err(|e| RunError::Http(std::io::Error::other(e)))?;
-        let query_state = QueryState {
-            local: local.clone(),
-            partition_count: partitions,
-            self_addr: settings.advertised_addr.clone(),
-            metrics: metrics.clone(),
-            status: status.clone(),
-            routing: routing.clone(),
-            client,
-        };
+/// The parts the engine, the cluster layer and the query layer share.
+struct Shared {
+    metrics: Arc<Metrics>,
+    local: Arc<LocalStores>,
+    status: Arc<SharedStatus>,
+    routing: Arc<RoutingTable>,
+    held: SharedHeldTasks,
+    liveness: Arc<Liveness>,
+}
 
+/// Input partitions, topology, own topics, process id and the producer.
+async fn prepare(settings: &RunSettings) -> Result<Prepared, RunError> {
+    let bootstrap = &settings.bootstrap_servers;
+    let input = &settings.input_topic;
+    let partitions = count(bootstrap, input)
+        .await?
+        .ok_or_else(|| RunError::InputTopicMissing {
+            topic: input.clone(),
+            bootstrap: bootstrap.clone(),
+        })?;
+    let topology = Arc::new(
+        shipped_topology(input, &settings.shipped)
+            .map_err(|e| RunError::Topology(e.to_string()))?,
+    );
+    tracing::info!(topology = %topology.describe(), guarantee = settings.processing_guarantee.as_str(), "topology");
+    let (dlq_partitions, sink_partitions) =
+        ensure_own_topics(settings, &topology, partitions).await?;
+    let process_id = process_id(&settings.state_dir, &settings.application_id)?;
+    let tracked: Vec<(String, i32)> = topology
+        .stores()
+        .iter()
+        .map(|st| (st.changelog_topic(&settings.application_id), partitions))
+        .collect();
+    let delivery = match settings.processing_guarantee {
+        ProcessingGuarantee::ExactlyOnceV2 => Delivery::ExactlyOnce {
+            // One producer per stream thread (there is one): `<app>-<process id>-<thread>`.
+            transactional_id: format!("{}-{}-0", settings.application_id, process_id),
+        },
+        ProcessingGuarantee::AtLeastOnce => Delivery::AtLeastOnce,
+    };
+    let producer = {
+        let (b, t, d) = (bootstrap.clone(), tracked.clone(), delivery.clone());
+        tokio::task::spawn_blocking(move || OutputProducer::new(&b, &t, &d))
+            .await
+            .map_err(|_| RunError::Panicked)??
+    };
+    Ok(Prepared {
+        partitions,
+        topology,
+        dlq_partitions,
+        sink_partitions,
+        process_id,
+        tracked,
+        delivery,
+        producer,
+    })
+}
+
+impl Shared {
+    fn new(settings: &RunSettings, p: &Prepared) -> Self {
         // What this instance holds, starting with the stores an earlier run left on disk, so the
         // leader can hand those partitions back instead of restoring them elsewhere. Positions
         // are the first store's changelog offsets (what every instance reports, comparable).
-        let first_store: Vec<String> = topology
+        let first_store: Vec<String> = p
+            .topology
             .stores()
             .iter()
             .take(1)
@@ -214,10 +229,104 @@ impl Instance {
                 &settings.state_dir,
                 &settings.application_id,
                 &first_store,
-                partitions,
+                p.partitions,
             ),
             ..HeldTasks::default()
         }));
+        Self {
+            metrics: Metrics::new(),
+            local: LocalStores::new(),
+            status: Arc::new(SharedStatus::default()),
+            routing: Arc::new(RoutingTable::default()),
+            held,
+            liveness: if settings.standalone {
+                Liveness::always()
+            } else {
+                Liveness::group(settings.session_timeout)
+            },
+        }
+    }
+}
+
+/// Start the group loop (or standalone mode), which drives the engine through `commands`.
+async fn start_cluster(
+    settings: &RunSettings,
+    p: &Prepared,
+    shared: &Shared,
+    commands: std::sync::mpsc::Sender<EngineCommand>,
+    commits: tokio::sync::mpsc::Receiver<CommitRequest>,
+    shutdown: &CancellationToken,
+) -> Result<JoinHandle<Result<(), MembershipError>>, RunError> {
+    let input = settings.input_topic.clone();
+    if settings.standalone {
+        tracing::info!(
+            "standalone: this instance owns all {} partitions",
+            p.partitions
+        );
+        let standalone = Standalone {
+            partitions: p.partitions,
+            self_addr: settings.advertised_addr.clone(),
+            commands,
+            commits,
+            routing: shared.routing.clone(),
+            bootstrap: settings.bootstrap_servers.clone(),
+            group_id: settings.application_id.clone(),
+            topic: input,
+            shutdown: shutdown.clone(),
+        };
+        return Ok(tokio::spawn(async move {
+            standalone.run().await;
+            Ok(())
+        }));
+    }
+    let mut membership = MembershipConfig::new(
+        settings
+            .bootstrap_servers
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .collect(),
+        settings.application_id.clone(),
+        input,
+    );
+    membership.client_id = format!("paystream-{}", settings.advertised_addr);
+    membership.session_timeout = settings.session_timeout;
+    let heartbeat = (settings.session_timeout / 5).min(std::time::Duration::from_secs(1));
+    membership.heartbeat_interval = heartbeat;
+    membership.group_instance_id = settings.group_instance_id.clone();
+    let member = GroupMember::connect(membership).await?;
+    let mut assignor = GroupAssignor::new(p.partitions, settings.standby_replicas);
+    assignor.acceptable_recovery_lag = settings.acceptable_recovery_lag;
+    let group = GroupLoop {
+        member,
+        assignor,
+        commands,
+        commits,
+        identity: Identity {
+            process_id: p.process_id.clone(),
+            endpoint: settings.advertised_addr.clone(),
+        },
+        held: shared.held.clone(),
+        liveness: shared.liveness.clone(),
+        routing: shared.routing.clone(),
+        shutdown: shutdown.clone(),
+        probing_interval: settings.probing_rebalance_interval,
+        heartbeat_interval: heartbeat,
+        leave_on_shutdown: settings.group_instance_id.is_none(),
+    };
+    tracing::info!(process_id = %p.process_id, "joining group {}", settings.application_id);
+    Ok(tokio::spawn(group.run()))
+}
+
+impl Instance {
+    /// Run one instance until `shutdown` is cancelled or a fatal error occurs. The caller binds
+    /// `listener` (so tests can use port 0).
+    pub async fn run(
+        settings: RunSettings,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), RunError> {
+        let p = prepare(&settings).await?;
+        let shared = Shared::new(&settings, &p);
         let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
         let (committer, commits) = commit_channel();
         // Under exactly-once the offsets travel in the transaction: nobody sends on the channel,
@@ -229,86 +338,43 @@ impl Instance {
             }
             ProcessingGuarantee::AtLeastOnce => Some(Box::new(committer)),
         };
-        let liveness = if settings.standalone {
-            Liveness::always()
-        } else {
-            Liveness::group(settings.session_timeout)
+        let group_task = start_cluster(&settings, &p, &shared, cmd_tx, commits, &shutdown).await?;
+        let query_state = QueryState {
+            local: shared.local.clone(),
+            partition_count: p.partitions,
+            self_addr: settings.advertised_addr.clone(),
+            metrics: shared.metrics.clone(),
+            status: shared.status.clone(),
+            routing: shared.routing.clone(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(32)
+                .connect_timeout(std::time::Duration::from_millis(500))
+                .build()
+                .map_err(|e| RunError::Http(std::io::Error::other(e)))?,
         };
-        let group_task = if settings.standalone {
-            tracing::info!("standalone: this instance owns all {partitions} partitions");
-            let standalone = Standalone {
-                partitions,
-                self_addr: settings.advertised_addr.clone(),
-                commands: cmd_tx,
-                commits,
-                routing,
-                bootstrap: bootstrap.clone(),
-                group_id: settings.application_id.clone(),
-                topic: input.clone(),
-                shutdown: shutdown.clone(),
-            };
-            tokio::spawn(async move {
-                standalone.run().await;
-                Ok(())
-            })
-        } else {
-            let mut membership = MembershipConfig::new(
-                bootstrap.split(',').map(|s| s.trim().to_owned()).collect(),
-                settings.application_id.clone(),
-                input.clone(),
-            );
-            membership.client_id = format!("paystream-{}", settings.advertised_addr);
-            membership.session_timeout = settings.session_timeout;
-            let heartbeat = (settings.session_timeout / 5).min(std::time::Duration::from_secs(1));
-            membership.heartbeat_interval = heartbeat;
-            membership.group_instance_id = settings.group_instance_id.clone();
-            let member = GroupMember::connect(membership).await?;
-            let mut assignor = GroupAssignor::new(partitions, settings.standby_replicas);
-            assignor.acceptable_recovery_lag = settings.acceptable_recovery_lag;
-            let group = GroupLoop {
-                member,
-                assignor,
-                commands: cmd_tx,
-                commits,
-                identity: Identity {
-                    process_id: process_id.clone(),
-                    endpoint: settings.advertised_addr.clone(),
-                },
-                held: held.clone(),
-                liveness: liveness.clone(),
-                routing,
-                shutdown: shutdown.clone(),
-                probing_interval: settings.probing_rebalance_interval,
-                heartbeat_interval: heartbeat,
-                leave_on_shutdown: settings.group_instance_id.is_none(),
-            };
-            tracing::info!(process_id = %process_id, "joining group {}", settings.application_id);
-            tokio::spawn(group.run())
-        };
-
+        let status = shared.status.clone();
         let thread = StreamThread {
             settings: settings.clone(),
-            topology,
-            producer,
-            delivery,
-            tracked,
-            dlq_partitions,
-            sink_partitions,
-            local,
-            metrics,
-            status: status.clone(),
+            topology: p.topology,
+            producer: p.producer,
+            delivery: p.delivery,
+            tracked: p.tracked,
+            dlq_partitions: p.dlq_partitions,
+            sink_partitions: p.sink_partitions,
+            local: shared.local,
+            metrics: shared.metrics,
+            status: shared.status,
             shutdown: shutdown.clone(),
             commands: cmd_rx,
             via_group,
-            liveness,
-            held,
+            liveness: shared.liveness,
+            held: shared.held,
         };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("stream-thread".into())
             .spawn(move || {
-                let r = thread.run();
-                let _ = done_tx.send(r);
+                let _ = done_tx.send(thread.run());
             })
             .map_err(RunError::Http)?;
 

@@ -101,113 +101,40 @@ async fn serve_commit(member: &mut GroupMember, req: CommitRequest) {
     let _ = req.reply.send(r);
 }
 
+/// How a join attempt ended.
+enum Joined {
+    /// In a generation; rejoin after the probing interval if the leader asked for it.
+    Assigned { followup: bool },
+    /// Try again (after the backoff).
+    Retry,
+    /// Shutting down.
+    Stop,
+}
+
 impl GroupLoop {
     /// Run until shutdown. Returns an error only for failures that retrying cannot fix.
     pub async fn run(mut self) -> Result<(), MembershipError> {
         let mut backoff = Duration::from_millis(200);
-        'generations: loop {
-            let user_data = self
-                .subscription()
-                .encode()
-                .map_err(|e| MembershipError::Config(format!("cannot encode subscription: {e}")))?;
-            let joined = tokio::select! {
-                r = self.member.join(user_data, &self.assignor) => r,
-                _ = self.shutdown.cancelled() => break 'generations,
-            };
-            let assignment = match joined {
-                Ok(a) => {
-                    backoff = Duration::from_millis(200);
-                    self.liveness.joined(a.generation_id);
-                    a
-                }
-                Err(e) if e.is_retriable() || matches!(e, MembershipError::Fenced { .. }) => {
-                    tracing::warn!(error = %e, "join failed; retrying");
+        loop {
+            match self.join_once().await? {
+                Joined::Stop => break,
+                Joined::Retry => {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {},
-                        _ = self.shutdown.cancelled() => break 'generations,
+                        _ = self.shutdown.cancelled() => break,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
                 }
-                Err(e) => return Err(e),
-            };
-            let info = if assignment.user_data.is_empty() {
-                AssignmentInfo::default()
-            } else {
-                match AssignmentInfo::decode(&assignment.user_data) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        tracing::error!(error = %e, "unreadable assignment; rejoining");
-                        continue;
-                    }
-                }
-            };
-            tracing::info!(
-                generation = assignment.generation_id,
-                leader = assignment.leader,
-                active = ?info.active,
-                standby = ?info.standby,
-                warmup = ?info.warmup,
-                "joined group"
-            );
-            self.routing
-                .update(assignment.generation_id, info.partition_map.clone());
-            let followup = info.followup_rebalance;
-            let standby: Vec<i32> = info.standby.iter().chain(&info.warmup).copied().collect();
-            if self
-                .commands
-                .send(EngineCommand::Assign {
-                    generation: assignment.generation_id,
-                    member_id: assignment.member_id.clone(),
-                    active: info.active,
-                    standby,
-                })
-                .is_err()
-            {
-                break 'generations;
-            }
-            let probe = tokio::time::sleep(if followup {
-                self.probing_interval
-            } else {
-                Duration::from_secs(365 * 24 * 3600)
-            });
-            tokio::pin!(probe);
-            let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
-            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = heartbeat.tick() => match self.member.heartbeat().await {
-                        Ok(HeartbeatOutcome::Stable) => self.liveness.confirmed(),
-                        Ok(HeartbeatOutcome::RebalanceNeeded) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "heartbeat failed");
-                            if !e.is_retriable() {
-                                break;
-                            }
-                        }
-                    },
-                    Some(req) = self.commits.recv() => serve_commit(&mut self.member, req).await,
-                    _ = &mut probe => {
-                        tracing::info!("probing rebalance: warm-ups may have caught up");
+                Joined::Assigned { followup } => {
+                    backoff = Duration::from_millis(200);
+                    if !self.heartbeat_until_rebalance(followup).await || !self.revoke().await {
                         break;
                     }
-                    _ = self.shutdown.cancelled() => break 'generations,
-                }
-            }
-            // Rebalance: the stream thread commits (through us) and suspends its actives.
-            let (done, mut done_rx) = oneshot::channel();
-            if self.commands.send(EngineCommand::Revoke { done }).is_err() {
-                break 'generations;
-            }
-            loop {
-                tokio::select! {
-                    Some(req) = self.commits.recv() => serve_commit(&mut self.member, req).await,
-                    _ = &mut done_rx => break,
                 }
             }
         }
-        // Shutdown: the stream thread makes its final commit through us; serve commits until it
-        // drops its end of the channel, then leave.
+        // Shutdown: the stream thread makes its final commit through us (at-least-once); serve
+        // commits until it drops its end of the channel, then leave.
         while let Some(req) = self.commits.recv().await {
             serve_commit(&mut self.member, req).await;
         }
@@ -217,6 +144,108 @@ impl GroupLoop {
             }
         }
         Ok(())
+    }
+
+    /// Join (or rejoin) and hand the assignment to the engine.
+    async fn join_once(&mut self) -> Result<Joined, MembershipError> {
+        let user_data = self
+            .subscription()
+            .encode()
+            .map_err(|e| MembershipError::Config(format!("cannot encode subscription: {e}")))?;
+        let joined = tokio::select! {
+            r = self.member.join(user_data, &self.assignor) => r,
+            _ = self.shutdown.cancelled() => return Ok(Joined::Stop),
+        };
+        let assignment = match joined {
+            Ok(a) => a,
+            Err(e) if e.is_retriable() || matches!(e, MembershipError::Fenced { .. }) => {
+                tracing::warn!(error = %e, "join failed; retrying");
+                return Ok(Joined::Retry);
+            }
+            Err(e) => return Err(e),
+        };
+        // Before the engine hears of the new generation, so it never sees it as stale.
+        self.liveness.joined(assignment.generation_id);
+        let info = if assignment.user_data.is_empty() {
+            AssignmentInfo::default()
+        } else {
+            match AssignmentInfo::decode(&assignment.user_data) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable assignment; rejoining");
+                    return Ok(Joined::Retry);
+                }
+            }
+        };
+        tracing::info!(
+            generation = assignment.generation_id,
+            leader = assignment.leader,
+            active = ?info.active,
+            standby = ?info.standby,
+            warmup = ?info.warmup,
+            "joined group"
+        );
+        self.routing
+            .update(assignment.generation_id, info.partition_map.clone());
+        let followup = info.followup_rebalance;
+        let standby: Vec<i32> = info.standby.iter().chain(&info.warmup).copied().collect();
+        let assign = EngineCommand::Assign {
+            generation: assignment.generation_id,
+            member_id: assignment.member_id.clone(),
+            active: info.active,
+            standby,
+        };
+        if self.commands.send(assign).is_err() {
+            return Ok(Joined::Stop);
+        }
+        Ok(Joined::Assigned { followup })
+    }
+
+    /// Heartbeat (and serve commits) until a rebalance is due; `false` on shutdown.
+    async fn heartbeat_until_rebalance(&mut self, followup: bool) -> bool {
+        let probe = tokio::time::sleep(if followup {
+            self.probing_interval
+        } else {
+            Duration::from_secs(365 * 24 * 3600)
+        });
+        tokio::pin!(probe);
+        let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => match self.member.heartbeat().await {
+                    Ok(HeartbeatOutcome::Stable) => self.liveness.confirmed(),
+                    Ok(HeartbeatOutcome::RebalanceNeeded) => return true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                        if !e.is_retriable() {
+                            return true;
+                        }
+                    }
+                },
+                Some(req) = self.commits.recv() => serve_commit(&mut self.member, req).await,
+                _ = &mut probe => {
+                    tracing::info!("probing rebalance: warm-ups may have caught up");
+                    return true;
+                }
+                _ = self.shutdown.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Rebalance: the stream thread commits (through us under at-least-once) and suspends its
+    /// actives; `false` when it is gone.
+    async fn revoke(&mut self) -> bool {
+        let (done, mut done_rx) = oneshot::channel();
+        if self.commands.send(EngineCommand::Revoke { done }).is_err() {
+            return false;
+        }
+        loop {
+            tokio::select! {
+                Some(req) = self.commits.recv() => serve_commit(&mut self.member, req).await,
+                r = &mut done_rx => return r.is_ok(),
+            }
+        }
     }
 }
 
