@@ -51,20 +51,7 @@ async fn produce_orders(
         seed: 1000 + first,
         ..Default::default()
     };
-    let opts = paystream::produce::ProduceOptions {
-        bootstrap_servers: bootstrap(),
-        topic: topic.to_owned(),
-        rate,
-        create_topic: false,
-        partitions: 12,
-        replication_factor: 1,
-        model_out: None,
-        generator: g.clone(),
-    };
-    tokio::task::spawn_blocking(move || paystream::produce::produce(&opts))
-        .await
-        .unwrap()
-        .unwrap();
+    produce_traffic(topic, 12, g.clone(), rate).await;
     g
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::model::{expected_sms, order_views};
 use common::*;
-use paystream::produce::{GeneratorOptions, ProduceOptions, Traffic};
+use paystream::produce::GeneratorOptions;
 use paystream_topology::sms::SmsRequest;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
@@ -34,21 +34,7 @@ async fn produce_orders(
         seed: 9_000 + first,
         ..Default::default()
     };
-    let opts = ProduceOptions {
-        bootstrap_servers: bootstrap(),
-        topic: topic.to_owned(),
-        rate,
-        create_topic: false,
-        partitions,
-        replication_factor: 1,
-        model_out: None,
-        generator: g.clone(),
-    };
-    tokio::task::spawn_blocking(move || paystream::produce::produce(&opts))
-        .await
-        .expect("join")
-        .expect("produce");
-    sent(&Traffic::generate(&g).expect("traffic"))
+    sent(&produce_traffic(topic, partitions, g, rate).await)
 }
 
 /// (order, template) → how many times `app` sent it, from `topic` read `read_committed`.
@@ -205,15 +191,13 @@ async fn a_paused_instance_is_fenced_and_nothing_is_lost_or_sent_twice() {
     }
     let model = order_views(&sent);
     for i in [0, survivor] {
-        let differing =
-            wait_views_match_model(&procs[i].http, &model, "", Duration::from_secs(120)).await;
-        assert!(
-            differing.is_empty(),
-            "instance {i}: {} of {} orders differ from the model, e.g. {:?}",
-            differing.len(),
-            model.len(),
-            &differing[..differing.len().min(5)]
-        );
+        assert_views_match(
+            &procs[i].http,
+            &model,
+            Duration::from_secs(120),
+            &format!("instance {i}"),
+        )
+        .await;
     }
     let sms_topic = format!("{app}.SEND_SMS");
     assert_exactly_once(
@@ -333,13 +317,7 @@ async fn kill_nine_restores_only_the_changelog_tail_past_the_checkpoint() {
     );
     wait_all_committed(&app, &topic, &mut [&mut p], Duration::from_secs(180)).await;
     let model = order_views(&sent);
-    let differing = wait_views_match_model(&p.http, &model, "", Duration::from_secs(120)).await;
-    assert!(
-        differing.is_empty(),
-        "{} orders differ after kill -9, e.g. {:?}",
-        differing.len(),
-        &differing[..differing.len().min(5)]
-    );
+    assert_views_match(&p.http, &model, Duration::from_secs(120), "after kill -9").await;
     assert_exactly_once(
         "SEND_SMS",
         &sms_counts(&format!("{app}.SEND_SMS"), None).await,
@@ -404,12 +382,13 @@ async fn a_long_restore_of_one_partition_does_not_stop_the_others() {
         })
         .collect();
     let model = order_views(&sent);
-    let differing = wait_views_match_model(&a.http, &model, "", Duration::from_secs(60)).await;
-    assert!(
-        differing.is_empty(),
-        "{} orders not processed",
-        differing.len()
-    );
+    assert_views_match(
+        &a.http,
+        &model,
+        Duration::from_secs(60),
+        "other partitions during the restore",
+    )
+    .await;
     let h = a.health().await.unwrap();
     assert_eq!(
         h["tasks"]["0"]["state"], "restoring",

@@ -31,13 +31,7 @@ async fn fifty_thousand_events_fold_into_the_model() {
         h["records_processed"] == 50_000
     })
     .await;
-    let differing = wait_views_match_model(&p.http, &model, "", Duration::from_secs(60)).await;
-    assert!(
-        differing.is_empty(),
-        "{} orders differ from the model, e.g. {:?}",
-        differing.len(),
-        &differing[..differing.len().min(5)]
-    );
+    assert_views_match(&p.http, &model, Duration::from_secs(60), "after processing").await;
     assert_eq!(
         p.terminate().code(),
         Some(0),
@@ -76,13 +70,7 @@ async fn kill_nine_mid_stream_loses_nothing_and_applies_nothing_twice() {
         h["ready"] == true
     })
     .await;
-    let differing = wait_views_match_model(&p.http, &model, "", Duration::from_secs(120)).await;
-    assert!(
-        differing.is_empty(),
-        "{} orders differ after kill -9, e.g. {:?}",
-        differing.len(),
-        &differing[..differing.len().min(5)]
-    );
+    assert_views_match(&p.http, &model, Duration::from_secs(120), "after kill -9").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,13 +109,13 @@ async fn deleted_state_directory_is_restored_from_the_changelog() {
         "{h}"
     );
     assert_eq!(h["records_processed"], 0, "{h}");
-    let differing = wait_views_match_model(&p.http, &model, "", Duration::from_secs(30)).await;
-    assert!(
-        differing.is_empty(),
-        "{} orders differ after restore, e.g. {:?}",
-        differing.len(),
-        &differing[..differing.len().min(5)]
-    );
+    assert_views_match(
+        &p.http,
+        &model,
+        Duration::from_secs(30),
+        "after the restore",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,12 +140,13 @@ async fn malformed_records_go_to_the_dead_letter_topic_with_a_reason() {
     .await;
     let h = p.health().await.unwrap();
     assert_eq!(h["records_dead_lettered"], 1_000, "{h}");
-    let differing = wait_views_match_model(&p.http, &model, "", Duration::from_secs(60)).await;
-    assert!(
-        differing.is_empty(),
-        "good orders must be correct: {:?}",
-        &differing[..differing.len().min(5)]
-    );
+    assert_views_match(
+        &p.http,
+        &model,
+        Duration::from_secs(60),
+        "good orders next to malformed ones",
+    )
+    .await;
 
     // Read the DLQ back: 1,000 records, each with a reason header and its source coordinates.
     let dlq = format!("{topic}.DLQ");

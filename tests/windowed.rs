@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::*;
-use paystream::produce::{GeneratorOptions, ProduceOptions, Traffic};
+use paystream::produce::{GeneratorOptions, Traffic};
 use paystream::query::windowed::{AlertsResponse, SmsResponse};
 use paystream_topology::approval::{AlertStatus, ApprovalAlert};
 use paystream_topology::order::{EventType, OrderEvent};
@@ -91,21 +91,7 @@ async fn produce_range(topic: &str, first: u64, orders: u64, rate: u64) -> Traff
         duplicate_rate: 0.1,
         ..Default::default()
     };
-    let opts = ProduceOptions {
-        bootstrap_servers: bootstrap(),
-        topic: topic.to_owned(),
-        rate: Some(rate),
-        create_topic: false,
-        partitions: PARTITIONS,
-        replication_factor: 1,
-        model_out: None,
-        generator: g.clone(),
-    };
-    tokio::task::spawn_blocking(move || paystream::produce::produce(&opts))
-        .await
-        .expect("join")
-        .expect("produce");
-    Traffic::generate(&g).expect("traffic")
+    produce_traffic(topic, PARTITIONS, g, Some(rate)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,6 +149,35 @@ pub struct HeldTasks {
 /// [`HeldTasks`] shared between the engine (writes) and the group loop (reads at each join).
 pub type SharedHeldTasks = Arc<Mutex<HeldTasks>>;
 
+/// What waiting for the next command on a channel gave.
+pub(crate) enum Next<T> {
+    Command(T),
+    /// Nothing (yet).
+    Nothing,
+    /// The sender is gone.
+    Closed,
+}
+
+/// The next command on `rx`: waiting up to `wait`, or only what is there already (`None`).
+pub(crate) fn next_command<T>(
+    rx: &std::sync::mpsc::Receiver<T>,
+    wait: Option<Duration>,
+) -> Next<T> {
+    use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+    match wait {
+        Some(w) => match rx.recv_timeout(w) {
+            Ok(c) => Next::Command(c),
+            Err(RecvTimeoutError::Timeout) => Next::Nothing,
+            Err(RecvTimeoutError::Disconnected) => Next::Closed,
+        },
+        None => match rx.try_recv() {
+            Ok(c) => Next::Command(c),
+            Err(TryRecvError::Empty) => Next::Nothing,
+            Err(TryRecvError::Disconnected) => Next::Closed,
+        },
+    }
+}
+
 /// Lock a mutex even if a thread panicked while holding it (the data is plain bookkeeping).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use super::changelog_reader::{ChangelogReader, Polled};
 use super::local::LocalStores;
 use super::status::SharedStatus;
 use super::task::{Task, TaskError, TaskState};
-use super::{lock, SharedHeldTasks};
+use super::{lock, next_command, Next, SharedHeldTasks};
 use crate::telemetry::Metrics;
 
 /// Records taken from one reader per round before the others get a turn.
@@ -152,22 +152,14 @@ impl StateUpdater {
         held: &mut BTreeMap<i32, Held>,
         readers: &mut [ChangelogReader],
     ) -> Result<bool, UpdaterError> {
-        let mut first = true;
+        // Nothing held: wait for work instead of spinning.
+        let mut wait = held.is_empty().then_some(Duration::from_millis(100));
         loop {
-            let cmd = if first && held.is_empty() {
-                match self.commands.recv_timeout(Duration::from_millis(100)) {
-                    Ok(c) => c,
-                    Err(RecvTimeoutError::Timeout) => return Ok(true),
-                    Err(RecvTimeoutError::Disconnected) => return Ok(false),
-                }
-            } else {
-                match self.commands.try_recv() {
-                    Ok(c) => c,
-                    Err(TryRecvError::Empty) => return Ok(true),
-                    Err(TryRecvError::Disconnected) => return Ok(false),
-                }
+            let cmd = match next_command(&self.commands, wait.take()) {
+                Next::Command(c) => c,
+                Next::Nothing => return Ok(true),
+                Next::Closed => return Ok(false),
             };
-            first = false;
             match cmd {
                 UpdaterCommand::Create { partition, active } => {
                     let task = Task::open(

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,9 @@ use super::state_updater::{StateUpdater, UpdaterError, UpdaterEvent};
 use super::status::{SharedStatus, Status};
 use super::task::{TaskError, TaskOutputs};
 use super::task_manager::{SourceChanges, TaskManager};
-use super::{now_ms, EngineCommand, Liveness, OffsetCommitter, SharedHeldTasks};
+use super::{
+    next_command, now_ms, EngineCommand, Liveness, Next, OffsetCommitter, SharedHeldTasks,
+};
 use crate::config::RunSettings;
 use crate::kafka::client::source_consumer_config;
 use crate::kafka::producer::{CommitError, Delivery, OutputProducer};
@@ -244,19 +246,12 @@ impl StreamThread {
 
     /// Take the group's commands; `false` when the group side is gone (shutting down).
     fn handle_commands(&self, l: &mut Loop, idle: bool) -> Result<bool, StreamThreadError> {
+        let mut wait = idle.then_some(Duration::from_millis(20));
         loop {
-            let cmd = if idle {
-                match self.commands.recv_timeout(Duration::from_millis(20)) {
-                    Ok(c) => c,
-                    Err(RecvTimeoutError::Timeout) => return Ok(true),
-                    Err(RecvTimeoutError::Disconnected) => return Ok(false),
-                }
-            } else {
-                match self.commands.try_recv() {
-                    Ok(c) => c,
-                    Err(TryRecvError::Empty) => return Ok(true),
-                    Err(TryRecvError::Disconnected) => return Ok(false),
-                }
+            let cmd = match next_command(&self.commands, wait.take()) {
+                Next::Command(c) => c,
+                Next::Nothing => return Ok(true),
+                Next::Closed => return Ok(false),
             };
             match cmd {
                 EngineCommand::Revoke { done } => {

@@ -28,9 +28,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::store::{KeyValueStore, StoreError};
-use crate::window::{
-    decode_window_key, encode_window_key, oldest_retained, WindowStore, WindowVisitor,
-};
+use crate::window::{encode_window_key, oldest_retained, WindowStore, WindowVisitor};
 
 /// Where a transactional store sends its dirty entries at commit time. `send` only enqueues:
 /// delivery (and the transaction's outcome) is the owner's business.
@@ -50,6 +48,17 @@ struct Pending {
     staged: Vec<Entry>,
     /// Approximate bytes (keys and values) of the buffered entries.
     bytes: usize,
+}
+
+impl Pending {
+    /// Send every staged entry to `writer`; the buffer they came from is empty now.
+    fn stage_sent(&mut self, writer: &mut dyn ChangelogWriter) -> Result<usize, StoreError> {
+        self.bytes = 0;
+        for (key, value) in &self.staged {
+            writer.send(key, value.as_deref())?;
+        }
+        Ok(self.staged.len())
+    }
 }
 
 fn entry_len(key: &[u8], value: Option<&[u8]>) -> usize {
@@ -96,13 +105,8 @@ impl<S: KeyValueStore> TxnKeyValueStore<S> {
     /// Phase one of a commit: send one changelog record per dirty key to `writer` and stage the
     /// entries for [`Self::commit`]. Returns the number of records sent.
     pub fn prepare(&mut self, writer: &mut dyn ChangelogWriter) -> Result<usize, StoreError> {
-        let staged = &mut self.pending.staged;
-        staged.extend(self.buffer.drain());
-        self.pending.bytes = 0;
-        for (key, value) in staged.iter() {
-            writer.send(key, value.as_deref())?;
-        }
-        Ok(staged.len())
+        self.pending.staged.extend(self.buffer.drain());
+        self.pending.stage_sent(writer)
     }
 
     /// Phase two: the transaction holding the prepared records committed; write them to the
@@ -243,18 +247,13 @@ impl<S: WindowStore> TxnWindowStore<S> {
     pub fn prepare(&mut self, writer: &mut dyn ChangelogWriter) -> Result<usize, StoreError> {
         let oldest = oldest_retained(self.observed, self.inner.retention_ms());
         let buffer = std::mem::take(&mut self.buffer);
-        self.pending.bytes = 0;
-        let staged = &mut self.pending.staged;
-        staged.extend(
+        self.pending.staged.extend(
             buffer
                 .into_iter()
                 .filter(|((_, t), _)| *t >= oldest)
                 .map(|((k, t), v)| (encode_window_key(&k, t), v)),
         );
-        for (key, value) in staged.iter() {
-            writer.send(key, value.as_deref())?;
-        }
-        Ok(staged.len())
+        self.pending.stage_sent(writer)
     }
 
     /// Phase two: the transaction committed; apply the staged entries to the inner store in one
@@ -363,24 +362,6 @@ impl<S: WindowStore> WindowStore for TxnWindowStore<S> {
     }
     fn approximate_len(&self) -> Result<u64, StoreError> {
         self.inner.approximate_len()
-    }
-    /// Buffers the records like puts and deletes (they are writes of this transaction).
-    fn restore_batch(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
-        for (raw, value) in entries {
-            let Some((key, start)) = decode_window_key(raw) else {
-                return Err(StoreError::Codec {
-                    store: self.name().to_owned(),
-                    message: format!("changelog key of {} bytes is not a window key", raw.len()),
-                });
-            };
-            match value {
-                Some(v) => {
-                    self.put(key, start, v)?;
-                }
-                None => self.delete(key, start)?,
-            }
-        }
-        Ok(())
     }
 }
 

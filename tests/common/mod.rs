@@ -241,8 +241,8 @@ impl Drop for Proc {
     }
 }
 
-/// Produce generated traffic (in-process); returns the report and what was sent (for the
-/// independent model, `model::order_views`).
+/// Produce generated traffic (12 partitions, in-process); returns the report and what was sent
+/// (for the independent model, `model::order_views`).
 pub async fn produce(
     topic: &str,
     orders: u64,
@@ -253,26 +253,20 @@ pub async fn produce(
     paystream::produce::ProduceReport,
     Vec<(Option<String>, String)>,
 ) {
-    let opts = paystream::produce::ProduceOptions {
-        bootstrap_servers: bootstrap(),
-        topic: topic.to_owned(),
-        rate,
-        create_topic: false,
-        partitions: 12,
-        replication_factor: 1,
-        model_out: None,
-        generator: paystream::produce::GeneratorOptions {
-            orders,
-            events,
-            malformed,
-            ..Default::default()
-        },
+    let g = paystream::produce::GeneratorOptions {
+        orders,
+        events,
+        malformed,
+        ..Default::default()
     };
-    let traffic = paystream::produce::Traffic::generate(&opts.generator).expect("traffic");
-    let report = tokio::task::spawn_blocking(move || paystream::produce::produce(&opts))
-        .await
-        .expect("join")
-        .expect("produce");
+    let started = Instant::now();
+    let traffic = produce_traffic(topic, 12, g.clone(), rate).await;
+    let report = paystream::produce::ProduceReport {
+        events: traffic.events.len() as u64,
+        orders: g.orders,
+        malformed: g.malformed,
+        elapsed: started.elapsed(),
+    };
     (report, sent(&traffic))
 }
 
@@ -452,6 +446,50 @@ pub async fn wait_views_match_model(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Like [`wait_views_match_model`], failing the test (saying `what`) if some order still
+/// differs at the deadline.
+pub async fn assert_views_match(
+    http: &str,
+    model: &BTreeMap<String, model::ModelView>,
+    timeout: Duration,
+    what: &str,
+) {
+    let differing = wait_views_match_model(http, model, "", timeout).await;
+    assert!(
+        differing.is_empty(),
+        "{what}: {} of {} orders differ from the model, e.g. {:?}",
+        differing.len(),
+        model.len(),
+        &differing[..differing.len().min(5)]
+    );
+}
+
+/// Send the traffic `g` generates to `topic` (`partitions` partitions) at `rate` events/s (as
+/// fast as possible without); returns it (its records, in send order, feed the model).
+pub async fn produce_traffic(
+    topic: &str,
+    partitions: i32,
+    g: paystream::produce::GeneratorOptions,
+    rate: Option<u64>,
+) -> paystream::produce::Traffic {
+    let traffic = paystream::produce::Traffic::generate(&g).expect("traffic");
+    let opts = paystream::produce::ProduceOptions {
+        bootstrap_servers: bootstrap(),
+        topic: topic.to_owned(),
+        rate,
+        create_topic: false,
+        partitions,
+        replication_factor: 1,
+        model_out: None,
+        generator: g,
+    };
+    tokio::task::spawn_blocking(move || paystream::produce::produce(&opts))
+        .await
+        .expect("join")
+        .expect("produce");
+    traffic
 }
 
 /// `kill -STOP` / `kill -CONT` a child process.
