@@ -1,6 +1,7 @@
 //! Exactly-once processing against a real broker, with the faults it exists for: an instance
 //! paused past its session timeout and then resumed (a zombie), two applications sharing
-//! `SEND_SMS` (blue/green), a `kill -9` mid-stream, and a long restore of one partition.
+//! `SEND_SMS` (blue/green), a `kill -9` mid-stream, a long restore of one partition, and a
+//! transaction still open on a changelog when its partition is restored.
 //!
 //! Views are compared with an independent model (`common::model`), never with the fold the
 //! processor runs; SMS are read back `read_committed` and counted per order and template.
@@ -13,8 +14,11 @@ use std::time::{Duration, Instant};
 use common::model::{expected_sms, order_views};
 use common::*;
 use paystream::produce::GeneratorOptions;
+use paystream_topology::order::{encode_order, EventType, OrderView, StoredOrder};
 use paystream_topology::sms::SmsRequest;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DefaultProducerContext, Producer, ThreadedProducer,
+};
 use rdkafka::ClientConfig;
 
 /// One cluster at a time (see tests/cluster.rs): on 2 cores, two clusters starve each other.
@@ -169,19 +173,32 @@ async fn a_paused_instance_is_fenced_and_nothing_is_lost_or_sent_twice() {
             },
         )
         .await;
-    // Kill the new active of one of its partitions while traffic still flows.
+    // Kill the new active of one of its partitions while it processes: a second batch of
+    // orders flows (the first may be over by now: the new actives waited for the zombie's open
+    // transaction to be aborted before they restored its last commit).
     let p = *lost.iter().next().unwrap();
     let victim = if actives(&procs[1]).await.contains(&p) {
         1
     } else {
         2
     };
-    assert!(
-        !producer.is_finished(),
-        "traffic must still flow at the kill"
-    );
+    let processed = |h: &serde_json::Value| h["records_processed"].as_u64().unwrap_or(0);
+    let before = procs[victim].health().await.map_or(0, |h| processed(&h));
+    let second = {
+        let topic = topic.clone();
+        tokio::spawn(async move { produce_orders(&topic, 6, 6_000, 2_000, Some(800)).await })
+    };
+    procs[victim]
+        .wait_health(
+            "the victim processing the second batch",
+            Duration::from_secs(60),
+            |h| processed(h) > before + 200,
+        )
+        .await;
+    assert!(!second.is_finished(), "traffic must still flow at the kill");
     procs[victim].kill9();
-    let sent = producer.await.unwrap();
+    let mut sent = producer.await.unwrap();
+    sent.extend(second.await.unwrap());
     let survivor = 3 - victim; // the other of 1 and 2
     {
         let (a, rest) = procs.split_at_mut(1);
@@ -438,4 +455,103 @@ async fn a_long_restore_of_one_partition_does_not_stop_the_others() {
         owners.contains(a.http.as_str()),
         "instance a lost its place: {meta}"
     );
+}
+
+/// Begin a transaction that writes `value` under `key` into partition 0 of `changelog`, and
+/// leave it open (the producer is returned to commit it later).
+fn open_transaction(changelog: &str, id: &str, key: &str, value: &[u8]) -> BaseProducer {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("transactional.id", id)
+        .create()
+        .expect("producer");
+    let t = Duration::from_secs(30);
+    producer.init_transactions(t).expect("init_transactions");
+    producer.begin_transaction().expect("begin_transaction");
+    producer
+        .send(
+            BaseRecord::to(changelog)
+                .partition(0)
+                .key(key)
+                .payload(value),
+        )
+        .map_err(|(e, _)| e)
+        .expect("send");
+    producer.flush(t).expect("flush");
+    producer
+}
+
+/// The previous owner's last commit can still be in flight on a changelog when the next owner
+/// restores the partition (the broker writes commit markers after `commit_transaction` returned;
+/// a dead instance's open transaction is aborted only after its timeout). The restore must wait
+/// for it: a restore that stopped at the last stable offset would start processing without the
+/// records of that commit, while the source offsets of the same commit are already committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_waits_for_a_transaction_still_open_on_its_changelog() {
+    let _one = ONE_CLUSTER.lock().await;
+    let work = tempfile::tempdir().unwrap();
+    let topic = unique("opentxn");
+    let app = unique("opentxn");
+    create_topic(&topic, 4).await;
+    let changelog = format!("{app}-orders-changelog");
+    create_topic(&changelog, 4).await;
+    let order_id = (0..)
+        .map(|n| format!("O-TXN-{n}"))
+        .find(|k| paystream::partition_for_key(k.as_bytes(), 4) == 0)
+        .unwrap();
+    let view = OrderView {
+        order_id: order_id.clone(),
+        state: EventType::ApprovalRequested,
+        amount: 1_234,
+        currency: "EUR".into(),
+        member_id: "M-1".into(),
+        created_ts: 1_700_000_000_000,
+        updated_ts: 1_700_000_000_000,
+        events: 1,
+        last_event_id: "E-1".into(),
+    };
+    let value = encode_order(&StoredOrder {
+        view: view.clone(),
+        seen: vec!["E-1".into()],
+    })
+    .unwrap();
+    let (c, k, txn_id) = (
+        changelog.clone(),
+        order_id.clone(),
+        format!("{app}-previous"),
+    );
+    let producer = tokio::task::spawn_blocking(move || open_transaction(&c, &txn_id, &k, &value))
+        .await
+        .unwrap();
+
+    let mut a = Proc::run(&app, &topic, &work.path().join("a"), free_port(), &[]);
+    a.wait_health("partitions 1 to 3 running", Duration::from_secs(60), |h| {
+        (1..4).all(|p| h["tasks"][p.to_string()]["state"] == "running")
+    })
+    .await;
+    let h = a.health().await.unwrap();
+    assert_eq!(
+        h["tasks"]["0"]["state"], "restoring",
+        "partition 0 finished restoring while a transaction on its changelog was open: {h}"
+    );
+    tokio::task::spawn_blocking(move || {
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .expect("commit_transaction")
+    })
+    .await
+    .unwrap();
+    a.wait_health("ready", Duration::from_secs(60), |h| h["ready"] == true)
+        .await;
+    let r = reqwest::get(format!("http://{}/orders/{order_id}", a.http))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the committed order is not in the view");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["order"],
+        serde_json::to_value(&view).unwrap(),
+        "{body}"
+    );
+    a.assert_alive();
 }

@@ -1,10 +1,18 @@
 //! Reading changelogs for the state updater: one `read_committed` consumer per changelog topic.
 //!
-//! Why one per topic: "caught up" means the consumer's fetch position reached the partition's
-//! last stable offset, and under transactions the last records of a changelog are control
-//! records (commit markers) that are never delivered, so no delivered offset ever equals the
-//! end. librdkafka signals the end with an end-of-partition event, but rdkafka reports it with
-//! the partition number only; with one consumer per topic the event is unambiguous.
+//! Where "the end" is: the changelog's log-end offset (high watermark, read `read_uncommitted`
+//! by [`LogEnds`]) when the read starts, and a read is there once the consumer's *position*
+//! reached it. Not the last stable offset, and not the end-of-partition event (which comes at the
+//! last stable offset): right after the previous owner's `commit_transaction` returned, the
+//! broker has not yet written the commit markers, the last stable offset still lies before that
+//! last transaction, and a restore that stopped there would miss the last commit while the source
+//! offsets (fetched `require_stable`) already include it: events lost from the view. Waiting for
+//! the position also waits out a transaction still open on the changelog (a dead instance's,
+//! aborted by the broker after `transaction.timeout.ms`), as Kafka Streams' restore does.
+//! Commit markers are never delivered, but librdkafka moves the position past them.
+//!
+//! One consumer per changelog topic keeps each consumer's assignment (and positions) to the
+//! partitions of one store.
 //!
 //! Partitions come and go with `incremental_assign` / `incremental_unassign` (explicit start
 //! offsets), so adding one task never restarts the fetches of the others.
@@ -18,14 +26,14 @@ use rdkafka::error::KafkaError as RdError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use crate::kafka::client::restore_consumer_config;
+use crate::kafka::client::{log_end_client_config, restore_consumer_config};
 use crate::telemetry::Metrics;
 
 /// How long a watermark query may take before the partition is retried later.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Client context: quiet about end-of-partition (reaching it is the point), and, for the
-/// consumer of the first store's changelog, feeding each partition's lag into the metrics.
+/// Client context: for the consumer of the first store's changelog, feeding each partition's lag
+/// into the metrics.
 pub(crate) struct ReaderContext {
     topic: String,
     lag_to: Option<Arc<Metrics>>,
@@ -58,13 +66,6 @@ impl ClientContext for ReaderContext {
     }
 
     fn error(&self, error: RdError, reason: &str) {
-        use rdkafka::error::RDKafkaErrorCode;
-        if matches!(
-            error,
-            RdError::PartitionEOF(_) | RdError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            return;
-        }
         tracing::warn!(topic = %self.topic, %error, reason, "changelog consumer error");
     }
 }
@@ -78,10 +79,6 @@ pub(crate) enum Polled<'a> {
         offset: i64,
         key: Option<&'a [u8]>,
         value: Option<&'a [u8]>,
-    },
-    /// The consumer reached the end (last stable offset) of this partition.
-    End {
-        partition: i32,
     },
     Nothing,
 }
@@ -116,10 +113,20 @@ impl ChangelogReader {
         })
     }
 
-    /// `(low, high)` watermarks of `partition`; high is the last stable offset.
-    pub(crate) fn watermarks(&self, partition: i32) -> Result<(i64, i64), RdError> {
-        self.consumer
-            .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
+    /// Where the consumer stands in each assigned partition: the offset of the next record it
+    /// will hand out, past commit markers and aborted records. Partitions it has not read from
+    /// yet are left out.
+    pub(crate) fn positions(&self) -> Result<Vec<(i32, i64)>, RdError> {
+        Ok(self
+            .consumer
+            .position()?
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Start reading `partition` at `offset`.
@@ -158,12 +165,31 @@ impl ChangelogReader {
                 key: m.key(),
                 value: m.payload(),
             }),
-            Some(Err(RdError::PartitionEOF(partition))) => f(Polled::End { partition }),
             Some(Err(e)) => {
                 tracing::debug!(topic = %self.topic, error = %e, "changelog consumer error");
                 f(Polled::Nothing)
             }
             None => f(Polled::Nothing),
         }
+    }
+}
+
+/// The changelogs' watermarks as a `read_uncommitted` client sees them: the high one is the
+/// log-end offset, past every record written, committed or not (see the module documentation).
+pub(crate) struct LogEnds {
+    consumer: BaseConsumer,
+}
+
+impl LogEnds {
+    pub(crate) fn new(bootstrap: &str) -> Result<Self, RdError> {
+        Ok(Self {
+            consumer: log_end_client_config(bootstrap).create()?,
+        })
+    }
+
+    /// `(low, high)` watermarks of `topic`'s `partition`; high is the log-end offset.
+    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), RdError> {
+        self.consumer
+            .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
     }
 }

@@ -13,7 +13,9 @@
 //! Where a store starts: a store opened from disk starts at its checkpoint, a live copy (a
 //! standby being promoted, an active handed back) at its changelog position; either must lie
 //! within the changelog's `[low, high]` watermarks, else the local copy is wiped and restored
-//! from the beginning. "The end" is the last stable offset (records are read `read_committed`).
+//! from the beginning. "The end" is the log-end offset when the read starts, reached when the
+//! `read_committed` consumer's position gets there (past the last commit marker; see
+//! `changelog_reader` for why not the last stable offset).
 //! A changelog partition that cannot be read (its leader is down, the topic is gone) is retried
 //! with backoff and reported in `/health`; so is one that stops making progress.
 
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use paystream_topology::Topology;
 use thiserror::Error;
 
-use super::changelog_reader::{ChangelogReader, Polled};
+use super::changelog_reader::{ChangelogReader, LogEnds, Polled};
 use super::local::LocalStores;
 use super::status::SharedStatus;
 use super::task::{Task, TaskError, TaskState};
@@ -119,6 +121,10 @@ impl StateUpdater {
                 .map_err(|source| UpdaterError::Consumer { topic, source })?;
             readers.push(reader);
         }
+        let ends = LogEnds::new(&self.bootstrap).map_err(|source| UpdaterError::Consumer {
+            topic: "(log-end offsets)".into(),
+            source,
+        })?;
         let mut held: BTreeMap<i32, Held> = BTreeMap::new();
         let mut last_progress = Instant::now();
         // After a round that read nothing, the next one waits a little on its first consumer
@@ -128,7 +134,7 @@ impl StateUpdater {
             if !self.handle_commands(&mut held, &mut readers)? {
                 break;
             }
-            self.start_pending(&mut held, &mut readers)?;
+            self.start_pending(&mut held, &mut readers, &ends)?;
             if !held.is_empty() && !readers.iter().any(ChangelogReader::has_assignment) {
                 std::thread::sleep(IDLE_WAIT);
             }
@@ -274,6 +280,7 @@ impl StateUpdater {
         &self,
         held: &mut BTreeMap<i32, Held>,
         readers: &mut [ChangelogReader],
+        ends: &LogEnds,
     ) -> Result<(), UpdaterError> {
         let now = Instant::now();
         for (&p, h) in held.iter_mut() {
@@ -285,7 +292,7 @@ impl StateUpdater {
                 if retry_at > now {
                     continue;
                 }
-                let (lo, hi) = match reader.watermarks(p) {
+                let (lo, hi) = match ends.watermarks(&reader.topic, p) {
                     Ok(w) => w,
                     Err(e) => {
                         let why = format!("changelog {} unreadable: {e}", reader.topic);
@@ -333,7 +340,9 @@ impl StateUpdater {
                 h.reads[i] = StoreRead::Reading {
                     end: hi,
                     moved_at: now,
-                    reached: false,
+                    // A standby with nothing to read is at the end already (its position
+                    // shows only once it read something).
+                    reached: start >= hi,
                 };
             }
         }
@@ -372,10 +381,6 @@ impl StateUpdater {
                         }
                         true
                     }
-                    Polled::End { partition } => {
-                        ended.push((i, partition));
-                        true
-                    }
                     Polled::Nothing => false,
                 });
                 if !got {
@@ -398,13 +403,36 @@ impl StateUpdater {
                 .metrics
                 .records_restored
                 .fetch_add(n, Ordering::Relaxed);
-            if let StoreRead::Reading { end, moved_at, .. } = &mut h.reads[i] {
+            if let StoreRead::Reading { moved_at, .. } = &mut h.reads[i] {
                 *moved_at = Instant::now();
                 if h.task.state() == TaskState::Restoring {
                     h.progress.0 += n;
                 }
-                if batch.last_offset + 1 >= *end {
-                    ended.push((i, p));
+            }
+        }
+        // Reached the end: the position (past records, commit markers and aborted records)
+        // got to the log-end offset the read started with.
+        for (i, reader) in readers.iter().enumerate() {
+            if !reader.has_assignment() {
+                continue;
+            }
+            let positions = reader
+                .positions()
+                .map_err(|source| UpdaterError::Consumer {
+                    topic: reader.topic.clone(),
+                    source,
+                })?;
+            for (p, position) in positions {
+                let reading = held.get(&p).map(|h| h.reads[i]);
+                if let Some(StoreRead::Reading {
+                    end,
+                    reached: false,
+                    ..
+                }) = reading
+                {
+                    if position >= end {
+                        ended.push((i, p));
+                    }
                 }
             }
         }
@@ -474,7 +502,8 @@ impl StateUpdater {
                 self.status.task_error(
                     p,
                     Some(format!(
-                        "restore made no progress for {} s (changelog leader unavailable?)",
+                        "restore made no progress for {} s (changelog leader unavailable, or a \
+                         transaction left open on the changelog?)",
                         STALL_AFTER.as_secs()
                     )),
                 );

@@ -57,8 +57,8 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
 
 /// Consumer settings for reading a changelog from a given offset to its end (restore, standby).
 /// It never commits: restore progress lives in the local checkpoint, not in the group. It reads
-/// committed records only, and its "end" (watermarks, end-of-partition events) is the last
-/// stable offset: an open or aborted transaction is never restored.
+/// committed records only (an open or aborted transaction is never restored); where its end is
+/// comes from [`log_end_client_config`]'s client.
 pub fn restore_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
@@ -67,9 +67,21 @@ pub fn restore_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig 
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
+        .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50")
         .set("queued.min.messages", "200000");
+    c
+}
+
+/// A client that only asks for watermarks, `read_uncommitted`: its high watermark is the
+/// log-end offset (a `read_committed` client's is the last stable offset, behind an open
+/// transaction and, for a moment, behind one whose commit markers are still being written).
+pub fn log_end_client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("group.id", "paystream-log-ends")
+        .set("isolation.level", "read_uncommitted")
+        .set("enable.auto.commit", "false");
     c
 }
 
