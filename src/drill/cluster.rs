@@ -204,12 +204,33 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(DrillError::Step(
-                    "cluster did not become stable in time".into(),
-                ));
+                return Err(DrillError::Step(format!(
+                    "cluster did not become stable in time (generations {gens:?}){}",
+                    self.diagnose().await
+                )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Each running instance's `/health` and the end of its log, for an error message.
+    async fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for i in self.running() {
+            let health = self
+                .json(&self.endpoint(i), "/health")
+                .await
+                .map_or_else(|| "no answer".to_owned(), |h| h.to_string());
+            let log = std::fs::read_to_string(self.state_dir(i).with_extension("log"))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
+            out.push_str(&format!(
+                "\ninstance {i} ({}): health {health}\n  {tail}",
+                self.endpoint(i)
+            ));
+        }
+        out
     }
 
     /// Highest generation any live instance reports.
