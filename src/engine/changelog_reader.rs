@@ -19,7 +19,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError as RdError;
@@ -88,6 +88,7 @@ pub(crate) struct ChangelogReader {
     pub(crate) topic: String,
     consumer: BaseConsumer<ReaderContext>,
     assigned: usize,
+    created: Instant,
 }
 
 impl ChangelogReader {
@@ -110,6 +111,7 @@ impl ChangelogReader {
             topic: topic.to_owned(),
             consumer,
             assigned: 0,
+            created: Instant::now(),
         })
     }
 
@@ -149,6 +151,11 @@ impl ChangelogReader {
         self.consumer.incremental_unassign(&tpl)?;
         self.assigned = self.assigned.saturating_sub(1);
         Ok(())
+    }
+
+    /// How long ago this consumer was created.
+    pub(crate) fn age(&self) -> Duration {
+        self.created.elapsed()
     }
 
     pub(crate) fn has_assignment(&self) -> bool {

@@ -45,6 +45,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A restoring store that has not moved for this long is reported in `/health`.
 const STALL_AFTER: Duration = Duration::from_secs(30);
+/// A read short of its end that has not moved for this long gets a new consumer (see
+/// [`StateUpdater::reset_stalled`]).
+const RESET_AFTER: Duration = Duration::from_secs(10);
 
 /// What the stream thread asks of the updater.
 pub enum UpdaterCommand {
@@ -112,15 +115,9 @@ impl StateUpdater {
     }
 
     fn run_inner(self) -> Result<(), UpdaterError> {
-        let group = format!("{}-restore", self.application_id);
-        let mut readers = Vec::new();
-        for (i, spec) in self.topology.stores().iter().enumerate() {
-            let topic = spec.changelog_topic(&self.application_id);
-            let lag = (i == 0).then(|| self.metrics.clone());
-            let reader = ChangelogReader::new(&self.bootstrap, &group, &topic, lag)
-                .map_err(|source| UpdaterError::Consumer { topic, source })?;
-            readers.push(reader);
-        }
+        let mut readers = (0..self.topology.stores().len())
+            .map(|i| self.new_reader(i))
+            .collect::<Result<Vec<_>, _>>()?;
         let ends = LogEnds::new(&self.bootstrap).map_err(|source| UpdaterError::Consumer {
             topic: "(log-end offsets)".into(),
             source,
@@ -144,10 +141,61 @@ impl StateUpdater {
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 self.report(&mut held);
+                self.reset_stalled(&mut held, &mut readers)?;
             }
         }
         for (p, mut h) in std::mem::take(&mut held) {
             self.close(p, &mut h, &mut readers)?;
+        }
+        Ok(())
+    }
+
+    /// The consumer of store `i`'s changelog.
+    fn new_reader(&self, i: usize) -> Result<ChangelogReader, UpdaterError> {
+        let group = format!("{}-restore", self.application_id);
+        let topic = self.topology.stores()[i].changelog_topic(&self.application_id);
+        let lag = (i == 0).then(|| self.metrics.clone());
+        ChangelogReader::new(&self.bootstrap, &group, &topic, lag)
+            .map_err(|source| UpdaterError::Consumer { topic, source })
+    }
+
+    /// A consumer (at least [`RESET_AFTER`] old) with a read short of its end that delivered
+    /// nothing for [`RESET_AFTER`] is replaced by a new one, which resumes every partition it read at what was applied. Seen
+    /// after the broker was unreachable for a minute: one changelog consumer of an instance
+    /// never fetched again while the others resumed, and its restores waited forever.
+    fn reset_stalled(
+        &self,
+        held: &mut BTreeMap<i32, Held>,
+        readers: &mut [ChangelogReader],
+    ) -> Result<(), UpdaterError> {
+        for (i, reader) in readers.iter_mut().enumerate() {
+            let stalled: Vec<(i32, i64)> = held
+                .iter()
+                .filter_map(|(&p, h)| match h.reads[i] {
+                    StoreRead::Reading {
+                        end,
+                        moved_at,
+                        reached: false,
+                    } if moved_at.elapsed() > RESET_AFTER => Some((p, end)),
+                    _ => None,
+                })
+                .collect();
+            if stalled.is_empty() || reader.age() < RESET_AFTER {
+                continue;
+            }
+            let positions = reader.positions().unwrap_or_default();
+            tracing::warn!(topic = %reader.topic, ?stalled, ?positions, "changelog reads (partition, end) made no progress (a transaction still open on the changelog, or a stuck consumer); replacing their consumer");
+            *reader = self.new_reader(i)?;
+            for (&p, h) in held.iter() {
+                if matches!(h.reads[i], StoreRead::Reading { .. }) {
+                    reader
+                        .assign(p, h.task.stores[i].changelog_end)
+                        .map_err(|source| UpdaterError::Consumer {
+                            topic: reader.topic.clone(),
+                            source,
+                        })?;
+                }
+            }
         }
         Ok(())
     }
