@@ -196,7 +196,7 @@ async fn failover_five_kills_at_least_once_fails_no_query_and_loses_nothing() {
 
 async fn failover_five_kills(guarantee: ProcessingGuarantee) {
     let _one = ONE_CLUSTER.lock().await;
-    let work = std::mem::ManuallyDrop::new(tempfile::tempdir().unwrap()); eprintln!("WORK {}", work.path().display()); // DEBUG
+    let work = tempfile::tempdir().unwrap();
     let mut opts = options(work.path(), 3);
     opts.processing_guarantee = guarantee;
     opts.rounds = 5;
