@@ -131,6 +131,12 @@ start() {
   local voters="" i
   for i in $(seq 1 "$n"); do voters="$voters${voters:+,}$i@127.0.0.1:$(( $(port_of "$i") + 1 ))"; done
   local rf=$(( n >= 3 ? 3 : 1 )) isr=$(( n >= 3 ? 2 : 1 ))
+  # A single broker is its own controller: when the machine stalls (2 cores shared with three
+  # instances, RocksDB and the test; load averages above 20 were seen) it missed its own session
+  # (default 9 s), fenced itself and left every partition without a leader for tens of seconds
+  # (clients: NotCoordinator, leader -1, AllBrokersDown). Alone it has nobody to fail over to, so
+  # it waits longer; a multi-broker cluster keeps the default for prompt failover.
+  local session_ms=$(( n == 1 ? 30000 : 9000 ))
   local cluster_id; cluster_id="$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
   for i in $(seq 1 "$n"); do
     local d="$RUN/broker-$i" p; p="$(port_of "$i")"
@@ -159,6 +165,7 @@ group.min.session.timeout.ms=1000
 auto.create.topics.enable=false
 log.cleaner.backoff.ms=1000
 log.segment.bytes=104857600
+broker.session.timeout.ms=$session_ms
 # A transaction left open by a killed instance is aborted this long after its timeout (default
 # 10 s) instead of up to 10 s later: its partitions' readers (standbys, read_committed consumers)
 # wait for that abort. Worth setting on production brokers too (see ARCHITECTURE.md).
