@@ -461,7 +461,10 @@ impl StateUpdater {
         // Reached the end: the position (past records, commit markers and aborted records)
         // got to the log-end offset the read started with.
         for (i, reader) in readers.iter().enumerate() {
-            if !reader.has_assignment() {
+            let short = held
+                .values()
+                .any(|h| matches!(h.reads[i], StoreRead::Reading { reached: false, .. }));
+            if !short {
                 continue;
             }
             let positions = reader
