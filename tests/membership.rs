@@ -70,6 +70,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
+        .with_ansi(false)
         .try_init();
 }
 

@@ -8,7 +8,9 @@ mod metrics;
 pub use metrics::{Metrics, TaskMetrics};
 
 /// Install the `tracing` subscriber: `RUST_LOG` if set, else `info` (and quieter dependencies).
+/// Colours only when stderr is a terminal: logs redirected to a file stay plain text.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,hyper=warn,reqwest=warn"));
@@ -16,5 +18,6 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -144,6 +144,11 @@ impl SingleRequest for FetchOffsets<'_> {
 
     fn request(&self, version: i16) -> OffsetFetchRequest {
         let mut req = OffsetFetchRequest::default();
+        // Offsets of a transaction whose markers are not yet written are answered with
+        // UNSTABLE_OFFSET_COMMIT (retried below) instead of the previous, older offsets.
+        if version >= 7 {
+            req.require_stable = true;
+        }
         if version >= 8 {
             let mut topic = OffsetFetchRequestTopics::default();
             topic.name = self.topic_name.clone();

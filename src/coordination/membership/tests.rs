@@ -1,6 +1,8 @@
 //! Unit tests of the membership client against a scripted fake broker: the failure modes a
 //! real broker will not produce on demand.
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -440,9 +442,16 @@ async fn offset_fetch_and_leave_retry_per_their_policies() {
     use kafka_protocol::messages::{LeaveGroupResponse, OffsetFetchResponse};
 
     let (mut fetches, mut leaves) = (0, 0);
-    let broker = fake::start(move |key, v, _body| match key {
+    let unstable_allowed = Arc::new(AtomicUsize::new(0));
+    let seen = unstable_allowed.clone();
+    let broker = fake::start(move |key, v, mut body| match key {
         ApiKey::OffsetFetch => {
             fetches += 1;
+            let request = kafka_protocol::messages::OffsetFetchRequest::decode(&mut body, v)
+                .expect("an OffsetFetch request");
+            if v < 7 || !request.require_stable {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
             let partition = |index, offset, error_code| {
                 let mut p = OffsetFetchResponsePartitions::default();
                 p.partition_index = index;
@@ -487,6 +496,12 @@ async fn offset_fetch_and_leave_retry_per_their_policies() {
     let offsets = m.fetch_offsets(&[0, 1]).await.unwrap();
     assert_eq!(offsets, BTreeMap::from([(0, 42)]));
     assert_eq!(broker.count(ApiKey::OffsetFetch), 3);
+    assert_eq!(
+        unstable_allowed.load(Ordering::SeqCst),
+        0,
+        "every OffsetFetch asks for stable offsets: a pending transaction's are not answered \
+         with older ones"
+    );
     assert_eq!(broker.count(ApiKey::FindCoordinator), lookups + 1);
 
     // A dropped connection is retried once, at once; a coordinator error on that retry is
