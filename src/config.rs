@@ -20,8 +20,8 @@ use thiserror::Error;
 
 mod windowed;
 
-pub use windowed::WindowedArgs;
 use windowed::WindowedFile;
+pub use windowed::{TimestampSourceArg, WindowedArgs};
 
 /// Errors in the configuration; each names the offending key.
 #[derive(Debug, Error)]
@@ -186,6 +186,8 @@ struct FileConfig {
     approval_timeout_grace_ms: Option<i64>,
     approval_timeout_check_interval_ms: Option<i64>,
     approval_timeout_alert_retention_ms: Option<i64>,
+    timestamp_source: Option<windowed::TimestampSourceArg>,
+    max_future_ms: Option<i64>,
 }
 
 /// Validated settings of one instance.
@@ -277,6 +279,8 @@ impl RunArgs {
             approval_timeout_grace_ms: file.approval_timeout_grace_ms,
             approval_timeout_check_interval_ms: file.approval_timeout_check_interval_ms,
             approval_timeout_alert_retention_ms: file.approval_timeout_alert_retention_ms,
+            timestamp_source: file.timestamp_source,
+            max_future_ms: file.max_future_ms,
         };
         let bootstrap_servers = self
             .bootstrap_servers

@@ -360,6 +360,7 @@ impl Instance {
             delivery: p.delivery,
             tracked: p.tracked,
             dlq_partitions: p.dlq_partitions,
+            input_partitions: p.partitions,
             sink_partitions: p.sink_partitions,
             local: shared.local,
             metrics: shared.metrics,

@@ -5,14 +5,39 @@
 
 use clap::Args;
 use paystream_topology::approval::ApprovalTimeoutConfig;
+use paystream_topology::shipped::{TimestampSource, DEFAULT_MAX_FUTURE_MS};
 use paystream_topology::sms::SmsConfig;
 use paystream_topology::ShippedTopologies;
+use serde::Deserialize;
 
 use super::{invalid, validate_topic_like, ConfigError};
 
-/// Flags of the windowed topologies (part of `paystream run`).
+/// `--timestamp-source`: the flag's spelling of [`TimestampSource`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampSourceArg {
+    /// The event's JSON `ts`: a replay of old history keeps its original times.
+    Event,
+    /// The Kafka record timestamp (producer or broker time).
+    Record,
+}
+
+/// Flags of the shipped topologies' clock and of the windowed topologies (part of
+/// `paystream run`).
 #[derive(Debug, Clone, Default, Args)]
 pub struct WindowedArgs {
+    /// The one clock of every topology: stream time, windows, grace, approval deadlines. `event`:
+    /// the event's JSON `ts` (a replay of year-old history raises the alerts it raised then);
+    /// `record`: the Kafka record timestamp. [default: event]
+    #[arg(long, env = "PAYSTREAM_TIMESTAMP_SOURCE", value_name = "SOURCE")]
+    pub timestamp_source: Option<TimestampSourceArg>,
+
+    /// Records whose time is more than this far ahead of the wall clock go to the dead-letter
+    /// topic (reason timestamp_in_future) and never move stream time: one event dated 2100 would
+    /// otherwise make every later event "late". [default: 3600000 (1 h)]
+    #[arg(long, env = "PAYSTREAM_MAX_FUTURE_MS", value_name = "MS")]
+    pub max_future_ms: Option<i64>,
+
     /// Run the SMS notification topology: one request on --sms-topic per approved or cancelled
     /// order, never two within the dedup window. [default: true]
     #[arg(long, env = "PAYSTREAM_SMS_ENABLED", value_name = "BOOL")]
@@ -100,6 +125,8 @@ pub(super) struct WindowedFile {
     pub(super) approval_timeout_grace_ms: Option<i64>,
     pub(super) approval_timeout_check_interval_ms: Option<i64>,
     pub(super) approval_timeout_alert_retention_ms: Option<i64>,
+    pub(super) timestamp_source: Option<TimestampSourceArg>,
+    pub(super) max_future_ms: Option<i64>,
 }
 
 const MAX_WINDOW_MS: i64 = 30 * 24 * 3_600_000;
@@ -231,9 +258,28 @@ impl WindowedArgs {
         } else {
             None
         };
+        let timestamp_source = match self.timestamp_source.or(file.timestamp_source) {
+            None | Some(TimestampSourceArg::Event) => TimestampSource::Event,
+            Some(TimestampSourceArg::Record) => TimestampSource::Record,
+        };
+        let max_future_ms = self
+            .max_future_ms
+            .or(file.max_future_ms)
+            .unwrap_or(DEFAULT_MAX_FUTURE_MS);
+        if !(0..=MAX_WINDOW_MS * 12).contains(&max_future_ms) {
+            return Err(invalid(
+                "max-future-ms",
+                format!(
+                    "{max_future_ms} is outside 0..={} (360 days)",
+                    MAX_WINDOW_MS * 12
+                ),
+            ));
+        }
         Ok(ShippedTopologies {
             sms,
             approval_timeout,
+            timestamp_source,
+            max_future_ms,
         })
     }
 }
@@ -256,6 +302,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(off.build().unwrap().shipped, ShippedTopologies::default());
+    }
+
+    #[test]
+    fn the_clock_is_event_time_with_a_one_hour_future_bound_unless_asked_otherwise() {
+        let s = RunArgs::default().build().unwrap().shipped;
+        assert_eq!(s.timestamp_source, TimestampSource::Event);
+        assert_eq!(s.max_future_ms, 3_600_000);
+        let record = RunArgs {
+            windowed: WindowedArgs {
+                timestamp_source: Some(TimestampSourceArg::Record),
+                max_future_ms: Some(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let s = record.build().unwrap().shipped;
+        assert_eq!(s.timestamp_source, TimestampSource::Record);
+        assert_eq!(s.max_future_ms, 0);
     }
 
     #[test]
@@ -295,6 +359,13 @@ mod tests {
                     ..Default::default()
                 },
                 "approval-timeout-ms",
+            ),
+            (
+                WindowedArgs {
+                    max_future_ms: Some(-1),
+                    ..Default::default()
+                },
+                "max-future-ms",
             ),
         ];
         for (windowed, key) in cases {

@@ -37,6 +37,7 @@ pub mod status;
 pub mod store;
 pub mod stream_thread;
 pub mod task;
+mod task_io;
 pub mod task_manager;
 
 use std::collections::BTreeMap;

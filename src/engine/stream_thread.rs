@@ -95,6 +95,8 @@ pub struct StreamThread {
     /// Changelog topics (with the partition count) whose acknowledged offsets are tracked.
     pub tracked: Vec<(String, i32)>,
     pub dlq_partitions: i32,
+    /// Partition count of the input topic (where each key belongs).
+    pub input_partitions: i32,
     pub sink_partitions: HashMap<String, i32>,
     pub local: Arc<LocalStores>,
     pub metrics: Arc<Metrics>,
@@ -315,6 +317,7 @@ impl StreamThread {
             dlq_partitions: self.dlq_partitions,
             sink_partitions: &self.sink_partitions,
             application_id: &self.settings.application_id,
+            input_partitions: self.input_partitions,
         };
         let wall_clock = now_ms();
         for task in l.manager.tasks.values_mut() {
@@ -333,8 +336,14 @@ impl StreamThread {
                         timestamp: msg.timestamp().to_millis().unwrap_or(0),
                         headers: Vec::new(),
                     };
-                    task.process(msg.topic(), msg.offset(), record, &outputs, wall_clock)?;
-                    l.dirty = true;
+                    match task.process(msg.topic(), msg.offset(), record, &outputs, wall_clock) {
+                        Ok(()) => l.dirty = true,
+                        // The record's own fault: whatever it half did is in the open
+                        // transaction and the store buffers. Roll everything back to the last
+                        // commit; the task dead-letters the record when it comes again.
+                        Err(TaskError::Poisoned { .. }) => return self.roll_back(l),
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "source consumer error (librdkafka retries)");
@@ -367,6 +376,16 @@ impl StreamThread {
             CommitError::Aborted(_) => {}
         }
         Ok(())
+    }
+
+    /// Abort the open transaction and go back to the last commit (see [`Self::rewind`]).
+    fn roll_back(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
+        if let Err(e) = l.producer.abort() {
+            tracing::warn!(error = %e, "abort failed; replacing the producer");
+            self.replace_producer(l);
+        }
+        l.dirty = false;
+        self.rewind(l)
     }
 
     /// Drop uncommitted writes and restart every running task at its committed source offset.

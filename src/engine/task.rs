@@ -17,21 +17,21 @@
 //! changelogs, which another instance may have written meanwhile. `Closed`: stores closed.
 //! [`Task::transition`] refuses any other move.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use paystream_state::store::{KeyValueStore, StoreError};
-use paystream_state::window::WindowStore;
+use paystream_state::store::StoreError;
 use paystream_topology::processor::{ProcessError, Record, RecordMeta, TaskIo};
 use paystream_topology::{partition_for_key, TaskProcessors, Topology};
-use rdkafka::message::{Header, OwnedHeaders};
 use thiserror::Error;
 
 use super::local::{LocalPartition, Role};
-use super::store::{StoreHandle, TaskStore};
-use crate::kafka::producer::{dead_letter_headers, OutputProducer, APPLICATION_HEADER};
+use super::store::TaskStore;
+use super::task_io::Io;
+use crate::kafka::producer::OutputProducer;
 use crate::telemetry::TaskMetrics;
 
 /// Lifecycle of a task; see the module diagram.
@@ -73,8 +73,9 @@ impl TaskState {
     }
 }
 
-/// Task failures: a store or a processor failed. They stop the instance without committing
-/// (a restart reprocesses from the last commit, so nothing is lost).
+/// Task failures. `Poisoned` is the record's fault and only rolls the task back; the others are
+/// faults of a store or the topology, which stop processing without committing (processing
+/// restarts from the last commit, so nothing is lost).
 #[derive(Debug, Error)]
 pub enum TaskError {
     #[error("task {partition}: {source}")]
@@ -88,6 +89,18 @@ pub enum TaskError {
         partition: i32,
         #[source]
         source: ProcessError,
+    },
+    /// The record at `offset` caused the failure (too large an output, a processor panic):
+    /// the caller rolls back to the last commit; the task dead-letters the record when it
+    /// comes again.
+    #[error(
+        "task {partition}: record at offset {offset} cannot be processed ({reason}): {detail}"
+    )]
+    Poisoned {
+        partition: i32,
+        offset: i64,
+        reason: &'static str,
+        detail: String,
     },
     #[error("task {partition}: illegal transition {from:?} -> {to:?}")]
     IllegalTransition {
@@ -112,8 +125,10 @@ pub struct TaskOutputs<'a> {
     pub dlq_partitions: i32,
     /// Partition count of each sink topic (keyed records are routed with murmur2).
     pub sink_partitions: &'a HashMap<String, i32>,
-    /// Written into a header of every sink record ([`APPLICATION_HEADER`]).
+    /// Written into a header of every sink record (`paystream.application.id`).
     pub application_id: &'a str,
+    /// Partition count of the source topic: a keyed record belongs on `murmur2(key) % n`.
+    pub input_partitions: i32,
 }
 
 /// One partition's processing unit.
@@ -133,6 +148,26 @@ pub struct Task {
     meta: RecordMeta,
     /// Late records already added to the metrics.
     late_seen: u64,
+    /// Source offsets whose processing failed because of the record itself, with the reason:
+    /// dead-lettered whenever they come again (kept across rollbacks until committed).
+    poison: BTreeMap<i64, Poison>,
+}
+
+/// Why a record cannot be processed (see [`Task::process`]).
+struct Poison {
+    reason: &'static str,
+    detail: String,
+}
+
+/// Prefix-free text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
 }
 
 impl Task {
@@ -167,6 +202,7 @@ impl Task {
                 offset: -1,
             },
             late_seen: 0,
+            poison: BTreeMap::new(),
         })
     }
 
@@ -215,6 +251,13 @@ impl Task {
     }
 
     /// Run one source record through the topology (`wall_clock`: epoch ms, for processors).
+    ///
+    /// Before the topology: a record at an offset found poisonous earlier is dead-lettered with
+    /// the reason found then; a keyed record on a partition its key does not hash to (murmur2,
+    /// as Java's default partitioner) is dead-lettered as `wrong_partition`, as no query would
+    /// ever find it here. A failure the record itself caused (see
+    /// [`ProcessError::caused_by_record`], or a processor panic) is [`TaskError::Poisoned`]: the
+    /// caller rolls back to the last commit, and the record is dead-lettered when it comes again.
     pub fn process(
         &mut self,
         topic: &str,
@@ -240,14 +283,60 @@ impl Task {
             meta: &self.meta,
             metrics: &self.metrics,
         };
-        processors
-            .process(&mut io, &self.meta, record, wall_clock)
-            .map_err(|source| TaskError::Process { partition, source })?;
+        let expected = record
+            .key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(|k| partition_for_key(k, outputs.input_partitions));
+        // Kept until committed: a later rollback brings the record back once more.
+        let outcome = if let Some(poison) = self.poison.get(&offset) {
+            io.dead_letter(record, poison.reason, &poison.detail)
+        } else if let Some(expected) = expected.filter(|&e| e != partition) {
+            self.metrics
+                .records_wrong_partition
+                .fetch_add(1, Ordering::Relaxed);
+            let detail = format!(
+                "the key hashes to partition {expected} (murmur2, as Java's default \
+                 partitioner) but the record is on partition {partition}: queries look for it \
+                 on {expected}"
+            );
+            io.dead_letter_with(
+                record,
+                "wrong_partition",
+                &detail,
+                &[
+                    ("paystream.dlq.expected_partition", expected.to_string()),
+                    ("paystream.dlq.actual_partition", partition.to_string()),
+                ],
+            )
+        } else {
+            let meta = &self.meta;
+            let run = AssertUnwindSafe(|| processors.process(&mut io, meta, record, wall_clock));
+            match std::panic::catch_unwind(run) {
+                Ok(outcome) => outcome,
+                Err(panic) => {
+                    let detail = format!("a processor panicked: {}", panic_message(&*panic));
+                    return Err(self.poisoned(offset, "processor_panic", detail));
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            return Err(match e.caused_by_record() {
+                Some(reason) => self.poisoned(offset, reason, e.to_string()),
+                None => TaskError::Process {
+                    partition,
+                    source: e,
+                },
+            });
+        }
         self.next_offset = Some(offset + 1);
         self.metrics
             .records_processed
             .fetch_add(1, Ordering::Relaxed);
-        let late = processors.late_records();
+        let late = self
+            .processors
+            .as_ref()
+            .map_or(0, TaskProcessors::late_records);
         if late != self.late_seen {
             self.metrics
                 .records_late
@@ -255,6 +344,31 @@ impl Task {
             self.late_seen = late;
         }
         Ok(())
+    }
+
+    /// Remember that the record at `offset` cannot be processed: when it comes again (after the
+    /// caller rolled back), it is dead-lettered with `reason`.
+    fn poisoned(&mut self, offset: i64, reason: &'static str, detail: String) -> TaskError {
+        tracing::warn!(
+            partition = self.partition,
+            offset,
+            reason,
+            %detail,
+            "a record cannot be processed; rolling back to dead-letter it"
+        );
+        self.poison.insert(
+            offset,
+            Poison {
+                reason,
+                detail: detail.clone(),
+            },
+        );
+        TaskError::Poisoned {
+            partition: self.partition,
+            offset,
+            reason,
+            detail,
+        }
     }
 
     /// Fire the wall-clock punctuations due at `now` (epoch ms), for a running task.
@@ -318,6 +432,8 @@ impl Task {
     pub fn mark_committed(&mut self) {
         if let Some(n) = self.next_offset {
             self.committed_offset = Some(n);
+            // Dead letters before `n` are committed: those records never come again.
+            self.poison = self.poison.split_off(&n);
         }
     }
 
@@ -350,99 +466,6 @@ impl Task {
     /// topics cannot be combined, and every instance reports the same store.
     pub fn changelog_position(&self) -> i64 {
         self.stores.first().map_or(0, |s| s.changelog_end)
-    }
-}
-
-/// [`TaskIo`] for a running task: its stores, the producer for sinks and dead letters.
-struct Io<'a, 'o> {
-    stores: &'a mut [TaskStore],
-    outputs: &'a TaskOutputs<'o>,
-    meta: &'a RecordMeta,
-    metrics: &'a TaskMetrics,
-}
-
-impl TaskIo for Io<'_, '_> {
-    fn store(&mut self, name: &str) -> Option<&mut dyn KeyValueStore> {
-        let s = self.stores.iter_mut().find(|s| s.name == name)?;
-        match &mut s.store {
-            StoreHandle::KeyValue(kv) => Some(kv),
-            StoreHandle::Window(_) => None,
-        }
-    }
-
-    fn window_store(&mut self, name: &str) -> Option<&mut dyn WindowStore> {
-        let s = self.stores.iter_mut().find(|s| s.name == name)?;
-        match &mut s.store {
-            StoreHandle::Window(w) => Some(w),
-            StoreHandle::KeyValue(_) => None,
-        }
-    }
-
-    fn send(&mut self, topic: &str, record: Record) -> Result<(), ProcessError> {
-        let n = self
-            .outputs
-            .sink_partitions
-            .get(topic)
-            .copied()
-            .ok_or_else(|| {
-                ProcessError::Other(format!("sink topic {topic} has no known partition count"))
-            })?;
-        let partition = match &record.key {
-            Some(k) if !k.is_empty() => partition_for_key(k, n),
-            _ => self.meta.partition % n,
-        };
-        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-            key: APPLICATION_HEADER,
-            value: Some(self.outputs.application_id),
-        });
-        self.outputs
-            .producer
-            .send(
-                topic,
-                partition,
-                record.key.as_deref(),
-                record.value.as_deref(),
-                Some(headers),
-                Some(record.timestamp),
-            )
-            .map_err(|e| ProcessError::Other(e.to_string()))
-    }
-
-    fn dead_letter(
-        &mut self,
-        record: Record,
-        reason: &str,
-        detail: &str,
-    ) -> Result<(), ProcessError> {
-        let headers = dead_letter_headers(
-            reason,
-            detail,
-            &self.meta.topic,
-            self.meta.partition,
-            self.meta.offset,
-        );
-        let partition = self.meta.partition % self.outputs.dlq_partitions.max(1);
-        self.metrics
-            .records_dead_lettered
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            partition = self.meta.partition,
-            offset = self.meta.offset,
-            reason,
-            detail,
-            "dead-lettered record"
-        );
-        self.outputs
-            .producer
-            .send(
-                self.outputs.dlq_topic,
-                partition,
-                record.key.as_deref(),
-                record.value.as_deref(),
-                Some(headers),
-                Some(record.timestamp),
-            )
-            .map_err(|e| ProcessError::Other(e.to_string()))
     }
 }
 

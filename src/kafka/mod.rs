@@ -23,6 +23,9 @@ pub enum KafkaError {
     Topic { topic: String, message: String },
     #[error("delivery to {topic} failed: {message}")]
     Delivery { topic: String, message: String },
+    /// librdkafka refused the record as larger than `message.max.bytes`.
+    #[error("a record of {bytes} bytes is too large for {topic}")]
+    TooLarge { topic: String, bytes: usize },
     #[error("timed out after {seconds} s waiting for {what}")]
     Timeout { what: String, seconds: u64 },
 }

@@ -190,6 +190,13 @@ impl OutputProducer {
                     // The background thread drains the queue; yield briefly.
                     std::thread::sleep(Duration::from_millis(1));
                 }
+                Err((RdError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), r)) => {
+                    let bytes = r.key.map_or(0, <[u8]>::len) + r.payload.map_or(0, <[u8]>::len);
+                    return Err(KafkaError::TooLarge {
+                        topic: topic.to_owned(),
+                        bytes,
+                    });
+                }
                 Err((e, _)) => {
                     return Err(KafkaError::Delivery {
                         topic: topic.to_owned(),

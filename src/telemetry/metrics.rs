@@ -13,6 +13,9 @@ pub struct TaskMetrics {
     pub records_processed: AtomicU64,
     /// Records sent to the dead-letter topic.
     pub records_dead_lettered: AtomicU64,
+    /// Of those, records on a partition their key does not hash to (a producer that does not
+    /// partition with murmur2): `wrong_partition`.
+    pub records_wrong_partition: AtomicU64,
     /// Records restored from the changelog into the task's store.
     pub records_restored: AtomicU64,
     /// Records a windowed processor dropped because they arrived beyond its grace period.
@@ -149,6 +152,7 @@ impl Metrics {
         for (name, help) in [
             ("paystream_records_processed_total", "counter"),
             ("paystream_records_dead_lettered_total", "counter"),
+            ("paystream_records_wrong_partition_total", "counter"),
             ("paystream_records_restored_total", "counter"),
             ("paystream_records_late_total", "counter"),
             ("paystream_partition_lag", "gauge"),
@@ -158,6 +162,9 @@ impl Metrics {
                 let v = match name {
                     "paystream_records_processed_total" => g(&m.records_processed) as i64,
                     "paystream_records_dead_lettered_total" => g(&m.records_dead_lettered) as i64,
+                    "paystream_records_wrong_partition_total" => {
+                        g(&m.records_wrong_partition) as i64
+                    }
                     "paystream_records_restored_total" => g(&m.records_restored) as i64,
                     "paystream_records_late_total" => g(&m.records_late) as i64,
                     _ => m.lag.load(Ordering::Relaxed),

@@ -20,6 +20,14 @@ pub enum StoreError {
     /// A write could not be handed to the changelog.
     #[error("store {store}: changelog: {message}")]
     Changelog { store: String, message: String },
+    /// An entry too large for one changelog record (see [`MAX_ENTRY_BYTES`]); refused before
+    /// anything is written, so the record that produced it can be dead-lettered.
+    #[error("store {store}: an entry of {bytes} bytes is larger than the {limit} a changelog record holds")]
+    TooLarge {
+        store: String,
+        bytes: usize,
+        limit: usize,
+    },
     /// Filesystem trouble around the store (directories, checkpoint files).
     #[error("store {store}: {context}: {source}")]
     Io {
@@ -28,6 +36,24 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Largest key + value a changelogged store accepts in one entry: librdkafka refuses records
+/// over its `message.max.bytes` (1,000,000 by default), and headers and the record batch need
+/// some of that.
+pub const MAX_ENTRY_BYTES: usize = 900_000;
+
+/// [`StoreError::TooLarge`] unless an entry of `bytes` (changelog key + value) fits in one
+/// changelog record.
+pub fn check_entry_size(store: &str, bytes: usize) -> Result<(), StoreError> {
+    if bytes > MAX_ENTRY_BYTES {
+        return Err(StoreError::TooLarge {
+            store: store.to_owned(),
+            bytes,
+            limit: MAX_ENTRY_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// A mutable byte-oriented key-value store owned by one task (one store of one partition).

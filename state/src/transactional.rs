@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::store::{KeyValueStore, StoreError};
+use crate::store::{check_entry_size, KeyValueStore, StoreError};
 use crate::window::{encode_window_key, oldest_retained, WindowStore, WindowVisitor};
 
 /// Where a transactional store sends its dirty entries at commit time. `send` only enqueues:
@@ -147,6 +147,7 @@ impl<S: KeyValueStore> KeyValueStore for TxnKeyValueStore<S> {
         }
     }
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        check_entry_size(self.inner.name(), key.len() + value.len())?;
         self.buffer_write(key, Some(value));
         Ok(())
     }
@@ -295,6 +296,8 @@ impl<S: WindowStore> WindowStore for TxnWindowStore<S> {
         if window_start < oldest_retained(self.observed, self.inner.retention_ms()) {
             return Ok(false);
         }
+        // The changelog key is the key plus its length and the window start (12 bytes).
+        check_entry_size(self.inner.name(), key.len() + 12 + value.len())?;
         self.pending.bytes += entry_len(key, Some(value));
         self.buffer
             .insert((key.to_vec(), window_start), Some(value.to_vec()));

@@ -298,22 +298,23 @@ impl ApprovalTimeoutProcessor {
         &mut self,
         ctx: &mut ProcessorContext<'_>,
         event: &OrderEvent,
+        ts: i64,
     ) -> Result<(), ProcessError> {
         // A put this far ahead expires entries the last check has not looked at yet (stream
         // time jumped: an idle partition woke up, or a restart): check them first.
-        if event.ts.saturating_sub(self.config.retention_ms()) > self.checked_up_to {
+        if ts.saturating_sub(self.config.retention_ms()) > self.checked_up_to {
             let st = ctx.stream_time();
             self.check(ctx, st)?;
         }
-        if self.alert_of(ctx, &event.order_id, event.ts)?.is_some() {
+        if self.alert_of(ctx, &event.order_id, ts)?.is_some() {
             return Ok(());
         }
         // One lookup finds a duplicate request (within the timeout of the first) and a
         // completion (after the request, up to the whole retention when late).
         let key = event.order_id.as_bytes();
         let due = self.due_after();
-        let from = event.ts.saturating_sub(due);
-        let to = event.ts.saturating_add(self.config.retention_ms());
+        let from = ts.saturating_sub(due);
+        let to = ts.saturating_add(self.config.retention_ms());
         if !Self::entries(ctx, key, from, to)?.is_empty() {
             return Ok(());
         }
@@ -322,16 +323,16 @@ impl ApprovalTimeoutProcessor {
             amount: event.amount,
             currency: event.currency.clone(),
         };
-        if !Self::put_state(ctx, key, event.ts, &ApprovalState::Pending(pending.clone()))? {
+        if !Self::put_state(ctx, key, ts, &ApprovalState::Pending(pending.clone()))? {
             ctx.record_late();
             return Ok(());
         }
-        if event.ts <= self.checked_up_to {
+        if ts <= self.checked_up_to {
             // Arrived after the check that would have covered it: overdue already.
             let st = ctx.stream_time();
-            self.raise(ctx, event.order_id.clone(), event.ts, pending, st)?;
+            self.raise(ctx, event.order_id.clone(), ts, pending, st)?;
         } else {
-            self.due.insert((event.ts, key.to_vec()), (pending, true));
+            self.due.insert((ts, key.to_vec()), (pending, true));
         }
         Ok(())
     }
@@ -340,17 +341,13 @@ impl ApprovalTimeoutProcessor {
         &mut self,
         ctx: &mut ProcessorContext<'_>,
         event: &OrderEvent,
+        ts: i64,
     ) -> Result<(), ProcessError> {
         let key = event.order_id.as_bytes();
         let due = self.due_after();
         // Requests older than `due` were checked already (alerted, or stopped by the alert store);
         // up to `due` after the completion too, as services' clocks are not perfectly in step.
-        let found = Self::entries(
-            ctx,
-            key,
-            event.ts.saturating_sub(due),
-            event.ts.saturating_add(due),
-        )?;
+        let found = Self::entries(ctx, key, ts.saturating_sub(due), ts.saturating_add(due))?;
         let settled = ApprovalState::Settled(event.event_type);
         let mut marked = false;
         // Completed while still waiting in this processor's index: no alert can exist, so the
@@ -370,23 +367,23 @@ impl ApprovalTimeoutProcessor {
         }
         if !marked {
             let st = ctx.window_store(APPROVAL_STATE_STORE)?;
-            if event.ts >= oldest_retained(st.observed_time(), st.retention_ms()) {
-                Self::put_state(ctx, key, event.ts, &settled)?;
+            if ts >= oldest_retained(st.observed_time(), st.retention_ms()) {
+                Self::put_state(ctx, key, ts, &settled)?;
             }
         }
         if unalerted {
             return Ok(());
         }
-        if let Some(alert) = self.alert_of(ctx, &event.order_id, event.ts)? {
+        if let Some(alert) = self.alert_of(ctx, &event.order_id, ts)? {
             if alert.status == AlertStatus::Timeout {
                 let resolved = ApprovalAlert {
                     status: AlertStatus::Resolved,
                     detected_at: ctx.stream_time(),
                     resolved_by: Some(event.event_type),
-                    resolved_ts: Some(event.ts),
+                    resolved_ts: Some(ts),
                     ..alert
                 };
-                self.emit(ctx, &resolved, event.ts)?;
+                self.emit(ctx, &resolved, ts)?;
             }
         }
         Ok(())
@@ -419,9 +416,10 @@ impl Processor for ApprovalTimeoutProcessor {
     ) -> Result<(), ProcessError> {
         if let Ok(event) = parse_event(record.key.as_deref(), record.value.as_deref()) {
             match event.event_type {
-                EventType::ApprovalRequested => self.requested(ctx, &event)?,
+                // The task's one clock (the event's `ts`, or the Kafka timestamp).
+                EventType::ApprovalRequested => self.requested(ctx, &event, record.timestamp)?,
                 EventType::ApprovalCompleted | EventType::ApprovalFailed => {
-                    self.settled(ctx, &event)?
+                    self.settled(ctx, &event, record.timestamp)?
                 }
                 _ => {}
             }

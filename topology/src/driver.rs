@@ -143,9 +143,19 @@ impl TestDriver {
             tasks: BTreeMap::new(),
             outputs: BTreeMap::new(),
             dead_letters: Vec::new(),
-            wall_clock: 0,
+            // As Kafka Streams' TopologyTestDriver: the wall clock starts at the system time, so
+            // events of today are not "in the future" (see `crate::time`).
+            wall_clock: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             auto_commit: true,
         }
+    }
+
+    /// Start the wall clock at `ms` (epoch ms) instead of the system time.
+    pub fn with_wall_clock(mut self, ms: i64) -> Self {
+        self.wall_clock = ms;
+        self
     }
 
     /// Commit only when the test calls [`TestDriver::commit`] (see the module documentation).

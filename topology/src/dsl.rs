@@ -28,6 +28,7 @@
 use std::sync::Arc;
 
 use crate::processor::{Processor, Record};
+use crate::time::TimePolicy;
 use crate::topology::{Draft, NodeKind, NodeSpec, SinkSpec, StoreSpec, Topology, TopologyError};
 
 /// Collects the operations of a topology; [`StreamsBuilder::build`] validates and freezes them.
@@ -52,11 +53,20 @@ impl StreamsBuilder {
         Self::default()
     }
 
-    /// Start a stream that reads `topic`. A topology reads exactly one topic, so call this once.
+    /// Start a stream that reads `topic`, timed by the Kafka record timestamp with no bound on
+    /// future times. A topology reads exactly one topic, so call this (or
+    /// [`StreamsBuilder::stream_timed`]) once.
     pub fn stream(&mut self, topic: &str) -> KStream<'_> {
+        self.stream_timed(topic, TimePolicy::default())
+    }
+
+    /// Start a stream that reads `topic`, timed by `time` (Kafka Streams'
+    /// `Consumed.withTimestampExtractor`): see [`crate::time`].
+    pub fn stream_timed(&mut self, topic: &str, time: TimePolicy) -> KStream<'_> {
         let source_name = self.node_name("SOURCE");
         self.streams.push(Draft {
             source_name,
+            time,
             source_topic: topic.to_owned(),
             nodes: Vec::new(),
             sinks: Vec::new(),

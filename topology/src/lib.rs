@@ -11,6 +11,8 @@
 //!   `filter` / `map` / `process` / `to`.
 //! - [`topology`]: the validated, shareable [`Topology`] and [`TaskProcessors`], the per-task
 //!   chain that runs one record through every node (stream time and schedules in `clock`).
+//! - [`time`]: [`TimePolicy`]: the one clock of a task (event or record time, the future
+//!   bound) and the [`time::TimestampExtractor`] trait.
 //! - [`store_spec`]: [`StoreSpec`]: the stores a processor declares (key-value or window).
 //! - [`driver`]: [`TestDriver`], runs a topology over in-memory partitions and stores.
 //! - [`partitioner`]: Kafka's murmur2 and the Java default partitioner rule, in one place.
@@ -32,6 +34,7 @@ pub mod processor;
 pub mod shipped;
 pub mod sms;
 pub mod store_spec;
+pub mod time;
 pub mod topology;
 
 pub use driver::{DeadLetter, TestDriver};
@@ -41,4 +44,5 @@ pub use processor::{
     ProcessError, Processor, ProcessorContext, PunctuationType, Record, RecordMeta, TaskIo,
 };
 pub use shipped::{shipped_topology, ShippedTopologies};
+pub use time::{Rejected, TimePolicy, TimestampExtractor};
 pub use topology::{StoreKind, StoreSpec, TaskProcessors, Topology, TopologyError};

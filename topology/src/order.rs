@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::dsl::StreamsBuilder;
 use crate::processor::{ProcessError, Processor, ProcessorContext, Record};
+use crate::time::{Rejected, TimestampExtractor};
 use crate::topology::{Topology, TopologyError};
 
 #[cfg(test)]
@@ -165,15 +166,17 @@ pub struct InvalidEvent {
 
 impl InvalidEvent {
     /// Every `reason` [`parse_event`] can return.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 10] = [
         "missing_key",
         "missing_value",
+        "record_too_large",
         "invalid_utf8_key",
         "invalid_json",
         "unknown_type",
         "missing_field",
         "key_mismatch",
         "empty_id",
+        "field_too_long",
     ];
 
     fn new(reason: &'static str, detail: impl Into<String>) -> Self {
@@ -187,17 +190,38 @@ impl InvalidEvent {
 /// The fields an event cannot do without (`null` counts as missing).
 const REQUIRED_FIELDS: [&str; 4] = ["order_id", "event_id", "type", "ts"];
 
+/// Longest `order_id` and `event_id` accepted, in bytes (the same bound the query API puts on
+/// order ids). A stored order keeps up to [`SEEN_CAPACITY`] event ids, so this bound is what
+/// keeps a stored value, and its changelog record, far below Kafka's 1 MB record limit.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest `currency`, `member_id` and `phone` accepted, in bytes.
+pub const MAX_TEXT_BYTES: usize = 256;
+/// Largest record value accepted, in bytes: an order event is a few hundred bytes; anything this
+/// large is a buggy producer, refused before it is even parsed.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
 /// Decode and check one `PAYMENT.ORDER` record (key = order id as UTF-8, value = JSON).
 ///
 /// Checks run in this order, and the first failure is the reason: `missing_key`,
-/// `missing_value`, `invalid_utf8_key`, `invalid_json` (not JSON, not an object, or a field of
-/// the wrong JSON type; detail = the serde error), `missing_field` (detail = the field),
-/// `unknown_type` (detail names the type), `empty_id` (empty `order_id` or `event_id`),
-/// `key_mismatch` (key differs from `order_id`: the record would sit in the wrong partition).
+/// `missing_value`, `record_too_large` (value over [`MAX_EVENT_BYTES`]), `invalid_utf8_key`,
+/// `invalid_json` (not JSON, not an object, or a field of the wrong JSON type; detail = the serde
+/// error), `missing_field` (detail = the field), `unknown_type` (detail names the type),
+/// `empty_id` (empty `order_id` or `event_id`), `field_too_long` (an id over [`MAX_ID_BYTES`] or
+/// a text field over [`MAX_TEXT_BYTES`]; detail names the field), `key_mismatch` (key differs
+/// from `order_id`: the record would sit in the wrong partition).
 pub fn parse_event(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrderEvent, InvalidEvent> {
     let key = key.ok_or_else(|| InvalidEvent::new("missing_key", "record has no key"))?;
     let value = value
         .ok_or_else(|| InvalidEvent::new("missing_value", "record has no value (a tombstone)"))?;
+    if value.len() > MAX_EVENT_BYTES {
+        return Err(InvalidEvent::new(
+            "record_too_large",
+            format!(
+                "value is {} bytes; at most {MAX_EVENT_BYTES} are accepted",
+                value.len()
+            ),
+        ));
+    }
     let key = std::str::from_utf8(key)
         .map_err(|e| InvalidEvent::new("invalid_utf8_key", format!("key is not utf-8: {e}")))?;
 
@@ -214,6 +238,7 @@ pub fn parse_event(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrderEven
     if event.event_id.is_empty() {
         return Err(InvalidEvent::new("empty_id", "event_id is empty"));
     }
+    check_lengths(&event)?;
     if key != event.order_id {
         return Err(InvalidEvent::new(
             "key_mismatch",
@@ -224,6 +249,56 @@ pub fn parse_event(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrderEven
         ));
     }
     Ok(event)
+}
+
+/// `field_too_long` for the first field over its bound.
+fn check_lengths(event: &OrderEvent) -> Result<(), InvalidEvent> {
+    let fields = [
+        ("order_id", Some(&event.order_id), MAX_ID_BYTES),
+        ("event_id", Some(&event.event_id), MAX_ID_BYTES),
+        ("currency", event.currency.as_ref(), MAX_TEXT_BYTES),
+        ("member_id", event.member_id.as_ref(), MAX_TEXT_BYTES),
+        ("phone", event.phone.as_ref(), MAX_TEXT_BYTES),
+    ];
+    for (name, value, max) in fields {
+        let len = value.map_or(0, String::len);
+        if len > max {
+            return Err(InvalidEvent::new(
+                "field_too_long",
+                format!("{name} is {len} bytes; at most {max} are accepted"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The time of an order event: its JSON `ts` (`--timestamp-source event`).
+///
+/// Reads `ts` alone (the other fields are skipped unparsed). A record without a readable `ts` is
+/// refused with the reason [`parse_event`] gives it, so the dead-letter topic says the same
+/// thing whichever check saw the record first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventTime;
+
+impl TimestampExtractor for EventTime {
+    fn extract(&self, record: &Record) -> Result<i64, Rejected> {
+        #[derive(Deserialize)]
+        struct Ts {
+            ts: i64,
+        }
+        if let Some(Ok(t)) = record
+            .value
+            .as_deref()
+            .filter(|v| v.len() <= MAX_EVENT_BYTES)
+            .map(serde_json::from_slice::<Ts>)
+        {
+            return Ok(t.ts);
+        }
+        match parse_event(record.key.as_deref(), record.value.as_deref()) {
+            Err(invalid) => Err(Rejected::new(invalid.reason, invalid.detail)),
+            Ok(event) => Ok(event.ts),
+        }
+    }
 }
 
 /// Why `value` is not a valid event (called only after the direct parse failed).

@@ -43,12 +43,22 @@ pub struct RecordMeta {
     pub offset: i64,
 }
 
-/// A failure that stops the task (as opposed to bad input, which goes to the dead-letter topic
-/// and never stops anything).
+/// A failure while processing a record. Bad input a processor recognises goes to the
+/// dead-letter topic through [`ProcessorContext::dead_letter`] and is not an error at all. Of the
+/// errors, those [`ProcessError::caused_by_record`] names were caused by the record itself (the
+/// executor rolls back and dead-letters the record); every other one is an infrastructure fault
+/// that stops the task until it is retried.
 #[derive(Debug, Error)]
 pub enum ProcessError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Something the record produced (a sink record) is larger than Kafka accepts.
+    #[error("a record of {bytes} bytes for {topic} is larger than the {limit} Kafka accepts")]
+    OutputTooLarge {
+        topic: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("topology uses store {0:?} but the task has no such store")]
     MissingStore(String),
     #[error("processor sends to topic {0:?}, which it did not declare as an output")]
@@ -57,6 +67,19 @@ pub enum ProcessError {
     ScheduleOutsideInit(i64),
     #[error("{0}")]
     Other(String),
+}
+
+impl ProcessError {
+    /// The dead-letter reason if the record being processed caused this error (so processing it
+    /// again would fail again): `output_too_large` for a sink record or a store entry larger than
+    /// Kafka accepts. `None` for faults of the infrastructure or the topology.
+    pub fn caused_by_record(&self) -> Option<&'static str> {
+        match self {
+            ProcessError::OutputTooLarge { .. }
+            | ProcessError::Store(StoreError::TooLarge { .. }) => Some("output_too_large"),
+            _ => None,
+        }
+    }
 }
 
 /// What the executor of a task provides: its stores, its sinks, its dead-letter queue.

@@ -11,22 +11,68 @@
 //!                                          SEND_SMS, SEND_SMS.SUPPRESSED   PAYMENT.APPROVAL_TIMEOUT
 //! ```
 //!
+//! Every node runs on one clock, [`ShippedTopologies::time_policy`]: the event's `ts` by default
+//! (or the Kafka timestamp), checked against the future bound before the first node.
+//!
 //! Sharing one chain means one consumer, one parse check and one commit for all three; the order
 //! view dead-letters bad input once, and the others never see it.
 
+use std::sync::Arc;
+
 use crate::approval::{approval_stores, ApprovalTimeoutConfig, ApprovalTimeoutProcessor};
 use crate::dsl::StreamsBuilder;
-use crate::order::{OrderViewProcessor, ORDERS_STORE};
+use crate::order::{EventTime, OrderViewProcessor, ORDERS_STORE};
 use crate::sms::{sms_stores, SmsConfig, SmsProcessor};
+use crate::time::{RecordTime, TimePolicy, TimestampExtractor};
 use crate::topology::{Topology, TopologyError};
 
+/// Where the one clock of every shipped topology comes from (`--timestamp-source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimestampSource {
+    /// The event's JSON `ts`: replays of old history keep their original times.
+    #[default]
+    Event,
+    /// The Kafka record timestamp (set by the producer or the broker).
+    Record,
+}
+
+impl TimestampSource {
+    /// The flag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimestampSource::Event => "event",
+            TimestampSource::Record => "record",
+        }
+    }
+}
+
+/// Default bound on how far ahead of the wall clock a record's time may be (`--max-future-ms`).
+pub const DEFAULT_MAX_FUTURE_MS: i64 = 3_600_000;
+
 /// Which shipped topologies run, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShippedTopologies {
     /// `None`: no SMS.
     pub sms: Option<SmsConfig>,
     /// `None`: no missing-completion detector.
     pub approval_timeout: Option<ApprovalTimeoutConfig>,
+    /// The clock of every node: stream time, windows, grace, deadlines, punctuation.
+    pub timestamp_source: TimestampSource,
+    /// Records timed further ahead of the wall clock than this are dead-lettered
+    /// (`timestamp_in_future`).
+    pub max_future_ms: i64,
+}
+
+impl Default for ShippedTopologies {
+    /// The order view alone, on event time, with the default future bound.
+    fn default() -> Self {
+        Self {
+            sms: None,
+            approval_timeout: None,
+            timestamp_source: TimestampSource::Event,
+            max_future_ms: DEFAULT_MAX_FUTURE_MS,
+        }
+    }
 }
 
 impl ShippedTopologies {
@@ -35,6 +81,19 @@ impl ShippedTopologies {
         Self {
             sms: Some(SmsConfig::default()),
             approval_timeout: Some(ApprovalTimeoutConfig::default()),
+            ..Self::default()
+        }
+    }
+
+    /// The time policy these settings describe.
+    pub fn time_policy(&self) -> TimePolicy {
+        let extractor: Arc<dyn TimestampExtractor> = match self.timestamp_source {
+            TimestampSource::Event => Arc::new(EventTime),
+            TimestampSource::Record => Arc::new(RecordTime),
+        };
+        TimePolicy {
+            extractor,
+            max_future_ms: self.max_future_ms,
         }
     }
 }
@@ -46,7 +105,7 @@ pub fn shipped_topology(
 ) -> Result<Topology, TopologyError> {
     let mut builder = StreamsBuilder::new();
     let mut stream = builder
-        .stream(input_topic)
+        .stream_timed(input_topic, which.time_policy())
         .process(&[ORDERS_STORE], || Box::new(OrderViewProcessor));
     if let Some(sms) = which.sms.clone() {
         let outputs = [sms.topic.clone(), sms.suppressed_topic.clone()];

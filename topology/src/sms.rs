@@ -141,9 +141,9 @@ impl SmsProcessor {
         ctx: &mut ProcessorContext<'_>,
         event: &OrderEvent,
         template: &str,
+        ts: i64,
     ) -> Result<(), ProcessError> {
         let c = &self.config;
-        let ts = event.ts;
         let key = sms_key(template, &event.order_id);
         let (lo, hi) = (
             ts.saturating_sub(c.dedup_window_ms),
@@ -252,7 +252,8 @@ impl Processor for SmsProcessor {
         // here would only mean a node before us changed the record, so it is passed on.
         if let Ok(event) = parse_event(record.key.as_deref(), record.value.as_deref()) {
             if let Some(template) = template_for(event.event_type) {
-                self.handle(ctx, &event, template)?;
+                // The task's one clock (the event's `ts`, or the Kafka timestamp).
+                self.handle(ctx, &event, template, record.timestamp)?;
             }
         }
         ctx.forward(record);

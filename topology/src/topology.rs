@@ -26,6 +26,7 @@ use crate::processor::{
     TaskTime,
 };
 pub use crate::store_spec::{StoreKind, StoreSpec};
+use crate::time::TimePolicy;
 
 /// Why [`crate::dsl::StreamsBuilder::build`] rejected a topology. Every check here is about the
 /// topology alone; whether topics exist is the runtime's business.
@@ -95,6 +96,8 @@ pub(crate) struct SinkSpec {
 /// The raw material [`Topology::validate`] turns into a [`Topology`] (the DSL fills it in).
 pub(crate) struct Draft {
     pub(crate) source_name: String,
+    /// How source records are timed.
+    pub(crate) time: TimePolicy,
     pub(crate) source_topic: String,
     pub(crate) nodes: Vec<NodeSpec>,
     pub(crate) sinks: Vec<SinkSpec>,
@@ -108,6 +111,7 @@ pub(crate) struct Draft {
 #[derive(Clone)]
 pub struct Topology {
     source_name: String,
+    time: TimePolicy,
     source_topic: String,
     nodes: Arc<[NodeSpec]>,
     sinks: Arc<[SinkSpec]>,
@@ -166,6 +170,7 @@ impl Topology {
         }
         Ok(Self {
             source_name: draft.source_name,
+            time: draft.time,
             source_topic: draft.source_topic,
             nodes: draft.nodes.into(),
             sinks: draft.sinks.into(),
@@ -217,6 +222,7 @@ impl Topology {
             .collect();
         TaskProcessors {
             nodes,
+            time: self.time.clone(),
             sinks: Arc::clone(&self.sinks),
             initialized: false,
             batch: Vec::new(),
@@ -327,6 +333,7 @@ enum TaskNode {
 /// [`TaskProcessors::punctuate_wall_clock`].
 pub struct TaskProcessors {
     nodes: Vec<TaskNode>,
+    time: TimePolicy,
     sinks: Arc<[SinkSpec]>,
     initialized: bool,
     /// Records entering the current node (reused between records to avoid allocating).
@@ -397,7 +404,12 @@ impl TaskProcessors {
 
     /// Run one record through the chain: what node `i` forwards is node `i + 1`'s input; what the
     /// last node forwards is sent to every sink with [`TaskIo::send`]. Then fire the stream-time
-    /// punctuations the record's timestamp made due.
+    /// punctuations the record's time made due.
+    ///
+    /// The record is timed first by the topology's [`TimePolicy`]: its time replaces
+    /// `record.timestamp`; a record the policy refuses goes to the dead-letter topic without
+    /// reaching any node. A record that any node dead-letters does not move stream time either
+    /// (the nodes that saw it were shown stream time as if it had).
     ///
     /// Nodes run one after another over the whole batch (breadth-first), which yields the same
     /// sink order as Kafka Streams' depth-first forwarding for a linear chain. An error stops the
@@ -406,15 +418,28 @@ impl TaskProcessors {
         &mut self,
         io: &mut dyn TaskIo,
         meta: &RecordMeta,
-        record: Record,
+        mut record: Record,
         wall_clock: i64,
     ) -> Result<(), ProcessError> {
         self.init(io, meta, wall_clock)?;
-        self.clock.observe(record.timestamp);
+        let ts = match self.time.time_of(&record, wall_clock) {
+            Ok(ts) => ts,
+            Err(refused) => return io.dead_letter(record, refused.reason, &refused.detail),
+        };
+        record.timestamp = ts;
         self.batch.clear();
         self.next.clear();
         self.batch.push(record);
-        self.run_from(0, io, meta, wall_clock)?;
+        let mut counted = CountingIo {
+            inner: io,
+            dead_letters: 0,
+        };
+        let stream_time = self.clock.stream_time.max(ts);
+        self.run_from(0, &mut counted, meta, stream_time, wall_clock)?;
+        if counted.dead_letters > 0 {
+            return Ok(());
+        }
+        self.clock.observe(ts);
         let stream_time = self.clock.stream_time;
         while let Some(index) = self.clock.due(PunctuationType::StreamTime, stream_time) {
             self.punctuate_node(
@@ -473,19 +498,22 @@ impl TaskProcessors {
             processor.punctuate(&mut ctx, kind, timestamp)?;
         }
         std::mem::swap(&mut self.batch, &mut self.next);
-        self.run_from(index + 1, io, meta, wall_clock)
+        let stream_time = self.clock.stream_time;
+        self.run_from(index + 1, io, meta, stream_time, wall_clock)
     }
 
-    /// Run `self.batch` through nodes `start..` and then the sinks.
+    /// Run `self.batch` through nodes `start..` and then the sinks, showing the nodes
+    /// `stream_time`.
     fn run_from(
         &mut self,
         start: usize,
         io: &mut dyn TaskIo,
         meta: &RecordMeta,
+        stream_time: i64,
         wall_clock: i64,
     ) -> Result<(), ProcessError> {
         let time = TaskTime {
-            stream_time: self.clock.stream_time,
+            stream_time,
             wall_clock,
         };
         for node in self.nodes.iter_mut().skip(start) {
@@ -526,6 +554,37 @@ impl TaskProcessors {
             io.send(&last.topic, record)?;
         }
         Ok(())
+    }
+}
+
+/// Passes everything to the executor's [`TaskIo`], counting dead letters (a record that was
+/// dead-lettered must not move stream time).
+struct CountingIo<'a> {
+    inner: &'a mut dyn TaskIo,
+    dead_letters: u64,
+}
+
+impl TaskIo for CountingIo<'_> {
+    fn store(&mut self, name: &str) -> Option<&mut dyn paystream_state::store::KeyValueStore> {
+        self.inner.store(name)
+    }
+    fn window_store(
+        &mut self,
+        name: &str,
+    ) -> Option<&mut dyn paystream_state::window::WindowStore> {
+        self.inner.window_store(name)
+    }
+    fn send(&mut self, topic: &str, record: Record) -> Result<(), ProcessError> {
+        self.inner.send(topic, record)
+    }
+    fn dead_letter(
+        &mut self,
+        record: Record,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), ProcessError> {
+        self.dead_letters += 1;
+        self.inner.dead_letter(record, reason, detail)
     }
 }
 

@@ -40,6 +40,7 @@ fn sms_driver(config: SmsConfig) -> TestDriver {
     let which = ShippedTopologies {
         sms: Some(config),
         approval_timeout: None,
+        ..ShippedTopologies::default()
     };
     // One partition: stream time and the per-phone cap are per partition.
     TestDriver::new(shipped_topology("PAYMENT.ORDER", &which).unwrap(), 1)
@@ -108,7 +109,7 @@ fn stream_time_is_the_max_timestamp_and_drives_punctuation() {
     b.stream("IN")
         .process(&[], || Box::new(Ticker { fired: Vec::new() }))
         .to("OUT");
-    let mut d = TestDriver::new(b.build().unwrap(), 1);
+    let mut d = TestDriver::new(b.build().unwrap(), 1).with_wall_clock(0);
     assert_eq!(d.stream_time(0), i64::MIN);
     for ts in [100, 105, 95, 109] {
         d.pipe(Some(b"k"), Some(b"v"), ts).unwrap();
@@ -292,6 +293,7 @@ fn a_crash_between_commits_rolls_back_and_replays_without_sending_twice() {
     let which = ShippedTopologies {
         sms: Some(SmsConfig::default()),
         approval_timeout: None,
+        ..ShippedTopologies::default()
     };
     let mut d =
         TestDriver::new(shipped_topology("PAYMENT.ORDER", &which).unwrap(), 1).manual_commits();
@@ -346,6 +348,7 @@ fn approval_driver(partitions: i32) -> TestDriver {
             check_interval_ms: 1_000,
             ..ApprovalTimeoutConfig::default()
         }),
+        ..ShippedTopologies::default()
     };
     TestDriver::new(
         shipped_topology("PAYMENT.ORDER", &which).unwrap(),
@@ -525,6 +528,7 @@ fn raised_alerts_are_remembered_for_the_alert_retention_only() {
             alert_retention_ms: HOUR,
             ..ApprovalTimeoutConfig::default()
         }),
+        ..ShippedTopologies::default()
     };
     let mut d = TestDriver::new(shipped_topology("PAYMENT.ORDER", &which).unwrap(), 1);
     pipe(&mut d, &ev("O-1", "r", ApprovalRequested, T0, ""));

@@ -169,6 +169,83 @@ fn each_malformed_input_has_its_reason() {
     }
 }
 
+#[test]
+fn oversized_records_and_fields_are_refused_before_anything_is_stored() {
+    let long = |n: usize| "x".repeat(n);
+    let event = |order: &str, id: &str, extra: &str| {
+        format!(r#"{{"order_id":"{order}","event_id":"{id}","type":"CANCELLED","ts":5{extra}}}"#)
+    };
+    // At the bounds: accepted.
+    let at_bound = long(MAX_ID_BYTES);
+    let ok = event(
+        &at_bound,
+        &at_bound,
+        &format!(r#","phone":"{}""#, long(MAX_TEXT_BYTES)),
+    );
+    assert!(parse_event(Some(at_bound.as_bytes()), Some(ok.as_bytes())).is_ok());
+    // One byte over, field by field.
+    let over = long(MAX_ID_BYTES + 1);
+    let text_over = long(MAX_TEXT_BYTES + 1);
+    let cases = [
+        (over.clone(), event(&over, "e", ""), "order_id"),
+        ("O".to_owned(), event("O", &over, ""), "event_id"),
+        (
+            "O".to_owned(),
+            event("O", "e", &format!(r#","currency":"{text_over}""#)),
+            "currency",
+        ),
+        (
+            "O".to_owned(),
+            event("O", "e", &format!(r#","member_id":"{text_over}""#)),
+            "member_id",
+        ),
+        (
+            "O".to_owned(),
+            event("O", "e", &format!(r#","phone":"{text_over}""#)),
+            "phone",
+        ),
+    ];
+    for (key, value, field) in cases {
+        let err = parse_event(Some(key.as_bytes()), Some(value.as_bytes())).unwrap_err();
+        assert_eq!(err.reason, "field_too_long", "{field}: {err}");
+        assert!(err.detail.contains(field), "{err}");
+    }
+    // The issue's 600 kB event id: the whole record is refused unparsed.
+    let huge = event("O", &long(600 * 1024), "");
+    let err = parse_event(Some(b"O"), Some(huge.as_bytes())).unwrap_err();
+    assert_eq!(err.reason, "record_too_large");
+    for reason in ["field_too_long", "record_too_large"] {
+        assert!(InvalidEvent::REASONS.contains(&reason));
+    }
+}
+
+#[test]
+fn event_time_is_the_json_ts_and_a_record_without_one_gets_the_parse_reason() {
+    use crate::time::TimestampExtractor;
+    let record = |key: &[u8], value: &[u8]| Record::new(key.to_vec(), value.to_vec(), 99);
+    let good = json(&ev("O", "e", EventType::Cancelled, 1_234));
+    assert_eq!(EventTime.extract(&record(b"O", &good)), Ok(1_234));
+    for (value, reason) in [
+        (&b"not json"[..], "invalid_json"),
+        (
+            br#"{"order_id":"O","event_id":"e","type":"CANCELLED"}"#,
+            "missing_field",
+        ),
+        (
+            br#"{"order_id":"O","event_id":"e","type":"CANCELLED","ts":"soon"}"#,
+            "invalid_json",
+        ),
+    ] {
+        let refused = EventTime.extract(&record(b"O", value)).unwrap_err();
+        assert_eq!(refused.reason, reason, "{}", String::from_utf8_lossy(value));
+    }
+    let huge = vec![b' '; MAX_EVENT_BYTES + 1];
+    assert_eq!(
+        EventTime.extract(&record(b"O", &huge)).unwrap_err().reason,
+        "record_too_large"
+    );
+}
+
 // ---------------------------------------------------------------- the fold rules
 
 #[test]
