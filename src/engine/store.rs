@@ -16,7 +16,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use paystream_state::checkpoint::Checkpoint;
 use paystream_state::rocks::{RocksDbReader, RocksDbStore};
@@ -32,10 +31,6 @@ use crate::kafka::producer::{KafkaChangelogWriter, OutputProducer};
 /// uses the same threshold): each checkpoint flushes RocksDB memtables, so doing it on every
 /// commit would make many tiny files; restore replays at most this much extra.
 pub const CHECKPOINT_DELTA: u64 = 10_000;
-
-/// How long opening a store retries while its files are still locked (a query thread may hold
-/// the last read handle of a copy that was just closed).
-const OPEN_RETRY: Duration = Duration::from_secs(5);
 
 /// The layered store itself.
 pub enum StoreHandle {
@@ -68,25 +63,24 @@ pub struct TaskStore {
 }
 
 impl TaskStore {
-    /// Open (or create) the store of `spec` in `dir`. A store that cannot be opened after
-    /// [`OPEN_RETRY`] is wiped and will be restored from its changelog in full.
+    /// Open (or create) the store of `spec` in `dir`.
+    ///
+    /// Files proven unusable ([`StoreError::is_unusable`]: corruption, a store format this
+    /// binary cannot read) are wiped, and the store is restored from its changelog in full.
+    /// Any other failure (the lock still held, no file handle left, a full disk) is returned
+    /// untouched for the caller to report and retry: deleting data never fixes those.
     pub fn open(spec: &StoreSpec, dir: PathBuf, topic: Arc<str>) -> Result<Self, StoreError> {
-        let checkpoint = Checkpoint::read(&dir)?;
-        let started = Instant::now();
-        let (store, reader) = loop {
-            match open_kind(spec, &dir) {
-                Ok(s) => break s,
-                Err(e) if started.elapsed() < OPEN_RETRY => {
-                    tracing::debug!(store = %spec.name, error = %e, "store busy; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => {
-                    tracing::warn!(store = %spec.name, error = %e, "local store unusable; wiping it to restore from the changelog");
-                    destroy(spec.kind, &dir)?;
-                    break open_kind(spec, &dir)?;
-                }
+        let (store, reader) = match open_kind(spec, &dir) {
+            Ok(s) => s,
+            Err(e) if e.is_unusable() => {
+                tracing::warn!(store = %spec.name, dir = %dir.display(), error = %e, "local store unusable; wiping it to restore from the changelog");
+                destroy(spec.kind, &dir)?;
+                open_kind(spec, &dir)?
             }
+            Err(e) => return Err(e),
         };
+        // Read after the open: a wiped directory has no checkpoint any more.
+        let checkpoint = Checkpoint::read(&dir)?;
         let mut s = Self {
             name: spec.name.clone(),
             dir,
