@@ -265,3 +265,89 @@ fn destroy(kind: StoreKind, dir: &Path) -> Result<(), StoreError> {
         StoreKind::Window { .. } => RocksDbWindowStore::destroy(dir),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use paystream_state::open::{OpenFailure, StoreFormat};
+    use paystream_state::KeyValueStore;
+
+    use super::*;
+
+    fn spec() -> StoreSpec {
+        StoreSpec {
+            name: "orders".into(),
+            kind: StoreKind::KeyValue,
+        }
+    }
+
+    /// A store directory holding `k` and a checkpoint at 7, closed.
+    fn filled(dir: &Path) {
+        let mut s = RocksDbStore::open(dir, "orders").unwrap();
+        s.put(b"k", b"v").unwrap();
+        s.flush().unwrap();
+        Checkpoint::new(7).write(dir).unwrap();
+    }
+
+    fn open(dir: &Path) -> Result<TaskStore, StoreError> {
+        TaskStore::open(&spec(), dir.to_owned(), Arc::from("t"))
+    }
+
+    fn get(s: &TaskStore) -> Option<Vec<u8>> {
+        match &s.reader {
+            StoreReader::KeyValue(r) => r.get(b"k").unwrap(),
+            StoreReader::Window(_) => panic!("not a key-value store"),
+        }
+    }
+
+    #[test]
+    fn a_locked_store_is_an_error_to_retry_and_keeps_its_data_and_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("orders");
+        filled(&dir);
+        let holder = open(&dir).unwrap();
+        let err = open(&dir).err().expect("a second open must fail");
+        assert_eq!(err.open_failure(), Some(OpenFailure::Locked), "{err}");
+        assert_eq!(get(&holder), Some(b"v".to_vec()));
+        drop(holder);
+        let s = open(&dir).unwrap();
+        assert_eq!(get(&s), Some(b"v".to_vec()));
+        assert_eq!(s.checkpointed, Some(7));
+    }
+
+    #[test]
+    fn a_store_held_by_an_outliving_reader_reopens_with_its_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("orders");
+        filled(&dir);
+        let first = open(&dir).unwrap();
+        let long_poll = first.reader.clone();
+        drop(first);
+        let s = open(&dir).unwrap();
+        assert_eq!(get(&s), Some(b"v".to_vec()));
+        assert_eq!(s.checkpointed, Some(7));
+        drop(long_poll);
+    }
+
+    #[test]
+    fn corrupt_files_are_wiped_and_restored_from_the_beginning() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("orders");
+        filled(&dir);
+        std::fs::write(dir.join("CURRENT"), b"garbage").unwrap();
+        let s = open(&dir).unwrap();
+        assert_eq!(get(&s), None);
+        assert_eq!(s.checkpointed, None, "must restore from the changelog's start");
+    }
+
+    #[test]
+    fn an_unknown_store_format_is_wiped_and_restored_from_the_beginning() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("orders");
+        filled(&dir);
+        StoreFormat::write_version(&dir, 2).unwrap();
+        let s = open(&dir).unwrap();
+        assert_eq!(get(&s), None);
+        assert_eq!(s.checkpointed, None);
+        StoreFormat::check(&dir, "orders").unwrap();
+    }
+}
