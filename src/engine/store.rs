@@ -336,7 +336,10 @@ mod tests {
         std::fs::write(dir.join("CURRENT"), b"garbage").unwrap();
         let s = open(&dir).unwrap();
         assert_eq!(get(&s), None);
-        assert_eq!(s.checkpointed, None, "must restore from the changelog's start");
+        assert_eq!(
+            s.checkpointed, None,
+            "must restore from the changelog's start"
+        );
     }
 
     #[test]

@@ -146,7 +146,10 @@ impl StoreFormat {
                 dir,
                 OpenFailure::UnsupportedFormat,
                 "check format",
-                format!("store format {} (this binary reads {STORE_FORMAT})", f.format),
+                format!(
+                    "store format {} (this binary reads {STORE_FORMAT})",
+                    f.format
+                ),
             )),
             Err(e) => Err(open_error(
                 store,
@@ -230,12 +233,24 @@ mod tests {
     #[test]
     fn os_errors_are_classified_and_never_unusable() {
         let cases = [
-            (io::Error::from_raw_os_error(24), OpenFailure::TooManyOpenFiles),
-            (io::Error::from_raw_os_error(23), OpenFailure::TooManyOpenFiles),
+            (
+                io::Error::from_raw_os_error(24),
+                OpenFailure::TooManyOpenFiles,
+            ),
+            (
+                io::Error::from_raw_os_error(23),
+                OpenFailure::TooManyOpenFiles,
+            ),
             (io::Error::from_raw_os_error(28), OpenFailure::DiskFull),
             (io::Error::from_raw_os_error(13), OpenFailure::Io),
-            (io::Error::from(io::ErrorKind::StorageFull), OpenFailure::DiskFull),
-            (io::Error::other("lock hold by current process"), OpenFailure::Io),
+            (
+                io::Error::from(io::ErrorKind::StorageFull),
+                OpenFailure::DiskFull,
+            ),
+            (
+                io::Error::other("lock hold by current process"),
+                OpenFailure::Io,
+            ),
         ];
         for (e, want) in cases {
             assert_eq!(classify_io(&e), want, "{e}");

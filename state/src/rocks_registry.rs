@@ -100,7 +100,13 @@ pub(crate) fn open_shared<T: Any + Send + Sync>(
         }
         if let Some(live) = entry.live.upgrade() {
             let shared = live.downcast::<T>().map_err(|_| {
-                open_error(name, dir, OpenFailure::Locked, "open", "open as another kind")
+                open_error(
+                    name,
+                    dir,
+                    OpenFailure::Locked,
+                    "open",
+                    "open as another kind",
+                )
             })?;
             reg.insert(
                 key.clone(),

@@ -63,8 +63,10 @@ impl StateUpdater {
                 if !self.status.tasks().contains_key(&partition) {
                     self.status.task_state(partition, "opening");
                 }
-                self.status
-                    .task_error(partition, Some(format!("cannot open store (retrying): {e}")));
+                self.status.task_error(
+                    partition,
+                    Some(format!("cannot open store (retrying): {e}")),
+                );
                 opening.insert(
                     partition,
                     Opening {
