@@ -315,6 +315,23 @@ mod tests {
     }
 
     #[test]
+    fn an_io_error_at_open_is_an_error_to_retry_and_keeps_the_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("orders");
+        filled(&dir);
+        // Reading the format marker fails (EISDIR): nothing says the files are bad.
+        let marker = dir.join(paystream_state::open::FORMAT_FILE);
+        std::fs::remove_file(&marker).unwrap();
+        std::fs::create_dir(&marker).unwrap();
+        let err = open(&dir).err().expect("the open must fail");
+        assert_eq!(err.open_failure(), Some(OpenFailure::Io), "{err}");
+        std::fs::remove_dir(&marker).unwrap();
+        let s = open(&dir).unwrap();
+        assert_eq!(get(&s), Some(b"v".to_vec()));
+        assert_eq!(s.checkpointed, Some(7));
+    }
+
+    #[test]
     fn a_store_held_by_an_outliving_reader_reopens_with_its_data() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("orders");
