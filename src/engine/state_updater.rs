@@ -17,7 +17,8 @@
 //! `read_committed` consumer's position gets there (past the last commit marker; see
 //! `changelog_reader` for why not the last stable offset).
 //! A changelog partition that cannot be read (its leader is down, the topic is gone) is retried
-//! with backoff and reported in `/health`; so is one that stops making progress.
+//! with backoff and reported in `/health`; so is one that stops making progress, and so is a
+//! task whose stores cannot be opened (`opening`: a lock, file-handle or disk error).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -101,8 +102,10 @@ pub struct StateUpdater {
 }
 
 mod held;
+mod opening;
 
 use held::{restore_start, Batch, Held, StoreRead};
+use opening::Opening;
 
 impl StateUpdater {
     /// Run on the current thread until `Shutdown` (or the command channel closes).
@@ -123,14 +126,16 @@ impl StateUpdater {
             source,
         })?;
         let mut held: BTreeMap<i32, Held> = BTreeMap::new();
+        let mut opening: BTreeMap<i32, Opening> = BTreeMap::new();
         let mut last_progress = Instant::now();
         // After a round that read nothing, the next one waits a little on its first consumer
         // instead of spinning.
         let mut wait = Duration::ZERO;
         loop {
-            if !self.handle_commands(&mut held, &mut readers)? {
+            if !self.handle_commands(&mut held, &mut opening, &mut readers)? {
                 break;
             }
+            self.retry_opening(&mut held, &mut opening)?;
             self.start_pending(&mut held, &mut readers, &ends)?;
             if !held.is_empty() && !readers.iter().any(ChangelogReader::has_assignment) {
                 std::thread::sleep(IDLE_WAIT);
@@ -204,6 +209,7 @@ impl StateUpdater {
     fn handle_commands(
         &self,
         held: &mut BTreeMap<i32, Held>,
+        opening: &mut BTreeMap<i32, Opening>,
         readers: &mut [ChangelogReader],
     ) -> Result<bool, UpdaterError> {
         // Nothing held: wait for work instead of spinning.
@@ -216,19 +222,15 @@ impl StateUpdater {
             };
             match cmd {
                 UpdaterCommand::Create { partition, active } => {
-                    let task = Task::open(
-                        partition,
-                        &self.topology,
-                        &self.state_dir,
-                        &self.application_id,
-                        self.metrics.task(partition),
-                    )?;
-                    self.take(held, task, active, true)?;
+                    self.try_open(held, opening, partition, active, BACKOFF_MIN)?;
                 }
                 UpdaterCommand::Adopt { task, active } => {
                     self.take(held, *task, active, false)?;
                 }
                 UpdaterCommand::SetRole { partition, active } => {
+                    if let Some(o) = opening.get_mut(&partition) {
+                        o.active = active;
+                    }
                     if let Some(mut h) = held.remove(&partition) {
                         if h.is_active() == active {
                             held.insert(partition, h);
@@ -247,6 +249,9 @@ impl StateUpdater {
                     }
                 }
                 UpdaterCommand::Close { partition } => {
+                    if opening.remove(&partition).is_some() {
+                        self.status.task_gone(partition);
+                    }
                     if let Some(mut h) = held.remove(&partition) {
                         self.close(partition, &mut h, readers)?;
                     }

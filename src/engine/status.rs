@@ -31,7 +31,8 @@ pub enum Status {
 /// One partition as `/health` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TaskView {
-    /// `restoring`, `standby`, `running` or `suspended`.
+    /// `restoring`, `standby`, `running`, `suspended`, or `opening` (its stores cannot be opened
+    /// yet: see `error`; retried with backoff).
     pub state: &'static str,
     /// Changelog records restored so far by the current restore, and how many it needs in all.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -16,7 +16,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use paystream_state::checkpoint::Checkpoint;
 use paystream_state::rocks::{RocksDbReader, RocksDbStore};
@@ -32,10 +31,6 @@ use crate::kafka::producer::{KafkaChangelogWriter, OutputProducer};
 /// uses the same threshold): each checkpoint flushes RocksDB memtables, so doing it on every
 /// commit would make many tiny files; restore replays at most this much extra.
 pub const CHECKPOINT_DELTA: u64 = 10_000;
-
-/// How long opening a store retries while its files are still locked (a query thread may hold
-/// the last read handle of a copy that was just closed).
-const OPEN_RETRY: Duration = Duration::from_secs(5);
 
 /// The layered store itself.
 pub enum StoreHandle {
@@ -68,25 +63,24 @@ pub struct TaskStore {
 }
 
 impl TaskStore {
-    /// Open (or create) the store of `spec` in `dir`. A store that cannot be opened after
-    /// [`OPEN_RETRY`] is wiped and will be restored from its changelog in full.
+    /// Open (or create) the store of `spec` in `dir`.
+    ///
+    /// Files proven unusable ([`StoreError::is_unusable`]: corruption, a store format this
+    /// binary cannot read) are wiped, and the store is restored from its changelog in full.
+    /// Any other failure (the lock still held, no file handle left, a full disk) is returned
+    /// untouched for the caller to report and retry: deleting data never fixes those.
     pub fn open(spec: &StoreSpec, dir: PathBuf, topic: Arc<str>) -> Result<Self, StoreError> {
-        let checkpoint = Checkpoint::read(&dir)?;
-        let started = Instant::now();
-        let (store, reader) = loop {
-            match open_kind(spec, &dir) {
-                Ok(s) => break s,
-                Err(e) if started.elapsed() < OPEN_RETRY => {
-                    tracing::debug!(store = %spec.name, error = %e, "store busy; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => {
-                    tracing::warn!(store = %spec.name, error = %e, "local store unusable; wiping it to restore from the changelog");
-                    destroy(spec.kind, &dir)?;
-                    break open_kind(spec, &dir)?;
-                }
+        let (store, reader) = match open_kind(spec, &dir) {
+            Ok(s) => s,
+            Err(e) if e.is_unusable() => {
+                tracing::warn!(store = %spec.name, dir = %dir.display(), error = %e, "local store unusable; wiping it to restore from the changelog");
+                destroy(spec.kind, &dir)?;
+                open_kind(spec, &dir)?
             }
+            Err(e) => return Err(e),
         };
+        // Read after the open: a wiped directory has no checkpoint any more.
+        let checkpoint = Checkpoint::read(&dir)?;
         let mut s = Self {
             name: spec.name.clone(),
             dir,
@@ -269,5 +263,111 @@ fn destroy(kind: StoreKind, dir: &Path) -> Result<(), StoreError> {
     match kind {
         StoreKind::KeyValue => RocksDbStore::destroy(dir),
         StoreKind::Window { .. } => RocksDbWindowStore::destroy(dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paystream_state::open::{OpenFailure, StoreFormat};
+    use paystream_state::KeyValueStore;
+
+    use super::*;
+
+    fn spec() -> StoreSpec {
+        StoreSpec {
+            name: "orders".into(),
+            kind: StoreKind::KeyValue,
+        }
+    }
+
+    /// A store directory holding `k` and a checkpoint at 7, closed.
+    fn filled(dir: &Path) {
+        let mut s = RocksDbStore::open(dir, "orders").unwrap();
+        s.put(b"k", b"v").unwrap();
+        s.flush().unwrap();
+        Checkpoint::new(7).write(dir).unwrap();
+    }
+
+    fn open(dir: &Path) -> Result<TaskStore, StoreError> {
+        TaskStore::open(&spec(), dir.to_owned(), Arc::from("t"))
+    }
+
+    fn get(s: &TaskStore) -> Option<Vec<u8>> {
+        match &s.reader {
+            StoreReader::KeyValue(r) => r.get(b"k").unwrap(),
+            StoreReader::Window(_) => panic!("not a key-value store"),
+        }
+    }
+
+    #[test]
+    fn a_locked_store_is_an_error_to_retry_and_keeps_its_data_and_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("orders");
+        filled(&dir);
+        let holder = open(&dir).unwrap();
+        let err = open(&dir).err().expect("a second open must fail");
+        assert_eq!(err.open_failure(), Some(OpenFailure::Locked), "{err}");
+        assert_eq!(get(&holder), Some(b"v".to_vec()));
+        drop(holder);
+        let s = open(&dir).unwrap();
+        assert_eq!(get(&s), Some(b"v".to_vec()));
+        assert_eq!(s.checkpointed, Some(7));
+    }
+
+    #[test]
+    fn an_io_error_at_open_is_an_error_to_retry_and_keeps_the_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("orders");
+        filled(&dir);
+        // Reading the format marker fails (EISDIR): nothing says the files are bad.
+        let marker = dir.join(paystream_state::open::FORMAT_FILE);
+        std::fs::remove_file(&marker).unwrap();
+        std::fs::create_dir(&marker).unwrap();
+        let err = open(&dir).err().expect("the open must fail");
+        assert_eq!(err.open_failure(), Some(OpenFailure::Io), "{err}");
+        std::fs::remove_dir(&marker).unwrap();
+        let s = open(&dir).unwrap();
+        assert_eq!(get(&s), Some(b"v".to_vec()));
+        assert_eq!(s.checkpointed, Some(7));
+    }
+
+    #[test]
+    fn a_store_held_by_an_outliving_reader_reopens_with_its_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("orders");
+        filled(&dir);
+        let first = open(&dir).unwrap();
+        let long_poll = first.reader.clone();
+        drop(first);
+        let s = open(&dir).unwrap();
+        assert_eq!(get(&s), Some(b"v".to_vec()));
+        assert_eq!(s.checkpointed, Some(7));
+        drop(long_poll);
+    }
+
+    #[test]
+    fn corrupt_files_are_wiped_and_restored_from_the_beginning() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("orders");
+        filled(&dir);
+        std::fs::write(dir.join("CURRENT"), b"garbage").unwrap();
+        let s = open(&dir).unwrap();
+        assert_eq!(get(&s), None);
+        assert_eq!(
+            s.checkpointed, None,
+            "must restore from the changelog's start"
+        );
+    }
+
+    #[test]
+    fn an_unknown_store_format_is_wiped_and_restored_from_the_beginning() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("orders");
+        filled(&dir);
+        StoreFormat::write_version(&dir, 2).unwrap();
+        let s = open(&dir).unwrap();
+        assert_eq!(get(&s), None);
+        assert_eq!(s.checkpointed, None);
+        StoreFormat::check(&dir, "orders").unwrap();
     }
 }

@@ -16,6 +16,8 @@
 //!   commit's writes in memory (reads see them first) and hands them to a [`ChangelogWriter`] at
 //!   commit time, so the inner store only ever holds committed state.
 //! - [`codec`]: versioned binary values (a format-version byte, then postcard).
+//! - [`open`]: [`OpenFailure`], why a store could not be opened, and the rule that only proven
+//!   unusable files (corruption, an unknown store format) are wiped; everything else is retried.
 //! - [`memory`]: [`InMemoryStore`], a `BTreeMap` store for tests and the topology test driver.
 //! - [`window`]: the [`WindowStore`] contract (values per key and window start, expired by
 //!   retention), its key encoding and [`InMemoryWindowStore`].
@@ -26,6 +28,8 @@
 //! - `rocks_window` (feature `rocksdb`): `RocksDbWindowStore`, a window store on one RocksDB
 //!   database whose keys start with a time-segment id (expired segments are range-deleted
 //!   whole), and `RocksDbWindowReader`.
+//! - `rocks_registry` (feature `rocksdb`): the process-wide registry of open databases by
+//!   directory, so that a reader outliving its task never keeps the reopen of its partition out.
 //!
 //! Stores are stacked layers, `transactional(rocksdb)`:
 //!
@@ -41,8 +45,11 @@
 pub mod checkpoint;
 pub mod codec;
 pub mod memory;
+pub mod open;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
+#[cfg(feature = "rocksdb")]
+mod rocks_registry;
 #[cfg(feature = "rocksdb")]
 pub mod rocks_window;
 pub mod store;
@@ -52,6 +59,7 @@ pub mod window;
 pub use checkpoint::Checkpoint;
 pub use codec::CodecError;
 pub use memory::InMemoryStore;
+pub use open::OpenFailure;
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDbReader, RocksDbStore};
 #[cfg(feature = "rocksdb")]

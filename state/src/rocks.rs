@@ -23,6 +23,7 @@ use rocksdb::{
     DB,
 };
 
+use crate::rocks_registry::{ensure_closed, open_shared, WriterGuard};
 use crate::store::{KeyValueStore, StoreError};
 
 /// Size of the block cache shared by every store in the process.
@@ -82,6 +83,8 @@ pub struct RocksDbStore {
     db: Arc<DB>,
     /// WAL disabled; see [`RocksDbStore::open`].
     write_opts: WriteOptions,
+    /// This handle is the directory's one writer while it lives.
+    _writer: WriterGuard,
 }
 
 impl fmt::Debug for RocksDbStore {
@@ -107,24 +110,23 @@ impl RocksDbStore {
     /// of the writes in order, so replaying from the checkpoint gives the right result. (On a
     /// clean close RocksDB flushes the memtables itself.)
     ///
-    /// Fails if the database is already open, in this process (including through a
-    /// [`RocksDbReader`] that outlived its store) or another.
+    /// A database still open for [`RocksDbReader`]s that outlived their store (a long-poll across
+    /// a reassignment) is shared, not opened again: see [`crate::rocks_registry`]. Fails with a
+    /// [`StoreError::Open`] if another store handle of this process has the directory open, or
+    /// another process does ([`OpenFailure::Locked`](crate::open::OpenFailure::Locked)), or the
+    /// files cannot be read; only corruption and an unknown store format are
+    /// [`StoreError::is_unusable`].
     pub fn open(dir: &Path, name: &str) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-            store: name.to_owned(),
-            context: format!("create store directory {}", dir.display()),
-            source,
-        })?;
-        let db = DB::open(&db_options(), dir)
-            .map_err(|e| backend(name, &format!("open {}", dir.display()), e))?;
+        let (db, writer) = open_shared(dir, name, Ok)?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
         tracing::debug!(store = name, dir = %dir.display(), "opened rocksdb store");
         Ok(Self {
             name: name.to_owned(),
             dir: dir.to_owned(),
-            db: Arc::new(db),
+            db,
             write_opts,
+            _writer: writer,
         })
     }
 
@@ -160,7 +162,11 @@ impl RocksDbStore {
     /// Remove the store directory and everything in it (database and checkpoint), for a fresh
     /// restore. A missing directory is fine. The store must be closed: drop the
     /// [`RocksDbStore`] and all its [`RocksDbReader`]s first.
+    ///
+    /// Refuses ([`OpenFailure::Locked`](crate::open::OpenFailure::Locked)) while any handle on
+    /// the database is alive in this process: files are never deleted under an open database.
     pub fn destroy(dir: &Path) -> Result<(), StoreError> {
+        ensure_closed(dir)?;
         match fs::remove_dir_all(dir) {
             Ok(()) => {
                 tracing::info!(dir = %dir.display(), "destroyed rocksdb store directory");
@@ -401,10 +407,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let _store = open(tmp.path());
         let err = RocksDbStore::open(tmp.path(), "orders").unwrap_err();
-        assert!(matches!(err, StoreError::Backend { .. }), "{err:?}");
+        assert_eq!(
+            err.open_failure(),
+            Some(crate::open::OpenFailure::Locked),
+            "{err:?}"
+        );
         assert!(
-            err.to_string()
-                .starts_with("store orders: database error: open"),
+            err.to_string().starts_with("store orders: cannot open"),
             "{err}"
         );
     }

@@ -33,14 +33,15 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rocksdb::{DBRawIterator, IteratorMode, WriteBatch, WriteOptions, DB};
 
-use crate::rocks::{backend, db_options};
+use crate::open::{open_error, OpenFailure};
+use crate::rocks::backend;
+use crate::rocks_registry::{open_shared, WriterGuard};
 use crate::store::StoreError;
 use crate::window::{
     decode_window_key, encode_time, encode_window_key, oldest_retained, WindowStore, WindowVisitor,
@@ -202,6 +203,8 @@ pub struct RocksDbWindowStore {
     shared: Arc<Shared>,
     /// WAL disabled; see the module documentation.
     write_opts: WriteOptions,
+    /// This handle is the directory's one writer while it lives.
+    _writer: WriterGuard,
 }
 
 impl fmt::Debug for RocksDbWindowStore {
@@ -226,42 +229,53 @@ impl RocksDbWindowStore {
     /// entries for `retention_ms` of observed time.
     ///
     /// Finds the segments already there and recovers the observed time from the newest one.
-    /// Fails if the database is already open (in this process or another), or if its segments
-    /// were cut with another interval (the retention changed since they were written:
+    /// As for [`crate::rocks::RocksDbStore::open`], a database still open for readers is shared
+    /// (see [`crate::rocks_registry`]) and every failure is a [`StoreError::Open`]. Fails if its
+    /// segments were cut with another interval (the retention changed since they were written:
     /// [`RocksDbWindowStore::destroy`] the directory and restore from the changelog).
     pub fn open(dir: &Path, name: &str, retention_ms: i64) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-            store: name.to_owned(),
-            context: format!("create store directory {}", dir.display()),
-            source,
-        })?;
-        let db = DB::open(&db_options(), dir)
-            .map_err(|e| backend(name, &format!("open {}", dir.display()), e))?;
         let interval = Self::segment_interval(retention_ms);
-        let shared = Shared {
-            name: name.to_owned(),
-            retention_ms,
-            interval,
-            db,
-            segments: RwLock::new(BTreeSet::new()),
-            observed: AtomicI64::new(i64::MIN),
-        };
-        let (segments, observed) = scan_segments(&shared)?;
-        *shared.write() = segments;
-        shared.observed.store(observed, Ordering::Release);
+        let (shared, writer) = open_shared(dir, name, |db| {
+            let shared = Shared {
+                name: name.to_owned(),
+                retention_ms,
+                interval,
+                db,
+                segments: RwLock::new(BTreeSet::new()),
+                observed: AtomicI64::new(i64::MIN),
+            };
+            let (segments, observed) = scan_segments(&shared)?;
+            *shared.write() = segments;
+            shared.observed.store(observed, Ordering::Release);
+            Ok(shared)
+        })?;
+        if shared.retention_ms != retention_ms {
+            // Readers of the old handle read with the old retention: wait for them to finish.
+            return Err(open_error(
+                name,
+                dir,
+                OpenFailure::Locked,
+                "open",
+                format!(
+                    "still open for readers with retention {} ms, not {retention_ms} ms",
+                    shared.retention_ms
+                ),
+            ));
+        }
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
         tracing::debug!(
             store = name,
             dir = %dir.display(),
             segments = shared.read().len(),
-            observed,
+            observed = shared.observed(),
             "opened rocksdb window store"
         );
         let store = Self {
             dir: dir.to_owned(),
-            shared: Arc::new(shared),
+            shared,
             write_opts,
+            _writer: writer,
         };
         store.drop_expired_segments()?;
         Ok(store)

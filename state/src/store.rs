@@ -6,7 +6,11 @@
 //! changelog at commit time. Keys and values are bytes here; typed values go through
 //! [`crate::codec`].
 
+use std::path::PathBuf;
+
 use thiserror::Error;
+
+use crate::open::OpenFailure;
 
 /// What can go wrong in a store. Every variant names the store so a log line is enough to act on.
 #[derive(Debug, Error)]
@@ -28,6 +32,15 @@ pub enum StoreError {
         bytes: usize,
         limit: usize,
     },
+    /// The store could not be opened; `failure` says whether its files are to blame (see
+    /// [`crate::open`]).
+    #[error("store {store}: cannot open {}: {failure}: {message}", dir.display())]
+    Open {
+        store: String,
+        dir: PathBuf,
+        failure: OpenFailure,
+        message: String,
+    },
     /// Filesystem trouble around the store (directories, checkpoint files).
     #[error("store {store}: {context}: {source}")]
     Io {
@@ -36,6 +49,22 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// Why opening failed, for an [`StoreError::Open`].
+    pub fn open_failure(&self) -> Option<OpenFailure> {
+        match self {
+            StoreError::Open { failure, .. } => Some(*failure),
+            _ => None,
+        }
+    }
+
+    /// The store's files are proven unusable: wipe and restore (see [`crate::open`]). `false`
+    /// for every other error, which must never cost the local data.
+    pub fn is_unusable(&self) -> bool {
+        self.open_failure().is_some_and(OpenFailure::is_unusable)
+    }
 }
 
 /// Largest key + value a changelogged store accepts in one entry: librdkafka refuses records
