@@ -18,8 +18,11 @@ use paystream_topology::ShippedTopologies;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod query;
 mod windowed;
 
+use query::QueryFile;
+pub use query::{QueryArgs, QuerySettings};
 use windowed::WindowedFile;
 pub use windowed::{TimestampSourceArg, WindowedArgs};
 
@@ -150,6 +153,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub windowed: WindowedArgs,
+
+    #[command(flatten)]
+    pub query: QueryArgs,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -188,6 +194,10 @@ struct FileConfig {
     approval_timeout_alert_retention_ms: Option<i64>,
     timestamp_source: Option<windowed::TimestampSourceArg>,
     max_future_ms: Option<i64>,
+    query_timeout_ms: Option<u64>,
+    peer_timeout_ms: Option<u64>,
+    peer_connect_timeout_ms: Option<u64>,
+    max_concurrent_queries: Option<usize>,
 }
 
 /// Validated settings of one instance.
@@ -214,6 +224,8 @@ pub struct RunSettings {
     pub standalone: bool,
     /// Which windowed topologies run besides the order view.
     pub shipped: ShippedTopologies,
+    /// Deadlines, peer timeouts and the concurrency limit of the query API.
+    pub query: QuerySettings,
 }
 
 /// Default Kafka bootstrap address (a local broker).
@@ -265,6 +277,12 @@ impl RunArgs {
         };
         let (processing_guarantee, commit_interval, max_uncommitted_bytes) =
             self.commit_settings(&file)?;
+        let query = self.query.build(&QueryFile {
+            query_timeout_ms: file.query_timeout_ms,
+            peer_timeout_ms: file.peer_timeout_ms,
+            peer_connect_timeout_ms: file.peer_connect_timeout_ms,
+            max_concurrent_queries: file.max_concurrent_queries,
+        })?;
         let windowed_file = WindowedFile {
             sms_enabled: file.sms_enabled,
             sms_topic: file.sms_topic,
@@ -414,6 +432,7 @@ impl RunArgs {
             acceptable_recovery_lag,
             standalone: self.standalone || file.standalone.unwrap_or(false),
             shipped,
+            query,
         })
     }
 }

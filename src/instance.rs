@@ -346,11 +346,11 @@ impl Instance {
             metrics: shared.metrics.clone(),
             status: shared.status.clone(),
             routing: shared.routing.clone(),
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(32)
-                .connect_timeout(std::time::Duration::from_millis(500))
-                .build()
+            liveness: shared.liveness.clone(),
+            client: QueryState::client(&settings.query)
                 .map_err(|e| RunError::Http(std::io::Error::other(e)))?,
+            limits: settings.query,
+            permits: QueryState::permits(&settings.query),
         };
         let status = shared.status.clone();
         let thread = StreamThread {

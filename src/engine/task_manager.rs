@@ -183,6 +183,7 @@ impl TaskManager {
                     if let Some(mut task) = self.tasks.remove(&partition) {
                         if task.state() == TaskState::Running {
                             task.transition(TaskState::Suspended)?;
+                            Self::stopped(&self.local, &task);
                             changes.stopped.push(partition);
                         }
                         self.hand_to_updater(task, active);
@@ -246,12 +247,23 @@ impl TaskManager {
         for (p, t) in self.tasks.iter_mut() {
             if t.state() == TaskState::Running {
                 t.transition(TaskState::Suspended)?;
-                self.local.insert(*p, t.local_partition());
+                Self::stopped(&self.local, t);
                 self.status.task_state(*p, TaskState::Suspended.name());
                 changes.stopped.push(*p);
             }
         }
         Ok(changes)
+    }
+
+    /// A task just stopped running: queries see its copy as a standby at once (not when the
+    /// updater takes it), and its lag as unknown: the source lag it had says nothing about how
+    /// far the next active gets ahead of it.
+    fn stopped(local: &LocalStores, task: &Task) {
+        let copy = task.local_partition();
+        copy.metrics
+            .lag
+            .store(-1, std::sync::atomic::Ordering::Relaxed);
+        local.insert(task.partition, copy);
     }
 
     /// The current assignment: (actives, standbys).

@@ -1,4 +1,5 @@
-//! The query API's one error type: a stable `error` code for clients, details in `message`.
+//! The query API's one error type: a stable code for clients (in both `error` and `code`),
+//! details in `message`. Every 503 carries `Retry-After`.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,12 +25,43 @@ pub enum QueryError {
     InvalidParam(String),
     #[error("the {0} topology is switched off on this instance")]
     TopologyDisabled(&'static str),
+    #[error("too many queries in flight on this instance; retry shortly")]
+    Overloaded,
+    #[error("the request's deadline passed before any copy answered; retry, or give a longer timeout_ms")]
+    DeadlineExceeded,
+    #[error("{}", lag_message(*partition, *lag, *max_lag))]
+    LagExceeded {
+        partition: i32,
+        /// The lag of the freshest standby that answered (`None`: unknown).
+        lag: Option<i64>,
+        max_lag: i64,
+    },
+    #[error("this API takes no request body")]
+    BodyTooLarge,
+    #[error(
+        "path and query string are longer than {} bytes",
+        super::deadline::MAX_URI_BYTES
+    )]
+    UriTooLong,
+    #[error("method not allowed: every route answers GET only")]
+    MethodNotAllowed,
     #[error("order {id} did not reach {want} in time (state: {})", state.unwrap_or("unknown order"))]
     WaitTimeout {
         id: String,
         want: &'static str,
         state: Option<&'static str>,
     },
+}
+
+fn lag_message(partition: i32, lag: Option<i64>, max_lag: i64) -> String {
+    match lag {
+        Some(lag) => format!(
+            "partition {partition}: the active copy cannot answer and the freshest standby is {lag} records behind, more than max_lag={max_lag}; retry shortly or raise max_lag"
+        ),
+        None => format!(
+            "partition {partition}: the active copy cannot answer and no standby knows its lag (max_lag={max_lag}); retry shortly"
+        ),
+    }
 }
 
 impl QueryError {
@@ -45,19 +77,30 @@ impl QueryError {
             QueryError::InvalidParam(_) => "invalid_parameter",
             QueryError::TopologyDisabled(_) => "topology_disabled",
             QueryError::WaitTimeout { .. } => "wait_timeout",
+            QueryError::Overloaded => "overloaded",
+            QueryError::DeadlineExceeded => "deadline_exceeded",
+            QueryError::LagExceeded { .. } => "lag_exceeded",
+            QueryError::BodyTooLarge => "body_too_large",
+            QueryError::UriTooLong => "uri_too_long",
+            QueryError::MethodNotAllowed => "method_not_allowed",
         }
     }
 
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             QueryError::InvalidId(_) | QueryError::InvalidParam(_) => StatusCode::BAD_REQUEST,
             QueryError::WaitTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             QueryError::NotFound { .. }
             | QueryError::RouteNotFound
             | QueryError::TopologyDisabled(_) => StatusCode::NOT_FOUND,
-            QueryError::PartitionUnavailable { .. } | QueryError::Store(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            QueryError::PartitionUnavailable { .. }
+            | QueryError::Store(_)
+            | QueryError::Overloaded
+            | QueryError::DeadlineExceeded
+            | QueryError::LagExceeded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            QueryError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            QueryError::UriTooLong => StatusCode::URI_TOO_LONG,
+            QueryError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,7 +115,22 @@ impl IntoResponse for QueryError {
         } else {
             tracing::debug!(error = %self, "query refused");
         }
-        let body = Json(json!({ "error": self.code(), "message": self.to_string() }));
+        let mut body = json!({
+            "error": self.code(),
+            "code": self.code(),
+            "message": self.to_string(),
+        });
+        if let QueryError::LagExceeded {
+            partition,
+            lag,
+            max_lag,
+        } = &self
+        {
+            body["partition"] = json!(partition);
+            body["lag"] = json!(lag);
+            body["max_lag"] = json!(max_lag);
+        }
+        let body = Json(body);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             (status, [(header::RETRY_AFTER, "1")], body).into_response()
         } else {

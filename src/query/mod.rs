@@ -3,45 +3,47 @@
 //! Entry point: [`app`], a `Router` with no socket attached, so handlers are tested with
 //! `tower::ServiceExt::oneshot`. The caller serves it (see `instance::Instance::run`).
 //!
-//! One query: `GET /orders/{id}` → validate id → partition = murmur2(id) % partition count (the
-//! count from topic metadata, never from the assignment) → the local copy of that partition →
-//! RocksDB read on a blocking thread → decode → JSON.
+//! One query: `GET /orders/{id}` → the guard (bounds, concurrency limit, the request's one
+//! deadline: `deadline`) → validate id and parameters → partition = murmur2(id) % partition
+//! count (the count from topic metadata, never from the assignment) → a copy chosen by `route`
+//! (local, or one hop away, within the deadline) → RocksDB read on a blocking thread → JSON.
+//!
+//! The API is described in `docs/openapi.json`, served at `GET /openapi.json`.
 
+pub mod deadline;
 mod error;
 pub mod forward;
+mod orders;
+pub mod route;
 pub mod windowed;
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use paystream_topology::order::{decode_order, EventType, OrderView, ORDERS_STORE};
+use paystream_topology::order::OrderView;
 use paystream_topology::partition_for_key;
 use serde::Serialize;
 
 pub use error::QueryError;
 
 use crate::cluster::routing::RoutingTable;
-use crate::engine::store::StoreReader;
-use crate::engine::{LocalPartition, LocalStores, Role, SharedStatus, Status};
+use crate::config::QuerySettings;
+use crate::engine::{Liveness, LocalStores, Role, SharedStatus, Status};
 use crate::telemetry::Metrics;
-use forward::{forward, Forwarded, ALLOW_STANDBY, FORWARDED};
 
 /// Longest order id accepted (ids are Kafka keys; anything longer is a client mistake).
 pub const MAX_ID_LEN: usize = 256;
-/// Longest `wait_for` long-poll.
+/// Longest deadline a request may ask for (`timeout_ms`, e.g. of a `wait_for` long-poll).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
-/// How long a query keeps looking for a copy that can answer before it gives up with 503.
-pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(3);
-/// How long a forwarded hop may take (on top of any `timeout_ms`).
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// The OpenAPI 3 description of this API (served at `/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -54,21 +56,49 @@ pub struct QueryState {
     pub metrics: Arc<Metrics>,
     pub status: Arc<SharedStatus>,
     pub routing: Arc<RoutingTable>,
-    /// Pooled client for forwarding.
+    /// Whether this instance is still in touch with its group (a copy it runs is active only
+    /// then).
+    pub liveness: Arc<Liveness>,
+    /// Pooled client for forwarding (its connect timeout: `--peer-connect-timeout-ms`).
     pub client: reqwest::Client,
+    /// Deadlines, peer timeouts, the concurrency limit.
+    pub limits: QuerySettings,
+    /// One permit per request in flight (`--max-concurrent-queries`).
+    pub permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl QueryState {
+    /// The forwarding client for `limits` (pooled; connect timeout per peer).
+    pub fn client(limits: &QuerySettings) -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(32)
+            .connect_timeout(limits.peer_connect_timeout)
+            .build()
+    }
+
+    /// The permits of `limits`.
+    pub fn permits(limits: &QuerySettings) -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_queries))
+    }
 }
 
 /// The query API's routes.
 pub fn app(state: QueryState) -> Router {
     Router::new()
-        .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}", get(orders::get_order))
         .route("/orders/{id}/location", get(get_location))
         .route("/sms/{id}", get(windowed::get_sms))
         .route("/alerts", get(windowed::get_alerts))
         .route("/metadata", get(get_metadata))
         .route("/health", get(get_health))
         .route("/metrics", get(get_metrics))
+        .route("/openapi.json", get(get_openapi))
         .fallback(|| async { QueryError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline::guard,
+        ))
         .with_state(state)
 }
 
@@ -100,161 +130,6 @@ pub(crate) fn validate_id(id: Result<Path<String>, PathRejection>) -> Result<Str
     Ok(id)
 }
 
-/// Query parameters of `GET /orders/{id}`.
-#[derive(Debug, Default)]
-struct OrderParams {
-    /// Refuse answers from standby copies (503 instead).
-    active_only: bool,
-    wait_for: Option<EventType>,
-    timeout: Duration,
-}
-
-fn parse_params(raw: Option<&str>) -> Result<OrderParams, QueryError> {
-    let mut p = OrderParams {
-        timeout: Duration::from_secs(5),
-        ..Default::default()
-    };
-    let pairs: HashMap<&str, &str> = raw
-        .unwrap_or("")
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-        .collect();
-    for (k, v) in pairs {
-        match k {
-            "consistency" => match v {
-                "active" => p.active_only = true,
-                "any" => p.active_only = false,
-                _ => {
-                    return Err(QueryError::InvalidParam(format!(
-                        "consistency must be active or any, not {v:?}"
-                    )))
-                }
-            },
-            "wait_for" => {
-                p.wait_for = Some(v.parse().map_err(|_| {
-                    QueryError::InvalidParam(format!("wait_for: unknown state {v:?}"))
-                })?)
-            }
-            "timeout_ms" => {
-                let ms: u64 = v.parse().map_err(|_| {
-                    QueryError::InvalidParam(format!("timeout_ms: {v:?} is not a number"))
-                })?;
-                p.timeout = Duration::from_millis(ms).min(MAX_WAIT);
-            }
-            other => {
-                return Err(QueryError::InvalidParam(format!(
-                    "unknown parameter {other:?}"
-                )))
-            }
-        }
-    }
-    Ok(p)
-}
-
-async fn get_order(
-    State(st): State<QueryState>,
-    id: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    // While partitions move (a rebalance, a promotion catching up its changelog tail) there can
-    // be a moment when no copy answers; the client should see latency then, not an error. Only
-    // the first instance retries: forwarded requests answer at once, so retries never multiply.
-    let deadline = Instant::now() + UNAVAILABLE_RETRY;
-    let id = match validate_id(id) {
-        Ok(id) => id,
-        Err(e) => {
-            st.metrics.queries_failed.fetch_add(1, Ordering::Relaxed);
-            return e.into_response();
-        }
-    };
-    let mut result = route_order(&st, &id, raw.as_deref(), &headers).await;
-    while matches!(result, Err(QueryError::PartitionUnavailable { .. }))
-        && !headers.contains_key(FORWARDED)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        result = route_order(&st, &id, raw.as_deref(), &headers).await;
-    }
-    let counter = match &result {
-        Ok(r) if r.status().is_success() => &st.metrics.queries_ok,
-        Ok(r) if r.status() == StatusCode::NOT_FOUND => &st.metrics.queries_not_found,
-        Err(QueryError::NotFound { .. }) => &st.metrics.queries_not_found,
-        _ => &st.metrics.queries_failed,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-    match result {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-/// Local active → forward to the active → local standby → forward to a standby → 503.
-async fn route_order(
-    st: &QueryState,
-    id: &str,
-    raw: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Response, QueryError> {
-    let params = parse_params(raw)?;
-    let partition = partition_for_key(id.as_bytes(), st.partition_count);
-    let local = st.local.get(partition);
-    if let Some(l) = local.as_ref().filter(|l| l.role == Role::Active) {
-        return serve_local(st, l, id, partition, &params).await;
-    }
-    if headers.contains_key(FORWARDED) {
-        // Loop guard: answer from here or not at all.
-        return match local {
-            Some(l) if headers.contains_key(ALLOW_STANDBY) => {
-                serve_local(st, &l, id, partition, &params).await
-            }
-            _ => Err(QueryError::PartitionUnavailable { partition }),
-        };
-    }
-    let path = match raw {
-        Some(q) => format!("/orders/{}?{q}", percent_encode(id)),
-        None => format!("/orders/{}", percent_encode(id)),
-    };
-    let timeout = FORWARD_TIMEOUT
-        + if params.wait_for.is_some() {
-            params.timeout
-        } else {
-            Duration::ZERO
-        };
-    let owners = st.routing.owners(partition);
-    if let Some(o) = owners
-        .as_ref()
-        .filter(|o| !o.active.is_empty() && o.active != st.self_addr)
-    {
-        match forward(&st.client, &o.active, &path, &st.self_addr, false, timeout).await {
-            Forwarded::Answer(r) => return Ok(r),
-            Forwarded::Unavailable(why) => tracing::debug!(partition, why, "active unavailable"),
-        }
-    }
-    if params.active_only {
-        return Err(QueryError::PartitionUnavailable { partition });
-    }
-    if let Some(l) = &local {
-        return serve_local(st, l, id, partition, &params).await;
-    }
-    // The active itself goes first again: while it is being promoted it still holds the
-    // partition as a (nearly caught-up) standby copy.
-    let mut fallbacks: Vec<String> = Vec::new();
-    if let Some(o) = owners {
-        fallbacks.push(o.active);
-        fallbacks.extend(o.standbys);
-    }
-    fallbacks.retain(|s| !s.is_empty() && *s != st.self_addr);
-    for s in &fallbacks {
-        match forward(&st.client, s, &path, &st.self_addr, true, timeout).await {
-            Forwarded::Answer(r) => return Ok(r),
-            Forwarded::Unavailable(why) => tracing::debug!(partition, why, "standby unavailable"),
-        }
-    }
-    Err(QueryError::PartitionUnavailable { partition })
-}
-
 /// Ids are mostly `[A-Za-z0-9-]`; escape anything else for the forwarded URL.
 fn percent_encode(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
@@ -266,68 +141,6 @@ fn percent_encode(id: &str) -> String {
         }
     }
     out
-}
-
-/// Read from a local copy; with `wait_for`, poll until the order reaches that state.
-async fn serve_local(
-    st: &QueryState,
-    local: &LocalPartition,
-    id: &str,
-    partition: i32,
-    params: &OrderParams,
-) -> Result<Response, QueryError> {
-    let reader = match local.readers.get(ORDERS_STORE) {
-        Some(StoreReader::KeyValue(r)) => r.clone(),
-        _ => return Err(QueryError::PartitionUnavailable { partition }),
-    };
-    let deadline = Instant::now() + params.timeout;
-    loop {
-        let (r, key) = (reader.clone(), id.to_owned());
-        // RocksDB reads block: keep them off the async workers.
-        let bytes = tokio::task::spawn_blocking(move || r.get(key.as_bytes()))
-            .await
-            .map_err(|e| QueryError::Internal(e.to_string()))?
-            .map_err(|e| QueryError::Store(e.to_string()))?;
-        let view = match bytes {
-            Some(b) => Some(
-                decode_order(&b)
-                    .map_err(|e| QueryError::Store(e.to_string()))?
-                    .view,
-            ),
-            None => None,
-        };
-        let reached = match (&view, params.wait_for) {
-            (Some(_), None) => true,
-            (Some(v), Some(want)) => v.state == want,
-            (None, _) => false,
-        };
-        if reached || params.wait_for.is_none() || Instant::now() >= deadline {
-            let role = match local.role {
-                Role::Active => "active",
-                Role::Standby => "standby",
-            };
-            return match (view, params.wait_for) {
-                (Some(order), _) if reached => Ok(Json(OrderResponse {
-                    order,
-                    partition,
-                    served_by: st.self_addr.clone(),
-                    role: role.into(),
-                    lag: local.lag(),
-                })
-                .into_response()),
-                (order, Some(want)) => Err(QueryError::WaitTimeout {
-                    id: id.to_owned(),
-                    want: want.as_str(),
-                    state: order.map(|o| o.state.as_str()),
-                }),
-                (_, None) => Err(QueryError::NotFound {
-                    id: id.to_owned(),
-                    partition,
-                }),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[derive(Serialize)]
@@ -390,7 +203,10 @@ async fn get_metadata(State(st): State<QueryState>) -> Json<Metadata> {
                 partition: p,
                 active,
                 standbys,
-                lag: st.local.get(p).map(|l| l.lag()),
+                lag: st
+                    .local
+                    .get(p)
+                    .map(|l| route::served_as(&st, p, &l).shown_lag()),
             }
         })
         .collect();
@@ -426,7 +242,12 @@ struct Health {
 /// 200 once the instance serves its partitions, 503 while starting or restoring.
 async fn get_health(State(st): State<QueryState>) -> Response {
     let status = st.status.get();
-    let roles = st.local.roles();
+    let roles: Vec<(i32, Role)> = st
+        .local
+        .snapshot()
+        .iter()
+        .map(|(p, l)| (*p, route::served_as(&st, *p, l).role))
+        .collect();
     let body = Health {
         status,
         ready: status == Status::Running,
@@ -457,6 +278,10 @@ async fn get_health(State(st): State<QueryState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+async fn get_openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 async fn get_metrics(State(st): State<QueryState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -465,5 +290,9 @@ async fn get_metrics(State(st): State<QueryState>) -> Response {
         .into_response()
 }
 
+#[cfg(test)]
+mod guard_tests;
+#[cfg(test)]
+mod openapi_tests;
 #[cfg(test)]
 mod tests;

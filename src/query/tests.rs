@@ -20,9 +20,9 @@ use crate::engine::{LocalPartition, LocalStores, Role};
 use crate::engine::{SharedStatus, Status};
 use crate::telemetry::Metrics;
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    state: QueryState,
+    pub(super) state: QueryState,
 }
 
 fn view(id: &str, state: EventType) -> StoredOrder {
@@ -43,7 +43,7 @@ fn view(id: &str, state: EventType) -> StoredOrder {
 }
 
 /// One instance holding partition `p` of `O-000001` with `role`, and the order in it.
-fn fixture(role: Role, with_order: bool) -> Fixture {
+pub(super) fn fixture(role: Role, with_order: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let p = partition_for_key(b"O-000001", 12);
     let mut store = RocksDbStore::open(dir.path(), ORDERS_STORE).unwrap();
@@ -79,12 +79,19 @@ fn fixture(role: Role, with_order: bool) -> Fixture {
             metrics,
             status,
             routing: Arc::new(RoutingTable::default()),
+            liveness: crate::engine::Liveness::always(),
             client: reqwest::Client::new(),
+            limits: crate::config::QuerySettings::default(),
+            permits: QueryState::permits(&crate::config::QuerySettings::default()),
         },
     }
 }
 
-async fn get(state: &QueryState, uri: &str, forwarded: bool) -> (StatusCode, serde_json::Value) {
+pub(super) async fn get(
+    state: &QueryState,
+    uri: &str,
+    forwarded: bool,
+) -> (StatusCode, serde_json::Value) {
     let mut req = Request::builder().uri(uri);
     if forwarded {
         req = req.header(FORWARDED, "127.0.0.1:2");

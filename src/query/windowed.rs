@@ -12,11 +12,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use paystream_topology::approval::{AlertStatus, ApprovalAlert, APPROVAL_ALERTS_STORE};
 use paystream_topology::partition_for_key;
 use paystream_topology::sms::{
@@ -24,8 +24,11 @@ use paystream_topology::sms::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::forward::{forward, Forwarded, ALLOW_STANDBY, FORWARDED};
-use super::{percent_encode, validate_id, QueryError, QueryState, FORWARD_TIMEOUT};
+use super::deadline::Deadline;
+use super::forward::{forward, Forwarded, Hop, FORWARDED};
+use super::orders::{ask, retry_until_deadline, KeyedParams};
+use super::route::{served_as, Route, Served};
+use super::{percent_encode, validate_id, QueryError, QueryState};
 use crate::engine::store::StoreReader;
 use crate::engine::{LocalPartition, Role};
 
@@ -40,64 +43,44 @@ pub struct SmsResponse {
     pub suppressed: Vec<SuppressedSms>,
     pub served_by: String,
     pub role: Role,
+    /// Records the serving copy is behind (-1: a standby that does not know).
+    #[serde(default)]
+    pub lag: i64,
 }
 
 pub(super) async fn get_sms(
     State(st): State<QueryState>,
+    Extension(deadline): Extension<Deadline>,
     id: Result<Path<String>, PathRejection>,
+    params: Result<Query<KeyedParams>, QueryRejection>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, QueryError> {
     let id = validate_id(id)?;
+    let params = KeyedParams::from_query(params)?;
+    if params.wait_for.is_some() {
+        return Err(QueryError::InvalidParam(
+            "wait_for: only GET /orders/{id} long-polls".into(),
+        ));
+    }
     let partition = partition_for_key(id.as_bytes(), st.partition_count);
-    let local = st.local.get(partition);
-    if let Some(l) = local.as_ref() {
-        if l.role == Role::Active
-            || (headers.contains_key(FORWARDED) && headers.contains_key(ALLOW_STANDBY))
-        {
-            return serve_sms(&st, l, id, partition).await;
-        }
-    }
-    if headers.contains_key(FORWARDED) {
-        return Err(QueryError::PartitionUnavailable { partition });
-    }
-    let path = format!("/sms/{}", percent_encode(&id));
-    let owners = st.routing.owners(partition);
-    if let Some(o) = owners
-        .as_ref()
-        .filter(|o| !o.active.is_empty() && o.active != st.self_addr)
-    {
-        if let Forwarded::Answer(r) = forward(
-            &st.client,
-            &o.active,
-            &path,
-            &st.self_addr,
-            false,
-            FORWARD_TIMEOUT,
-        )
-        .await
-        {
-            return Ok(r);
-        }
-    }
-    if let Some(l) = &local {
-        return serve_sms(&st, l, id, partition).await;
-    }
-    for s in owners.iter().flat_map(|o| o.standbys.iter()) {
-        if s.is_empty() || *s == st.self_addr {
-            continue;
-        }
-        if let Forwarded::Answer(r) =
-            forward(&st.client, s, &path, &st.self_addr, true, FORWARD_TIMEOUT).await
-        {
-            return Ok(r);
-        }
-    }
-    Err(QueryError::PartitionUnavailable { partition })
+    let path = match raw {
+        Some(q) => format!("/sms/{}?{q}", percent_encode(&id)),
+        None => format!("/sms/{}", percent_encode(&id)),
+    };
+    let mut route = Route::new(ask(&st, partition, path, &params, deadline, &headers));
+    // The future owns what it reads (a borrowing one trips the handler's `Send` check).
+    let serve = |l: LocalPartition, s: Served| {
+        let (st, id) = (st.clone(), id.clone());
+        async move { serve_sms(&st, l, s, id, partition).await }
+    };
+    retry_until_deadline(&mut route, deadline, &headers, serve).await
 }
 
 async fn serve_sms(
     st: &QueryState,
-    local: &LocalPartition,
+    local: LocalPartition,
+    served: Served,
     id: String,
     partition: i32,
 ) -> Result<Response, QueryError> {
@@ -133,7 +116,8 @@ async fn serve_sms(
         sent,
         suppressed,
         served_by: st.self_addr.clone(),
-        role: local.role,
+        role: served.role,
+        lag: served.shown_lag(),
     })
     .into_response())
 }
@@ -202,6 +186,7 @@ fn parse_alert_params(raw: Option<&str>) -> Result<AlertParams, QueryError> {
 
 pub(super) async fn get_alerts(
     State(st): State<QueryState>,
+    Extension(deadline): Extension<Deadline>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<AlertsResponse>, QueryError> {
@@ -224,12 +209,25 @@ pub(super) async fn get_alerts(
         if params.since != i64::MIN {
             path.push_str(&format!("&since={}", params.since));
         }
+        // Every peer in parallel, each within --peer-timeout-ms and the request's deadline; a
+        // peer that does not answer leaves its partitions in `partitions_missing`.
+        let hop = Hop {
+            client: &st.client,
+            self_addr: &st.self_addr,
+            deadline,
+            peer_timeout: st.limits.peer_timeout,
+            long_poll: false,
+        };
         let calls = peers.iter().map(|peer| {
-            let (client, path, me) = (st.client.clone(), path.clone(), st.self_addr.clone());
+            let path = &path;
             async move {
-                match forward(&client, peer, &path, &me, true, FORWARD_TIMEOUT).await {
+                match forward(&hop, peer, path, true).await {
                     Forwarded::Answer(r) => read_peer(r).await,
-                    Forwarded::Unavailable(why) => {
+                    Forwarded::Refused { code, .. } => {
+                        tracing::debug!(peer, ?code, "alerts: peer refused");
+                        Vec::new()
+                    }
+                    Forwarded::Unreachable(why) => {
                         tracing::debug!(peer, why, "alerts: peer did not answer");
                         Vec::new()
                     }
@@ -300,7 +298,10 @@ async fn local_alerts(
         .local
         .snapshot()
         .into_iter()
-        .filter_map(|(p, l)| Some((p, l.role, l.readers.get(APPROVAL_ALERTS_STORE)?.clone())))
+        .filter_map(|(p, l)| {
+            let role = served_as(st, p, &l).role;
+            Some((p, role, l.readers.get(APPROVAL_ALERTS_STORE)?.clone()))
+        })
         .collect();
     if copies.is_empty()
         && st
