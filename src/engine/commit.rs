@@ -34,9 +34,14 @@ pub enum CommitFailure {
     /// (exactly-once) and the tasks must go back to their last commit.
     #[error(transparent)]
     Kafka(#[from] CommitError),
-    /// A store failed locally: the instance cannot go on.
+    /// A task failed before the transaction was committed (a changelog send): nothing of the
+    /// commit is visible; the tasks roll back and retry (see [`super::fault`]).
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// A store failed to apply a committed transaction locally: its RocksDB is now behind its
+    /// changelog, and only a restart (which restores the tail) repairs it.
+    #[error("after the commit: {0}")]
+    Local(#[source] TaskError),
 }
 
 /// What a successful commit did.
@@ -90,7 +95,7 @@ impl Committer {
         let kafka = started.elapsed();
         for t in tasks.values_mut() {
             if t.state() == TaskState::Running {
-                t.post_commit(producer)?;
+                t.post_commit(producer).map_err(CommitFailure::Local)?;
             }
         }
         tracing::debug!(

@@ -31,6 +31,7 @@
 
 mod changelog_reader;
 pub mod commit;
+pub mod fault;
 pub mod local;
 pub mod state_updater;
 pub mod status;

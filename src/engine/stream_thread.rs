@@ -27,6 +27,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use super::commit::{CommitFailure, Committer};
+use super::fault::Fault;
 use super::local::LocalStores;
 use super::state_updater::{StateUpdater, UpdaterError, UpdaterEvent};
 use super::status::{SharedStatus, Status};
@@ -128,6 +129,9 @@ struct Loop {
     updater: Receiver<UpdaterEvent>,
     /// Not processing (see [`Fence`]).
     fenced: Option<Fence>,
+    /// The last infrastructure fault of a running task, until a commit moves on (see
+    /// [`super::fault`]).
+    fault: Option<Fault>,
     last_commit: Instant,
     dirty: bool,
 }
@@ -180,6 +184,7 @@ impl StreamThread {
             producer: self.producer.clone(),
             updater: event_rx,
             fenced: None,
+            fault: None,
             last_commit: Instant::now(),
             dirty: false,
         };
@@ -214,7 +219,8 @@ impl StreamThread {
                 self.self_fence(l)?;
             }
             // Nothing to poll: wait for commands (and updater events) instead of spinning.
-            let idle = l.fenced.is_some() || l.manager.running().next().is_none();
+            let backing_off = l.fault.is_some_and(|f| f.waiting(Instant::now()));
+            let idle = l.fenced.is_some() || backing_off || l.manager.running().next().is_none();
             if !self.handle_commands(l, idle)? {
                 break;
             }
@@ -227,8 +233,11 @@ impl StreamThread {
             {
                 self.resume(l)?;
             }
-            if l.fenced.is_none() {
-                self.process_round(l)?;
+            if l.fenced.is_none() && !backing_off {
+                match self.process_round(l) {
+                    Err(StreamThreadError::Task(e)) if e.is_retryable() => self.fault(l, &e)?,
+                    other => other?,
+                }
             }
             let uncommitted: usize = l
                 .manager
@@ -361,8 +370,14 @@ impl StreamThread {
         l.last_commit = Instant::now();
         l.dirty = false;
         let failure = match result {
-            Ok(_) => return Ok(()),
-            Err(CommitFailure::Task(e)) => return Err(e.into()),
+            Ok(done) => {
+                if done.offsets > 0 {
+                    self.clear_fault(l);
+                }
+                return Ok(());
+            }
+            Err(CommitFailure::Task(e)) if e.is_retryable() => return self.fault(l, &e),
+            Err(CommitFailure::Task(e) | CommitFailure::Local(e)) => return Err(e.into()),
             Err(CommitFailure::Kafka(e)) => e,
         };
         tracing::warn!(error = %failure, "commit failed; going back to the last commit");
@@ -376,6 +391,34 @@ impl StreamThread {
             CommitError::Aborted(_) => {}
         }
         Ok(())
+    }
+
+    /// A running task failed for a reason that may pass: roll back to the last commit, show it
+    /// in `/health`, and wait before processing again (see [`super::fault`]).
+    fn fault(&self, l: &mut Loop, e: &TaskError) -> Result<(), StreamThreadError> {
+        let fault = Fault::next(l.fault.as_ref(), e.partition(), Instant::now());
+        tracing::error!(
+            error = %e,
+            retry_in_ms = fault.backoff.as_millis() as u64,
+            "task failed; rolled back to the last commit, retrying"
+        );
+        self.status.task_error(
+            fault.partition,
+            Some(format!(
+                "{e} (retrying every {} ms)",
+                fault.backoff.as_millis()
+            )),
+        );
+        l.fault = Some(fault);
+        self.roll_back(l)
+    }
+
+    /// A commit moved on: whatever failed before works again.
+    fn clear_fault(&self, l: &mut Loop) {
+        if let Some(f) = l.fault.take() {
+            tracing::info!(partition = f.partition, "task recovered from its fault");
+            self.status.task_error(f.partition, None);
+        }
     }
 
     /// Abort the open transaction and go back to the last commit (see [`Self::rewind`]).

@@ -110,6 +110,24 @@ pub enum TaskError {
     },
 }
 
+impl TaskError {
+    /// The partition that failed.
+    pub fn partition(&self) -> i32 {
+        match self {
+            TaskError::Store { partition, .. }
+            | TaskError::Process { partition, .. }
+            | TaskError::Poisoned { partition, .. }
+            | TaskError::IllegalTransition { partition, .. } => *partition,
+        }
+    }
+
+    /// A fault of a store or of Kafka that may pass: roll back and retry (not a record's fault,
+    /// not a bug in the lifecycle).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TaskError::Store { .. } | TaskError::Process { .. })
+    }
+}
+
 /// Directory of one store of one partition: `<state-dir>/<app-id>/<partition>/<store>`.
 pub fn store_dir(state_dir: &Path, application_id: &str, partition: i32, store: &str) -> PathBuf {
     state_dir
