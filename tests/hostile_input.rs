@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::model::{self, ModelView};
 use common::{
-    bootstrap, create_topic, free_port, read_topic, unique, wait_all_committed,
-    wait_views_match_model, Proc,
+    assert_views_match, bootstrap, create_topic, free_port, read_topic, unique, wait_all_committed,
+    windowed_outputs, Proc,
 };
 use paystream::partition_for_key;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -275,14 +275,13 @@ async fn bad_records_go_to_the_dlq_with_their_reason_and_good_ones_are_exactly_r
         .chain(bad.iter().filter(|(_, why)| why.is_none()).map(|(r, _)| r))
         .collect();
     let model: BTreeMap<String, ModelView> = model::order_views(&as_sent(&valid));
-    let differing = wait_views_match_model(&a.http, &model, "", Duration::from_secs(60)).await;
-    assert!(
-        differing.is_empty(),
-        "{} of {} orders differ from the model, e.g. {:?}",
-        differing.len(),
-        model.len(),
-        &differing[..differing.len().min(5)]
-    );
+    assert_views_match(
+        &a.http,
+        &model,
+        Duration::from_secs(60),
+        "after hostile input",
+    )
+    .await;
     // Orders only bad records mention are nowhere.
     let client = reqwest::Client::new();
     for id in ["BIG-0", "LONG-1", "FUT-2", "WRONG-3", "TRUNC-4", "NULL-5"] {
@@ -326,20 +325,9 @@ async fn bad_records_go_to_the_dlq_with_their_reason_and_good_ones_are_exactly_r
     }
     assert_eq!(reasons, want, "dead letters by reason");
 
-    // SMS: one per completed (payment_approved) and cancelled (payment_cancelled) good order.
-    let sms_topic = format!("{app}.SEND_SMS");
-    let sms = tokio::task::spawn_blocking(move || read_topic(&sms_topic, "read_committed"))
-        .await
-        .expect("join");
-    let mut sent_sms: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for r in &sms {
-        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("SMS json");
-        let key = (
-            v["order_id"].as_str().unwrap_or_default().to_owned(),
-            v["template"].as_str().unwrap_or_default().to_owned(),
-        );
-        *sent_sms.entry(key).or_default() += 1;
-    }
+    // SMS: one per completed (payment_approved) and cancelled (payment_cancelled) good order;
+    // alerts: exactly the good orders that never completed, once each.
+    let (alerted, sent_sms) = windowed_outputs(&app).await;
     let good_and_ticks: Vec<&Out> = orders.iter().chain(ticks.iter()).collect();
     let want_sms = model::expected_sms(&as_sent(&good_and_ticks));
     assert_eq!(
@@ -348,21 +336,6 @@ async fn bad_records_go_to_the_dlq_with_their_reason_and_good_ones_are_exactly_r
         "SMS"
     );
     assert!(sent_sms.values().all(|&n| n == 1), "an SMS was sent twice");
-
-    // Alerts: exactly the good orders that never completed, once each.
-    let alert_topic = format!("{app}.APPROVAL_TIMEOUT");
-    let alerts = tokio::task::spawn_blocking(move || read_topic(&alert_topic, "read_committed"))
-        .await
-        .expect("join");
-    let mut alerted: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &alerts {
-        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("alert json");
-        if v["status"] == "TIMEOUT" {
-            *alerted
-                .entry(v["order_id"].as_str().unwrap_or_default().to_owned())
-                .or_default() += 1;
-        }
-    }
     assert_eq!(
         alerted.keys().cloned().collect::<BTreeSet<_>>(),
         never,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::model;
@@ -83,38 +83,6 @@ async fn send(topic: &str, events: &[(String, String, i64)], record_time: Option
     }
 }
 
-/// Order ids with a TIMEOUT alert (how many each) and (order, template) of every SMS.
-async fn outputs(app: &str) -> (BTreeMap<String, usize>, BTreeMap<(String, String), usize>) {
-    let (alerts, sms) = (format!("{app}.APPROVAL_TIMEOUT"), format!("{app}.SEND_SMS"));
-    let (alerts, sms) = tokio::task::spawn_blocking(move || {
-        (
-            read_topic(&alerts, "read_committed"),
-            read_topic(&sms, "read_committed"),
-        )
-    })
-    .await
-    .expect("join");
-    let mut alerted = BTreeMap::new();
-    for r in alerts {
-        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("alert json");
-        if v["status"] == "TIMEOUT" {
-            *alerted
-                .entry(v["order_id"].as_str().unwrap_or_default().to_owned())
-                .or_default() += 1;
-        }
-    }
-    let mut sent = BTreeMap::new();
-    for r in sms {
-        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("SMS json");
-        let key = (
-            v["order_id"].as_str().unwrap_or_default().to_owned(),
-            v["template"].as_str().unwrap_or_default().to_owned(),
-        );
-        *sent.entry(key).or_default() += 1;
-    }
-    (alerted, sent)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_with_record_time_now_raises_the_alerts_and_sms_of_the_original() {
     let now = now_ms();
@@ -141,7 +109,7 @@ async fn a_replay_with_record_time_now_raises_the_alerts_and_sms_of_the_original
         (&app_o, "original record times"),
         (&app_r, "record time now"),
     ] {
-        let (alerted, sms) = outputs(app).await;
+        let (alerted, sms) = windowed_outputs(app).await;
         assert_eq!(
             alerted.keys().cloned().collect::<BTreeSet<_>>(),
             never,

@@ -500,3 +500,39 @@ pub fn signal(p: &Proc, sig: &str) {
         .expect("kill");
     assert!(status.success(), "kill {sig} failed");
 }
+
+/// What application `app` wrote (its output topics `<app>.APPROVAL_TIMEOUT` and `<app>.SEND_SMS`,
+/// as `Proc::run` names them), read committed: order ids with a TIMEOUT alert (how many each)
+/// and (order, template) of every SMS (how many each).
+pub async fn windowed_outputs(
+    app: &str,
+) -> (BTreeMap<String, usize>, BTreeMap<(String, String), usize>) {
+    let (alerts, sms) = (format!("{app}.APPROVAL_TIMEOUT"), format!("{app}.SEND_SMS"));
+    let (alerts, sms) = tokio::task::spawn_blocking(move || {
+        (
+            read_topic(&alerts, "read_committed"),
+            read_topic(&sms, "read_committed"),
+        )
+    })
+    .await
+    .expect("join");
+    let mut alerted = BTreeMap::new();
+    for r in alerts {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("alert json");
+        if v["status"] == "TIMEOUT" {
+            *alerted
+                .entry(v["order_id"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+    }
+    let mut sent = BTreeMap::new();
+    for r in sms {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("SMS json");
+        let key = (
+            v["order_id"].as_str().unwrap_or_default().to_owned(),
+            v["template"].as_str().unwrap_or_default().to_owned(),
+        );
+        *sent.entry(key).or_default() += 1;
+    }
+    (alerted, sent)
+}
