@@ -1,4 +1,4 @@
-//! Hostile input against a real broker and two instances: 210 bad records among ~50,000 good
+//! Hostile input against a real broker and two instances: 220 bad records among ~50,000 good
 //! ones. Every good order must equal the independent model (`common::model`), every bad record
 //! must be in the dead-letter topic with the reason the contract gives it, no instance may exit,
 //! and the SMS and alerts of the good orders must be exactly those the scenario asks for.
@@ -110,6 +110,14 @@ fn hostile(now: i64) -> Vec<(Out, Option<&'static str>)> {
         let mut r = good(&o, &"e".repeat(600 * 1024), "APPROVAL_REQUESTED", now, None);
         r.timestamp = now;
         bad.push((r, Some("record_too_large")));
+        // Larger than a dead letter may be (1.5 MB; compressible, so the broker takes it): in
+        // the DLQ with its headers and a cut value.
+        if i < 10 {
+            let o = format!("HUGE-{i}");
+            let mut r = good(&o, &"h".repeat(1_500_000), "APPROVAL_REQUESTED", now, None);
+            r.timestamp = now;
+            bad.push((r, Some("record_too_large")));
+        }
         // A 1 kB event id: small enough to parse, too long to keep.
         let o = format!("LONG-{i}");
         bad.push((
@@ -315,6 +323,20 @@ async fn bad_records_go_to_the_dlq_with_their_reason_and_good_ones_are_exactly_r
             );
         }
         assert!(l.headers.contains_key("paystream.source.offset"));
+        let huge = l.key.as_deref().is_some_and(|k| k.starts_with("HUGE-"));
+        assert_eq!(
+            l.headers.contains_key("paystream.dlq.truncated"),
+            huge,
+            "only the records too large for the DLQ are cut: {:?}",
+            l.key
+        );
+        if huge {
+            assert!(
+                l.value.len() < 1_000_000 && l.value.len() > 800_000,
+                "{}",
+                l.value.len()
+            );
+        }
         *reasons.entry(reason).or_default() += 1;
     }
     let mut want: BTreeMap<String, usize> = BTreeMap::new();
