@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::model;
-use common::{bootstrap, create_topic, free_port, read_topic, unique, wait_all_committed, Proc};
+use common::{
+    bootstrap, create_topic, free_port, unique, wait_all_committed, windowed_outputs, Proc,
+};
 use paystream::partition_for_key;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
