@@ -2,7 +2,6 @@
 //! removes partitions as tasks start and stop) and the query layer (which reads them).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use super::store::StoreReader;
@@ -25,13 +24,6 @@ pub struct LocalPartition {
     /// Read handles of the partition's stores, by store name.
     pub readers: HashMap<String, StoreReader>,
     pub metrics: Arc<TaskMetrics>,
-}
-
-impl LocalPartition {
-    /// Records this copy is behind its source (0 when unknown or caught up).
-    pub fn lag(&self) -> i64 {
-        self.metrics.lag.load(Ordering::Relaxed).max(0)
-    }
 }
 
 /// Partition → local copy. Reads are frequent (every query), writes rare (task start/stop).

@@ -144,54 +144,50 @@ pub struct AlertsResponse {
     pub served_by: String,
 }
 
-struct AlertParams {
+/// Which alerts `GET /alerts` lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum AlertFilter {
+    /// Alerts not resolved.
+    #[default]
+    Open,
+    /// Resolved ones too.
+    All,
+}
+
+/// Query parameters of `GET /alerts`. Unknown or repeated parameters, and values of the wrong
+/// kind (`local=yes`), are refused with 400.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AlertParams {
+    /// Only alerts whose deadline is at or after this epoch ms.
+    #[serde(default = "no_lower_bound")]
     since: i64,
-    all: bool,
+    #[serde(default)]
+    status: AlertFilter,
+    /// Only this instance's copies (what peers ask each other for).
+    #[serde(default)]
     local: bool,
 }
 
-fn parse_alert_params(raw: Option<&str>) -> Result<AlertParams, QueryError> {
-    let mut p = AlertParams {
-        since: i64::MIN,
-        all: false,
-        local: false,
-    };
-    for kv in raw.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        match k {
-            "since" => {
-                p.since = v.parse().map_err(|_| {
-                    QueryError::InvalidParam(format!("since: {v:?} is not epoch milliseconds"))
-                })?
-            }
-            "status" => match v {
-                "open" => p.all = false,
-                "all" => p.all = true,
-                _ => {
-                    return Err(QueryError::InvalidParam(format!(
-                        "status must be open or all, not {v:?}"
-                    )))
-                }
-            },
-            "local" => p.local = matches!(v, "true" | "1" | ""),
-            other => {
-                return Err(QueryError::InvalidParam(format!(
-                    "unknown parameter {other:?}"
-                )))
-            }
-        }
-    }
-    Ok(p)
+fn no_lower_bound() -> i64 {
+    i64::MIN
+}
+
+fn alert_params(q: Result<Query<AlertParams>, QueryRejection>) -> Result<AlertParams, QueryError> {
+    q.map(|Query(p)| p)
+        .map_err(|e| QueryError::InvalidParam(e.body_text()))
 }
 
 pub(super) async fn get_alerts(
     State(st): State<QueryState>,
     Extension(deadline): Extension<Deadline>,
-    RawQuery(raw): RawQuery,
+    params: Result<Query<AlertParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<AlertsResponse>, QueryError> {
-    let params = parse_alert_params(raw.as_deref())?;
-    let mut answers = local_alerts(&st, params.since, params.all).await?;
+    let params = alert_params(params)?;
+    let all = params.status == AlertFilter::All;
+    let mut answers = local_alerts(&st, params.since, all).await?;
     let local_only = params.local || headers.contains_key(FORWARDED);
     if !local_only {
         let mut peers: BTreeSet<String> = BTreeSet::new();
@@ -204,7 +200,7 @@ pub(super) async fn get_alerts(
         peers.retain(|e| !e.is_empty() && *e != st.self_addr);
         let mut path = format!(
             "/alerts?local=true&status={}",
-            if params.all { "all" } else { "open" }
+            if all { "all" } else { "open" }
         );
         if params.since != i64::MIN {
             path.push_str(&format!("&since={}", params.since));
@@ -392,10 +388,22 @@ mod tests {
 
     #[test]
     fn alert_params_are_checked() {
-        assert!(parse_alert_params(Some("since=abc")).is_err());
-        assert!(parse_alert_params(Some("status=closed")).is_err());
-        assert!(parse_alert_params(Some("bogus=1")).is_err());
-        let p = parse_alert_params(Some("since=5&status=all&local=true")).unwrap();
-        assert!(p.since == 5 && p.all && p.local);
+        let parse = |q: &str| {
+            let uri: axum::http::Uri = format!("/alerts?{q}").parse().unwrap();
+            alert_params(Query::try_from_uri(&uri))
+        };
+        for bad in [
+            "since=abc",
+            "status=closed",
+            "bogus=1",
+            "local=yes",
+            "local=1",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let p = parse("since=5&status=all&local=true").unwrap();
+        assert!(p.since == 5 && p.status == AlertFilter::All && p.local);
+        let d = parse("").unwrap();
+        assert!(d.since == i64::MIN && d.status == AlertFilter::Open && !d.local);
     }
 }
