@@ -161,6 +161,46 @@ async fn a_paused_instance_is_fenced_and_nothing_is_lost_or_sent_twice() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     signal(&procs[0], "-CONT");
+    // At once, before it has heard from the group: its copies of the partitions it lost are
+    // stale, and no answer of its may call them active (before this issue they did, even under
+    // ?consistency=active). One early order per lost partition.
+    let ids: Vec<String> = lost
+        .iter()
+        .filter_map(|&p| {
+            (0..200)
+                .map(paystream::produce::generator::order_id)
+                .find(|id| i64::from(paystream::partition_for_key(id.as_bytes(), 6)) == p)
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let zombie = procs[0].http.clone();
+    for query in ["", "?consistency=active"] {
+        let answers = ids.iter().map(|id| {
+            client
+                .get(format!("http://{zombie}/orders/{id}{query}"))
+                .timeout(Duration::from_secs(10))
+                .send()
+        });
+        for (id, answer) in ids.iter().zip(futures::future::join_all(answers).await) {
+            let Ok(answer) = answer else { continue };
+            let Ok(body) = answer.json::<serde_json::Value>().await else {
+                continue;
+            };
+            if body["served_by"] != zombie.as_str() || body["role"] != "active" {
+                continue;
+            }
+            // Fine only if the group has given the partition back to it meanwhile: then no
+            // other instance runs it any more.
+            let p = body["partition"].as_i64().unwrap_or(-1);
+            let mut others = actives(&procs[1]).await;
+            others.extend(actives(&procs[2]).await);
+            assert!(
+                !others.contains(&p),
+                "the resumed instance served {id} as active{query} while another instance runs \
+                 partition {p}: {body}"
+            );
+        }
+    }
     // It wakes up as a zombie: it must notice (self-fence on its stale heartbeat, or a fenced
     // commit) and abort what it had in flight.
     procs[0]
