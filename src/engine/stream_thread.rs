@@ -374,6 +374,11 @@ impl StreamThread {
                 if done.offsets > 0 {
                     self.clear_fault(l);
                 }
+                for (p, t) in l.manager.tasks.iter_mut() {
+                    if let Some(error) = t.checkpoint_error_change() {
+                        self.status.task_error(*p, error);
+                    }
+                }
                 return Ok(());
             }
             Err(CommitFailure::Task(e)) if e.is_retryable() => return self.fault(l, &e),

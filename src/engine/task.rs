@@ -166,6 +166,9 @@ pub struct Task {
     meta: RecordMeta,
     /// Late records already added to the metrics.
     late_seen: u64,
+    /// Why the last checkpoint could not be written (see [`Task::post_commit`]).
+    checkpoint_error: Option<String>,
+    checkpoint_error_changed: bool,
     /// Source offsets whose processing failed because of the record itself, with the reason:
     /// dead-lettered whenever they come again (kept across rollbacks until committed).
     poison: BTreeMap<i64, Poison>,
@@ -221,6 +224,8 @@ impl Task {
             },
             late_seen: 0,
             poison: BTreeMap::new(),
+            checkpoint_error: None,
+            checkpoint_error_changed: false,
         })
     }
 
@@ -436,14 +441,37 @@ impl Task {
 
     /// Commit, phase two: the changelog records are durable; write RocksDB and checkpoint the
     /// stores that changed enough.
+    ///
+    /// A checkpoint that cannot be written (a full disk) does not fail the commit: the data is
+    /// in RocksDB, and an old checkpoint only means a longer replay after a crash. It is kept in
+    /// [`Task::checkpoint_error`] and tried again at the next commit.
     pub fn post_commit(&mut self, producer: &OutputProducer) -> Result<(), TaskError> {
         let partition = self.partition;
+        let mut failed = None;
         for s in &mut self.stores {
             s.commit(producer, partition)
-                .and_then(|()| s.maybe_checkpoint(false))
                 .map_err(|source| TaskError::Store { partition, source })?;
+            if let Err(e) = s.maybe_checkpoint(false) {
+                failed = Some(e.to_string());
+            }
+        }
+        if failed != self.checkpoint_error {
+            match &failed {
+                Some(e) => {
+                    tracing::warn!(partition, error = %e, "checkpoint failed; retried at the next commit")
+                }
+                None => tracing::info!(partition, "checkpoint written again"),
+            }
+            self.checkpoint_error = failed;
+            self.checkpoint_error_changed = true;
         }
         Ok(())
+    }
+
+    /// Why the last checkpoint attempt failed, if it did, once after each change (for
+    /// `/health`).
+    pub fn checkpoint_error_change(&mut self) -> Option<Option<String>> {
+        std::mem::take(&mut self.checkpoint_error_changed).then(|| self.checkpoint_error.clone())
     }
 
     /// The source offset of the last processed record is committed too.
