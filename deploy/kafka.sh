@@ -4,6 +4,8 @@
 #   deploy/kafka.sh fetch                 download Kafka's jars with Maven into the cache
 #   deploy/kafka.sh start [--brokers N]   format storage and start 1 (default) or 3 brokers
 #   deploy/kafka.sh stop                  stop every broker this script started
+#   deploy/kafka.sh kill-broker N         SIGKILL broker N (node.id N; a fault for drills)
+#   deploy/kafka.sh start-broker N        start broker N again on its existing data
 #   deploy/kafka.sh status                print bootstrap servers if running, exit 1 if not
 #   deploy/kafka.sh bootstrap             print the bootstrap servers (for scripts)
 #   deploy/kafka.sh classpath             print the classpath of the fetched jars
@@ -13,6 +15,8 @@
 # Everything lives under $PAYSTREAM_CACHE (default ~/.cache/paystream), outside the clone:
 #   kafka-$VERSION/lib/*.jar   the jars (kafka_2.13 + runtime dependencies + log4j2 binding)
 #   kafka-run/broker-N/        data, server.properties, broker.log, pid
+#                              ($PAYSTREAM_KAFKA_RUN overrides kafka-run: a second cluster, e.g.
+#                              3 brokers for the broker drill, beside the test suite's one)
 # Ports: broker N listens on 127.0.0.1:$((BASE + 2*(N-1))) and its controller on the next port;
 # BASE is $PAYSTREAM_KAFKA_PORT (default 19092).
 set -euo pipefail
@@ -21,7 +25,7 @@ KAFKA_VERSION="${PAYSTREAM_KAFKA_VERSION:-4.1.1}"
 LOG4J_VERSION="2.24.3"
 CACHE="${PAYSTREAM_CACHE:-$HOME/.cache/paystream}"
 KHOME="$CACHE/kafka-$KAFKA_VERSION"
-RUN="$CACHE/kafka-run"
+RUN="${PAYSTREAM_KAFKA_RUN:-$CACHE/kafka-run}"
 BASE="${PAYSTREAM_KAFKA_PORT:-19092}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -109,6 +113,41 @@ wait_ready() {
   done
 }
 
+# Start broker $1's JVM on its formatted storage (appending to its log).
+launch() {
+  local d="$RUN/broker-$1"
+  # setsid: the broker must not die with the shell (or test) that started it.
+  setsid java -Xms256m -Xmx1g -XX:+UseG1GC -Dlog4j2.configurationFile="$KHOME/log4j2.yaml" \
+    -cp "$(classpath)" kafka.Kafka "$d/server.properties" >>"$d/broker.log" 2>&1 < /dev/null &
+  echo $! > "$d/pid"
+}
+
+valid_broker() {
+  local cur; cur="$(running_count)"
+  [[ "${1:-}" =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le "$cur" ] \
+    || die "broker must be a number in 1..$cur (the cluster has $cur), got '${1:-}'"
+}
+
+kill_broker() {
+  valid_broker "${1:-}"
+  if alive "$1"; then kill -9 "$(cat "$RUN/broker-$1/pid")"; fi
+  while alive "$1"; do sleep 0.1; done
+  log "killed broker $1"
+}
+
+start_broker() {
+  valid_broker "${1:-}"
+  if alive "$1"; then log "broker $1 is already running"; return 0; fi
+  launch "$1"
+  local deadline=$((SECONDS + 120))
+  until port_open "$(port_of "$1")"; do
+    alive "$1" || die "broker $1 exited during start-up (log: $RUN/broker-$1/broker.log)"
+    [ $SECONDS -lt $deadline ] || die "broker $1 did not open its port within 120 s"
+    sleep 0.5
+  done
+  log "started broker $1 again"
+}
+
 start() {
   local n=1
   while [ $# -gt 0 ]; do
@@ -173,10 +212,7 @@ transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 PROPS
     java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$d/server.properties" >"$d/format.log" 2>&1 \
       || { cat "$d/format.log" >&2; die "formatting storage of broker $i failed"; }
-    # setsid: the broker must not die with the shell (or test) that started it.
-    setsid java -Xms256m -Xmx1g -XX:+UseG1GC -Dlog4j2.configurationFile="$KHOME/log4j2.yaml" \
-      -cp "$(classpath)" kafka.Kafka "$d/server.properties" >"$d/broker.log" 2>&1 < /dev/null &
-    echo $! > "$d/pid"
+    launch "$i"
   done
   echo "$n" > "$RUN/brokers"
   wait_ready "$n"
@@ -212,10 +248,12 @@ case "$cmd" in
   fetch) fetch ;;
   start) start "$@" ;;
   stop) stop ;;
+  kill-broker) kill_broker "$@" ;;
+  start-broker) start_broker "$@" ;;
   status) status ;;
   bootstrap) status ;;
   classpath) classpath ;;
   java) java_run "$@" ;;
-  ""|-h|--help|help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+  ""|-h|--help|help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command: $cmd (try --help)" ;;
 esac

@@ -361,23 +361,15 @@ pub fn cluster_ingest(opts: &BenchOptions, instances: usize) -> Result<Vec<Figur
             .await
             .map_err(step("produce"))?
             .map_err(step("produce"))?;
-        let drill = DrillOptions {
-            bootstrap_servers: opts.bootstrap_servers.clone(),
-            instances,
-            rounds: 0,
-            restart: false,
-            victim: None,
-            orders_before: 0,
-            orders_during: 0,
-            rate: 0,
-            query_rate: 0,
-            standby_replicas: 1,
-            session_timeout_ms: 10_000,
-            processing_guarantee: opts.processing_guarantee,
-            work_dir: opts.work_dir.clone(),
-            binary: std::env::current_exe().map_err(step("binary"))?,
-            seed: 42,
-        };
+        let mut drill = DrillOptions::new(
+            &opts.bootstrap_servers,
+            opts.work_dir.clone(),
+            std::env::current_exe().map_err(step("binary"))?,
+        );
+        drill.instances = instances;
+        drill.standby_replicas = 1;
+        drill.session_timeout_ms = 10_000;
+        drill.processing_guarantee = opts.processing_guarantee;
         let app = format!("bench-group-{nanos}");
         let mut cluster = Cluster::new(&drill, &app, &topic);
         for i in 0..instances {
@@ -479,31 +471,27 @@ pub fn latency(opts: &BenchOptions, rate: u64, queries: u64) -> Result<Vec<Figur
             orders: 10_000,
             ..Default::default()
         };
-        let model = crate::produce::Traffic::generate(&generator)
-            .map_err(BenchError::Step)?
-            .model();
+        let traffic = crate::produce::Traffic::generate(&generator).map_err(BenchError::Step)?;
+        let model = crate::drill::model::final_views(
+            traffic
+                .events
+                .iter()
+                .map(|e| (e.key.as_deref(), e.value.as_str())),
+        );
         let p = ProduceOptions::to_existing(&opts.bootstrap_servers, &topic, generator, None);
         tokio::task::spawn_blocking(move || produce(&p))
             .await
             .map_err(step("produce"))?
             .map_err(step("produce"))?;
-        let drill = DrillOptions {
-            bootstrap_servers: opts.bootstrap_servers.clone(),
-            instances: 2,
-            rounds: 0,
-            restart: false,
-            victim: None,
-            orders_before: 0,
-            orders_during: 0,
-            rate: 0,
-            query_rate: 0,
-            standby_replicas: 0,
-            session_timeout_ms: 10_000,
-            processing_guarantee: opts.processing_guarantee,
-            work_dir: opts.work_dir.clone(),
-            binary: std::env::current_exe().map_err(step("binary"))?,
-            seed: 42,
-        };
+        let mut drill = DrillOptions::new(
+            &opts.bootstrap_servers,
+            opts.work_dir.clone(),
+            std::env::current_exe().map_err(step("binary"))?,
+        );
+        drill.instances = 2;
+        drill.standby_replicas = 0;
+        drill.session_timeout_ms = 10_000;
+        drill.processing_guarantee = opts.processing_guarantee;
         let mut cluster = Cluster::new(&drill, &format!("latency-{nanos}"), &topic);
         cluster.start(0)?;
         cluster.start(1)?;

@@ -247,7 +247,9 @@ pub const DEFAULT_ALOS_COMMIT_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_MAX_UNCOMMITTED_BYTES: usize = 64 << 20;
 
 /// The processing guarantee (`--processing-guarantee`), named as in Kafka Streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ProcessingGuarantee {
     /// One Kafka transaction per commit (KIP-447: offsets fenced by the group generation).

@@ -351,6 +351,7 @@ impl Instance {
                 .map_err(|e| RunError::Http(std::io::Error::other(e)))?,
             limits: settings.query,
             permits: QueryState::permits(&settings.query),
+            suspects: Default::default(),
         };
         let status = shared.status.clone();
         let thread = StreamThread {

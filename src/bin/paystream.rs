@@ -47,60 +47,10 @@ enum Command {
     Demo(DemoArgs),
     /// Measure produce, ingest, restore, raw consume and raw RocksDB rates against a broker.
     Bench(BenchArgs),
-    /// Failover rehearsal: start N instances, keep a query load on known orders, SIGKILL
-    /// instances, and report failed and stale queries, recovery times and whether every view
-    /// still equals the model. Exits non-zero if anything was lost or a query failed.
-    Drill(DrillArgs),
-}
-
-#[derive(clap::Args)]
-struct DrillArgs {
-    /// Kafka brokers (a real broker: `deploy/kafka.sh start` gives 127.0.0.1:19092).
-    #[arg(
-        long,
-        env = "PAYSTREAM_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:19092"
-    )]
-    bootstrap_servers: String,
-    /// Instances to start.
-    #[arg(long, default_value_t = 3)]
-    instances: usize,
-    /// Kill rounds.
-    #[arg(long, default_value_t = 1)]
-    rounds: usize,
-    /// Restart each killed instance before the next round.
-    #[arg(long)]
-    restart: bool,
-    /// Kill this instance (0-based) every round instead of rotating.
-    #[arg(long)]
-    victim: Option<usize>,
-    /// Orders loaded before the drill (the query load asks for these).
-    #[arg(long, default_value_t = 5_000)]
-    orders_before: u64,
-    /// Orders produced while the drill runs.
-    #[arg(long, default_value_t = 5_000)]
-    orders_during: u64,
-    /// Events per second while the drill runs.
-    #[arg(long, default_value_t = 2_000)]
-    rate: u64,
-    /// Queries per second of the steady load.
-    #[arg(long, default_value_t = 400)]
-    query_rate: u64,
-    /// Standby replicas per partition.
-    #[arg(long, default_value_t = 1)]
-    standby_replicas: u32,
-    /// Session timeout of the instances (failure detection).
-    #[arg(long, default_value_t = 6_000)]
-    session_timeout_ms: u64,
-    /// Processing guarantee of the instances.
-    #[arg(long, value_enum, default_value_t = ProcessingGuarantee::ExactlyOnceV2)]
-    processing_guarantee: ProcessingGuarantee,
-    /// Where the instances keep their state and logs.
-    #[arg(long, default_value = "./paystream-drill")]
-    work_dir: PathBuf,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+    /// Failover rehearsal that checks every answer: faults (kill, pause, rolling, broker)
+    /// under traffic and queries; exits non-zero on any wrong answer, failed query, lost event
+    /// or duplicate SMS.
+    Drill(paystream::drill::args::DrillArgs),
 }
 
 #[derive(clap::Args)]
@@ -359,7 +309,7 @@ async fn wait_for_termination() {
     }
 }
 
-fn drill(a: DrillArgs) -> ExitCode {
+fn drill(a: paystream::drill::args::DrillArgs) -> ExitCode {
     let binary = match std::env::current_exe() {
         Ok(b) => b,
         Err(e) => {
@@ -367,23 +317,7 @@ fn drill(a: DrillArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let opts = paystream::drill::DrillOptions {
-        bootstrap_servers: a.bootstrap_servers,
-        instances: a.instances.max(2),
-        rounds: a.rounds,
-        restart: a.restart,
-        victim: a.victim,
-        orders_before: a.orders_before,
-        orders_during: a.orders_during,
-        rate: a.rate,
-        query_rate: a.query_rate,
-        standby_replicas: a.standby_replicas,
-        session_timeout_ms: a.session_timeout_ms,
-        processing_guarantee: a.processing_guarantee,
-        work_dir: a.work_dir,
-        binary,
-        seed: 42,
-    };
+    let opts = a.options(binary);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -396,34 +330,7 @@ fn drill(a: DrillArgs) -> ExitCode {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
-                println!(
-                    "drill: {} instances, {} round(s), {} orders",
-                    opts.instances,
-                    r.rounds.len(),
-                    r.orders
-                );
-                for (i, round) in r.rounds.iter().enumerate() {
-                    println!(
-                        "  round {}: killed instance {}: every partition answered again after {} ms, every partition active again after {} ms",
-                        i + 1, round.victim, round.answers_again_ms, round.all_active_ms
-                    );
-                }
-                println!(
-                    "  queries: {} sent, {} failed, {} answered by a standby (max lag {})",
-                    r.queries, r.failed, r.stale, r.max_stale_lag
-                );
-                for f in &r.first_failures {
-                    println!("    failed: {f}");
-                }
-                println!(
-                    "  final views: {}",
-                    if r.views_match {
-                        "all equal the model".to_string()
-                    } else {
-                        format!("{} orders differ from the model", r.views_differing)
-                    }
-                );
-                println!("  result: {}", if r.passed() { "PASS" } else { "FAIL" });
+                print!("{}", r.summary());
             }
             if r.passed() {
                 ExitCode::SUCCESS

@@ -6,11 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use paystream_topology::order::StoredOrder;
 use paystream_topology::partition_for_key;
 
 use super::{step, DrillError, DrillOptions};
-use crate::query::OrderResponse;
 
 /// The instances, by index. `live` lists the endpoints that answer queries (killed or not yet
 /// ready instances are left out, as a load balancer would).
@@ -94,6 +92,22 @@ impl Cluster {
                 &self.opts.session_timeout_ms.to_string(),
             ])
             .args(["--probing-rebalance-interval-ms", "2000"])
+            .args([
+                "--replication-factor",
+                &self.opts.replication_factor.to_string(),
+            ])
+            .args(
+                self.opts
+                    .static_membership
+                    .then(|| {
+                        [
+                            "--group-instance-id".to_owned(),
+                            format!("{}-{i}", self.app),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .env(
                 "RUST_LOG",
                 std::env::var("PAYSTREAM_DRILL_LOG").unwrap_or_else(|_| "info".into()),
@@ -106,18 +120,100 @@ impl Cluster {
         Ok(())
     }
 
-    /// Take `i` out of the live set, then SIGKILL it (no flush, no commit, no leave).
+    /// SIGKILL `i` (no flush, no commit, no leave) and take it out of the live set.
     pub async fn kill9(&mut self, i: usize) {
         let ep = self.endpoint(i);
         if let Ok(mut l) = self.live.write() {
             l.retain(|e| *e != ep);
         }
-        // Let queries already sent to it finish before it dies.
-        tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(mut c) = self.procs[i].take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The process id of instance `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs.get(i)?.as_ref().map(Child::id)
+    }
+
+    fn signal(&self, i: usize, sig: &str) -> Result<(), DrillError> {
+        let pid = self
+            .pid(i)
+            .ok_or_else(|| DrillError::Step(format!("instance {i} is not running")))?;
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map_err(step("kill"))?
+            .success();
+        if ok {
+            Ok(())
+        } else {
+            Err(DrillError::Step(format!("kill {sig} {pid} failed")))
+        }
+    }
+
+    fn set_live(&self, i: usize, live: bool) {
+        let ep = self.endpoint(i);
+        if let Ok(mut l) = self.live.write() {
+            l.retain(|e| *e != ep);
+            if live {
+                l.push(ep);
+            }
+        }
+    }
+
+    /// SIGSTOP instance `i` (a long GC pause, a frozen VM): it stops answering and
+    /// heartbeating but holds its sockets.
+    pub fn pause(&mut self, i: usize) -> Result<(), DrillError> {
+        self.set_live(i, false);
+        self.signal(i, "-STOP")
+    }
+
+    /// SIGCONT a paused instance; it rejoins the live set at the next [`Cluster::wait_stable`].
+    pub fn resume(&mut self, i: usize) -> Result<(), DrillError> {
+        self.signal(i, "-CONT")
+    }
+
+    /// SIGTERM instance `i` and wait (up to 60 s, then SIGKILL) until it exited.
+    pub async fn terminate(&mut self, i: usize) -> Result<(), DrillError> {
+        self.set_live(i, false);
+        self.signal(i, "-TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        if let Some(c) = self.procs[i].as_mut() {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    /// Every partition's active as the live instances' `/metadata` shows it (the first live
+    /// instance that answers).
+    pub async fn assignment(&self) -> BTreeMap<i64, String> {
+        let eps = self.live.read().map(|l| l.clone()).unwrap_or_default();
+        for ep in eps {
+            if let Some(md) = self.json(&ep, "/metadata").await {
+                return md["partitions"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .filter_map(|p| {
+                                Some((p["partition"].as_i64()?, p["active"].as_str()?.to_owned()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            }
+        }
+        BTreeMap::new()
     }
 
     pub fn stop_all(&mut self) {
@@ -162,9 +258,13 @@ impl Cluster {
         loop {
             for i in self.running() {
                 if let Some(Ok(Some(status))) = self.procs[i].as_mut().map(|c| c.try_wait()) {
+                    let path = self.state_dir(i).with_extension("log");
+                    let log = std::fs::read_to_string(&path).unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
                     return Err(DrillError::Step(format!(
-                        "instance {i} exited ({status}); see {}",
-                        self.state_dir(i).with_extension("log").display()
+                        "instance {i} exited ({status}); the end of {}:\n  {}",
+                        path.display(),
+                        lines[lines.len().saturating_sub(10)..].join("\n  ")
                     )));
                 }
             }
@@ -260,12 +360,20 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             let eps = self.live.read().map(|l| l.clone()).unwrap_or_default();
-            let mut all = !eps.is_empty();
-            for (n, k) in per_partition.values().enumerate() {
-                let ep = &eps[n % eps.len().max(1)];
-                let ok = matches!(self.client.get(format!("http://{ep}/orders/{k}")).send().await, Ok(r) if r.status().is_success());
-                all &= ok;
-            }
+            // One sweep: every partition at once, each on another live instance.
+            let asks =
+                per_partition.values().enumerate().map(|(n, k)| {
+                    let url = format!("http://{}/orders/{k}", eps[n % eps.len().max(1)]);
+                    let client = self.client.clone();
+                    async move {
+                        matches!(client.get(url).send().await, Ok(r) if r.status().is_success())
+                    }
+                });
+            let all = !eps.is_empty()
+                && futures::future::join_all(asks)
+                    .await
+                    .into_iter()
+                    .all(|ok| ok);
             if all {
                 return Ok(Instant::now());
             }
@@ -282,9 +390,10 @@ impl Cluster {
     /// is live.
     pub async fn wait_all_active(
         &self,
-        after_generation: i64,
+        after_generation: Option<i64>,
         timeout: Duration,
     ) -> Result<Instant, DrillError> {
+        let after_generation = after_generation.unwrap_or(i64::MIN);
         let deadline = Instant::now() + timeout;
         loop {
             let eps = self.live.read().map(|l| l.clone()).unwrap_or_default();
@@ -312,11 +421,12 @@ impl Cluster {
         }
     }
 
-    /// Query every order of `model` on the live instances until all equal the model or the time
-    /// is up; returns the ids still differing.
+    /// Query every order of `model` on the live instances (`consistency=active`) until each
+    /// answer equals the model (`None`: not found) or the time is up; returns the ids still
+    /// differing.
     pub async fn wait_views(
         &self,
-        model: &BTreeMap<String, StoredOrder>,
+        model: &BTreeMap<String, Option<serde_json::Value>>,
         timeout: Duration,
     ) -> Vec<String> {
         let deadline = Instant::now() + timeout;
@@ -326,18 +436,24 @@ impl Cluster {
             let mut still = Vec::new();
             for chunk in pending.chunks(64) {
                 let futs = chunk.iter().enumerate().map(|(n, id)| {
-                    let url = format!("http://{}/orders/{id}", eps[n % eps.len().max(1)]);
+                    let url = format!(
+                        "http://{}/orders/{id}?consistency=active",
+                        eps[n % eps.len().max(1)]
+                    );
                     let client = self.client.clone();
                     async move {
                         let r = client.get(url).send().await.ok()?;
-                        if !r.status().is_success() {
-                            return None;
+                        let status = r.status().as_u16();
+                        let body: serde_json::Value = r.json().await.ok()?;
+                        match status {
+                            200 => Some(Some(body["order"].clone())),
+                            404 if body["error"] == "order_not_found" => Some(None),
+                            _ => None,
                         }
-                        r.json::<OrderResponse>().await.ok()
                     }
                 });
                 for (id, a) in chunk.iter().zip(futures::future::join_all(futs).await) {
-                    if a.map(|a| a.order) != model.get(*id).map(|m| m.view.clone()) {
+                    if a.as_ref() != model.get(*id) {
                         still.push(*id);
                     }
                 }

@@ -1,51 +1,89 @@
-//! `paystream drill`: a failover rehearsal on a cluster of real instances.
+//! `paystream drill`: a failover rehearsal that checks every answer.
 //!
-//! Starts N `paystream run` processes (one group), loads known orders, keeps a steady query load
-//! on them across the live instances, SIGKILLs instances one round at a time (optionally
-//! restarting them), and reports: queries failed, stale answers (from standbys) and their max
-//! lag, time until every partition answers again, time until every partition has an active again,
-//! and whether the final views equal the model (nothing lost, nothing applied twice).
+//! Starts N `paystream run` processes (one group), produces known traffic while it records
+//! what the broker acknowledged and what the group committed, keeps a query load on every
+//! instance (the victim included), injects faults round by round (`kill`, `pause`, `rolling`,
+//! `broker`), and reports: queries sent, failed, answered stale (and how far behind), answered
+//! **wrong**, recovery times per round, views differing from the model at the end, and SMS sent
+//! twice or never.
 //!
+//! - [`model`]: the drill's own statement of the view and SMS rules (never the processor's).
+//! - [`checker`]: judges one answer against the model and the recorded facts (pure).
+//! - [`traffic`]: the producer and the watch on the group's committed offsets.
+//! - [`load`]: the query load.
+//! - [`faults`]: the rounds and their timelines.
+//! - [`audit`]: reads the SMS topics at the end.
 //! - [`cluster`]: child processes, their endpoints, health and metadata.
-//! - [`load`]: the query load and what it saw.
+//! - [`report`]: the findings, as text or JSON, and whether they pass.
 
+pub mod args;
+pub mod audit;
+pub mod checker;
 pub mod cluster;
+pub mod faults;
 pub mod load;
+pub mod model;
+pub mod report;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use paystream_topology::order::StoredOrder;
-use serde::Serialize;
+use paystream_topology::partition_for_key;
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ProcessingGuarantee;
 use crate::kafka::admin::{ensure_topics, TopicSpec};
-use crate::produce::{produce, GeneratorOptions, ProduceOptions, Traffic};
+use crate::produce::{GeneratorOptions, Traffic, TrafficEvent};
+use checker::Checker;
 use cluster::Cluster;
-use load::QueryLoad;
+pub use faults::{Fault, RoundReport};
+use load::{LoadOptions, QueryLoad};
+use model::{events_by_order, SmsAudit};
+pub use report::DrillReport;
+use traffic::Facts;
+
+/// Partitions of the drill's input topic.
+pub const PARTITIONS: i32 = 12;
 
 /// What `paystream drill` does.
 #[derive(Debug, Clone)]
 pub struct DrillOptions {
     pub bootstrap_servers: String,
     pub instances: usize,
-    /// Kill rounds.
+    /// The faults, each run for `rounds` rounds, in this order.
+    pub faults: Vec<Fault>,
     pub rounds: usize,
-    /// Restart each killed instance (same state directory) before the next round.
+    /// Restart each killed instance (same state directory) after its round.
     pub restart: bool,
-    /// Which instance to kill (index); `None` = a different one each round.
+    /// Which instance to kill or pause (index); `None` = a different one each round.
     pub victim: Option<usize>,
-    /// Orders loaded before the drill (queried throughout) and orders produced during it.
+    /// Orders produced before the faults begin, and at most this many while they run (traffic
+    /// stops when the last round ends).
     pub orders_before: u64,
     pub orders_during: u64,
     /// Events per second while the drill runs.
     pub rate: u64,
     /// Queries per second of the steady load.
     pub query_rate: u64,
+    /// A query that got no answer within this long failed.
+    pub query_deadline_ms: u64,
     pub standby_replicas: u32,
     pub session_timeout_ms: u64,
+    /// How long a `pause` lasts; `None`: the session timeout plus 3 s.
+    pub pause_ms: Option<u64>,
+    /// Instances run with `--group-instance-id` (static membership).
+    pub static_membership: bool,
+    /// Replication factor of the input topic and of the instances' topics (3 for `broker`).
+    pub replication_factor: i32,
+    /// `broker` fault: commands with `{id}` for the broker's node id.
+    pub broker_kill_cmd: String,
+    pub broker_start_cmd: String,
+    /// How long a killed broker stays down.
+    pub broker_down_ms: u64,
     /// What the instances run with (`--processing-guarantee`).
     pub processing_guarantee: ProcessingGuarantee,
     pub work_dir: PathBuf,
@@ -54,8 +92,79 @@ pub struct DrillOptions {
     pub seed: u64,
 }
 
+impl DrillOptions {
+    /// One `kill` round on 3 instances with one standby each, exactly-once, small traffic.
+    pub fn new(bootstrap_servers: &str, work_dir: PathBuf, binary: PathBuf) -> DrillOptions {
+        DrillOptions {
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            instances: 3,
+            faults: vec![Fault::Kill],
+            rounds: 1,
+            restart: false,
+            victim: None,
+            orders_before: 2_000,
+            orders_during: 50_000,
+            rate: 1_000,
+            query_rate: 300,
+            query_deadline_ms: 5_000,
+            standby_replicas: 1,
+            session_timeout_ms: 6_000,
+            pause_ms: None,
+            static_membership: false,
+            replication_factor: 1,
+            broker_kill_cmd: "bash deploy/kafka.sh kill-broker {id}".into(),
+            broker_start_cmd: "bash deploy/kafka.sh start-broker {id}".into(),
+            broker_down_ms: 10_000,
+            processing_guarantee: ProcessingGuarantee::ExactlyOnceV2,
+            work_dir,
+            binary,
+            seed: 42,
+        }
+    }
+
+    pub fn pause_ms(&self) -> u64 {
+        self.pause_ms.unwrap_or(self.session_timeout_ms + 3_000)
+    }
+
+    /// Fails on options that cannot make a meaningful drill.
+    pub fn validate(&self) -> Result<(), DrillError> {
+        let bad = |m: String| Err(DrillError::Options(m));
+        if self.instances < 2 {
+            return bad(format!("--instances: at least 2, got {}", self.instances));
+        }
+        if self.victim.is_some_and(|v| v >= self.instances) {
+            return bad(format!(
+                "--victim: must be below --instances ({})",
+                self.instances
+            ));
+        }
+        let kills = if self.faults.contains(&Fault::Kill) {
+            self.rounds
+        } else {
+            0
+        };
+        if !self.restart && kills >= self.instances {
+            return bad(format!(
+                "{kills} kill rounds without --restart would leave no instance of {}",
+                self.instances
+            ));
+        }
+        if self.faults.contains(&Fault::Broker) && self.replication_factor < 3 {
+            return bad("the broker fault needs --replication-factor 3 (and 3 brokers)".into());
+        }
+        if self.faults.contains(&Fault::Rolling) && !self.static_membership {
+            return bad(
+                "the rolling fault needs --static-membership (no partition may move)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum DrillError {
+    #[error("invalid drill options: {0}")]
+    Options(String),
     #[error("{0}")]
     Step(String),
 }
@@ -64,164 +173,218 @@ pub(crate) fn step<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Dr
     move |e| DrillError::Step(format!("{what}: {e}"))
 }
 
-/// One kill round.
-#[derive(Debug, Clone, Serialize)]
-pub struct RoundReport {
-    pub victim: usize,
-    /// From the kill until a sweep of one key per partition all answered 200.
-    pub answers_again_ms: u64,
-    /// From the kill until every partition had an active on a live instance again.
-    pub all_active_ms: u64,
+/// The traffic of a drill: events before and during the faults, and the checker built from
+/// both (each order's events in send order).
+struct Plan {
+    before: Vec<TrafficEvent>,
+    during: Vec<TrafficEvent>,
+    checker: Checker,
 }
 
-/// The drill's findings.
-#[derive(Debug, Clone, Serialize)]
-pub struct DrillReport {
-    pub queries: u64,
-    pub failed: u64,
-    pub stale: u64,
-    pub max_stale_lag: i64,
-    pub first_failures: Vec<String>,
-    pub rounds: Vec<RoundReport>,
-    pub orders: usize,
-    pub views_differing: usize,
-    pub views_match: bool,
-}
-
-impl DrillReport {
-    /// Nothing lost, no query failed.
-    pub fn passed(&self) -> bool {
-        self.views_match && self.failed == 0
-    }
-}
-
-/// Run the drill.
-pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let topic = format!("drill-{nanos}");
-    let app = format!("drill-{nanos}");
-    ensure_topics(
-        &opts.bootstrap_servers,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: 12,
-            replication_factor: 1,
-            configs: vec![],
-        }],
-    )
-    .await
-    .map_err(step("create topic"))?;
-
+fn plan(opts: &DrillOptions) -> Result<Plan, DrillError> {
     let before = GeneratorOptions {
         seed: opts.seed,
         orders: opts.orders_before,
         ..Default::default()
     };
+    let before = Traffic::generate(&before).map_err(DrillError::Step)?.events;
+    // The second batch continues in event time, so no event is behind the stream time by more
+    // than the SMS grace (it would be dropped as late, rightly).
     let during = GeneratorOptions {
         seed: opts.seed.wrapping_add(1),
         orders: opts.orders_during,
         first_order: opts.orders_before,
+        start_ts: before.iter().map(|e| e.timestamp).max().unwrap_or(0) + 1_000,
         ..Default::default()
     };
-    let mut model: BTreeMap<String, StoredOrder> = Traffic::generate(&before)
-        .map_err(DrillError::Step)?
-        .model();
-    model.extend(
-        Traffic::generate(&during)
-            .map_err(DrillError::Step)?
-            .model(),
+    let during = Traffic::generate(&during).map_err(DrillError::Step)?.events;
+    let per_order = events_by_order(
+        before
+            .iter()
+            .chain(&during)
+            .map(|e| (e.key.as_deref(), e.value.as_str())),
     );
+    let checker = Checker::new(per_order.into_iter().map(|(id, events)| {
+        let p = partition_for_key(id.as_bytes(), PARTITIONS);
+        (id, p, events)
+    }));
+    Ok(Plan {
+        before,
+        during,
+        checker,
+    })
+}
 
+/// Run the drill.
+pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
+    opts.validate()?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let (topic, app) = (format!("drill-{stamp}"), format!("drill-{stamp}"));
+    let configs = if opts.replication_factor >= 3 {
+        vec![("min.insync.replicas".to_owned(), "2".to_owned())]
+    } else {
+        vec![]
+    };
+    ensure_topics(
+        &opts.bootstrap_servers,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: PARTITIONS,
+            replication_factor: opts.replication_factor,
+            configs,
+        }],
+    )
+    .await
+    .map_err(step("create topic"))?;
+    let Plan {
+        before,
+        during,
+        checker,
+    } = plan(opts)?;
+    let facts = Facts {
+        checker: Arc::new(Mutex::new(checker)),
+        t0: Instant::now(),
+    };
     let mut cluster = Cluster::new(opts, &app, &topic);
     for i in 0..opts.instances {
         cluster.start(i)?;
     }
-    cluster.wait_stable(Duration::from_secs(120)).await?;
+    let timeout = Duration::from_secs(120);
+    cluster.wait_stable(timeout).await?;
     tracing::info!(instances = opts.instances, "cluster up");
+    let stop_watch = CancellationToken::new();
+    let watch = traffic::watch_commits(
+        &opts.bootstrap_servers,
+        &app,
+        &topic,
+        PARTITIONS,
+        facts.clone(),
+        stop_watch.clone(),
+    )?;
 
-    send(opts, &topic, before.clone(), None).await?;
-    let known: Vec<String> = Traffic::generate(&before)
-        .map_err(DrillError::Step)?
-        .model()
-        .into_keys()
+    let first_orders: Vec<String> = {
+        let mut ids: Vec<String> = before.iter().filter_map(|e| e.key.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    traffic::send(
+        &opts.bootstrap_servers,
+        &topic,
+        PARTITIONS,
+        before,
+        None,
+        facts.clone(),
+        CancellationToken::new(),
+    )
+    .await?;
+    let expected_first: BTreeMap<String, Option<serde_json::Value>> = facts
+        .with(|c| c.final_views())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(id, _)| first_orders.binary_search(id).is_ok())
         .collect();
-    let first = cluster
-        .wait_views(&model_subset(&model, &known), Duration::from_secs(180))
-        .await;
-    if !first.is_empty() {
+    let differ = cluster.wait_views(&expected_first, timeout).await;
+    if !differ.is_empty() {
         return Err(DrillError::Step(format!(
-            "{} orders never reached their final view before the drill",
-            first.len()
+            "{} orders never reached their view before the faults began, e.g. {}",
+            differ.len(),
+            differ[0]
         )));
     }
 
-    let load = QueryLoad::start(cluster.live.clone(), known.clone(), opts.query_rate);
+    let load = QueryLoad::start(
+        LoadOptions {
+            endpoints: (0..opts.instances).map(|i| cluster.endpoint(i)).collect(),
+            rate: opts.query_rate,
+            deadline: Duration::from_millis(opts.query_deadline_ms),
+            attempt_timeout: Duration::from_millis(1_000),
+        },
+        facts.clone(),
+    );
+    // Traffic flows until the last round ends (or the orders run out).
+    let (stop_traffic, traffic_done) = (CancellationToken::new(), CancellationToken::new());
     let producer = {
-        let (opts, topic) = (opts.clone(), topic.clone());
-        tokio::spawn(async move { send(&opts, &topic, during, Some(opts.rate)).await })
+        let (b, t, f, rate) = (
+            opts.bootstrap_servers.clone(),
+            topic.clone(),
+            facts.clone(),
+            opts.rate,
+        );
+        let (stop, done) = (stop_traffic.clone(), traffic_done.clone());
+        tokio::spawn(async move {
+            let r = traffic::send(&b, &t, PARTITIONS, during, Some(rate), f, stop).await;
+            done.cancel();
+            r
+        })
     };
+    let sweep = one_per_partition(&first_orders);
     let mut rounds = Vec::new();
-    for round in 0..opts.rounds {
-        let victim = opts.victim.unwrap_or(round % opts.instances);
-        let generation = cluster.generation().await;
-        let killed_at = Instant::now();
-        cluster.kill9(victim).await;
-        tracing::info!(victim, round, "killed instance");
-        let answers_again = cluster
-            .wait_all_partitions_answer(&known, Duration::from_secs(120))
-            .await?;
-        let all_active = cluster
-            .wait_all_active(generation, Duration::from_secs(120))
-            .await?;
-        rounds.push(RoundReport {
-            victim,
-            answers_again_ms: answers_again.duration_since(killed_at).as_millis() as u64,
-            all_active_ms: all_active.duration_since(killed_at).as_millis() as u64,
-        });
-        if opts.restart {
-            cluster.start(victim)?;
-            cluster.wait_stable(Duration::from_secs(120)).await?;
+    let mut ctx = faults::Ctx {
+        opts,
+        cluster: &mut cluster,
+        facts: &facts,
+        topic: &topic,
+        sweep: &sweep,
+        timeout,
+        traffic_done: traffic_done.clone(),
+    };
+    for fault in &opts.faults {
+        for round in 0..opts.rounds {
+            let victim = opts.victim.unwrap_or(round % opts.instances);
+            let r = match fault {
+                Fault::Kill => ctx.kill(victim).await?,
+                Fault::Pause => ctx.pause(victim).await?,
+                Fault::Rolling => ctx.rolling().await?,
+                Fault::Broker => ctx.broker().await?,
+            };
+            rounds.push(r);
         }
     }
-    producer.await.map_err(step("producer task"))??;
+    stop_traffic.cancel();
+    let sent = producer.await.map_err(step("producer task"))??;
+    tracing::info!(sent, "traffic during the faults sent and acknowledged");
+    let model = facts.with(|c| c.final_views()).unwrap_or_default();
     let differing = cluster.wait_views(&model, Duration::from_secs(180)).await;
     let seen = load.stop().await;
+    stop_watch.cancel();
+    let _ = tokio::task::spawn_blocking(move || watch.join()).await;
+    let sms_topics = vec![
+        format!("{app}.SEND_SMS"),
+        format!("{app}.SEND_SMS.SUPPRESSED"),
+    ];
+    let b = opts.bootstrap_servers.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        audit::count_sms(&b, &sms_topics, Duration::from_secs(120))
+    })
+    .await
+    .map_err(step("audit task"))??;
     cluster.stop_all();
     Ok(DrillReport {
-        queries: seen.queries,
-        failed: seen.failed,
-        stale: seen.stale,
-        max_stale_lag: seen.max_stale_lag,
-        first_failures: seen.first_failures,
+        instances: opts.instances,
+        processing_guarantee: opts.processing_guarantee,
+        standby_replicas: opts.standby_replicas,
+        load: seen,
         rounds,
         orders: model.len(),
         views_differing: differing.len(),
-        views_match: differing.is_empty(),
+        first_differing: differing.into_iter().take(10).collect(),
+        sms: SmsAudit::compare(
+            &facts.with(|c| c.expected_sms()).unwrap_or_default(),
+            &found,
+        ),
     })
 }
 
-fn model_subset(
-    model: &BTreeMap<String, StoredOrder>,
-    keys: &[String],
-) -> BTreeMap<String, StoredOrder> {
-    keys.iter()
-        .filter_map(|k| model.get(k).map(|v| (k.clone(), v.clone())))
-        .collect()
-}
-
-async fn send(
-    opts: &DrillOptions,
-    topic: &str,
-    generator: GeneratorOptions,
-    rate: Option<u64>,
-) -> Result<(), DrillError> {
-    let p = ProduceOptions::to_existing(&opts.bootstrap_servers, topic, generator, rate);
-    tokio::task::spawn_blocking(move || produce(&p))
-        .await
-        .map_err(step("producer"))?
-        .map_err(step("produce"))?;
-    Ok(())
+/// One order per partition (for the answer sweep).
+fn one_per_partition(orders: &[String]) -> Vec<String> {
+    let mut per: BTreeMap<i32, String> = BTreeMap::new();
+    for o in orders {
+        per.entry(partition_for_key(o.as_bytes(), PARTITIONS))
+            .or_insert_with(|| o.clone());
+    }
+    per.into_values().collect()
 }

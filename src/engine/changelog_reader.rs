@@ -195,8 +195,39 @@ impl LogEnds {
     }
 
     /// `(low, high)` watermarks of `topic`'s `partition`; high is the log-end offset.
+    ///
+    /// After a broker failure librdkafka's metadata cache can lack the partition or name a dead
+    /// leader ("Unknown partition" and friends, for as long as the cache lives: minutes for a
+    /// topic no consumer subscribes to); such an error refreshes the topic's metadata and asks
+    /// once more.
     pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), RdError> {
-        self.consumer
+        match self
+            .consumer
             .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
+        {
+            Err(e) if stale_metadata(&e) => {
+                tracing::debug!(topic, partition, error = %e, "refreshing metadata");
+                self.consumer
+                    .fetch_metadata(Some(topic), WATERMARK_TIMEOUT)?;
+                self.consumer
+                    .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
+            }
+            r => r,
+        }
     }
+}
+
+/// Errors that mean "the client's idea of where the partition lives is out of date".
+fn stale_metadata(e: &RdError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::UnknownPartition
+                | C::UnknownTopicOrPartition
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::BrokerNotAvailable
+        )
+    )
 }

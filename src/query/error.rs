@@ -11,8 +11,16 @@ use thiserror::Error;
 pub enum QueryError {
     #[error("invalid order id: {0}")]
     InvalidId(String),
-    #[error("order {id} not found (partition {partition})")]
-    NotFound { id: String, partition: i32 },
+    /// Said by one copy: `role` and `lag` tell whether a fresher copy might know the order (a
+    /// standby behind its active has not seen the newest orders yet).
+    #[error("order {id} not found (partition {partition}, {role} copy on {served_by})")]
+    NotFound {
+        id: String,
+        partition: i32,
+        served_by: String,
+        role: &'static str,
+        lag: i64,
+    },
     #[error("partition {partition} is not being served right now (starting, restoring or moving); retry shortly")]
     PartitionUnavailable { partition: i32 },
     #[error("store read failed: {0}")]
@@ -129,6 +137,19 @@ impl IntoResponse for QueryError {
             body["partition"] = json!(partition);
             body["lag"] = json!(lag);
             body["max_lag"] = json!(max_lag);
+        }
+        if let QueryError::NotFound {
+            partition,
+            served_by,
+            role,
+            lag,
+            ..
+        } = &self
+        {
+            body["partition"] = json!(partition);
+            body["served_by"] = json!(served_by);
+            body["role"] = json!(role);
+            body["lag"] = json!(lag);
         }
         let body = Json(body);
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -4,8 +4,10 @@
 //! from its own stores or refuses it, and never forwards it again.
 //!
 //! Time: a hop never outlives its request. It may take `--peer-timeout-ms` (a long-poll: what is
-//! left of the deadline), never more than the request has left, and tells the peer its share
-//! in [`DEADLINE_HEADER`] so the peer answers (408, 503) before the caller stops listening.
+//! left of the deadline), never more than the request has left (half of it when another copy
+//! could answer instead, so a paused active leaves time for its standby), and tells the peer its
+//! share in [`DEADLINE_HEADER`] so the peer answers (408, 503) before the caller stops
+//! listening.
 
 use std::time::Duration;
 
@@ -45,16 +47,19 @@ pub struct Hop<'a> {
     /// Longest one peer may take (ignored for long-polls, which may take what is left).
     pub peer_timeout: Duration,
     pub long_poll: bool,
+    /// Another copy could answer if this peer does not: leave it half of what is left.
+    pub fallback: bool,
 }
 
 impl Hop<'_> {
     /// How long this hop may take, or `None` when too little is left.
     fn budget(&self) -> Option<Duration> {
-        let left = self.deadline.remaining();
-        let t = if self.long_poll {
-            left
-        } else {
-            left.min(self.peer_timeout)
+        // Our own answer must reach our caller by the deadline too.
+        let left = self.deadline.remaining().saturating_sub(HOP_RESERVE);
+        let t = match (self.long_poll, self.fallback) {
+            (true, _) => left,
+            (false, false) => left.min(self.peer_timeout),
+            (false, true) => left.min(self.peer_timeout).min(left / 2),
         };
         (t >= HOP_RESERVE + Duration::from_millis(10)).then_some(t)
     }

@@ -122,6 +122,43 @@ async fn a_hung_active_is_asked_once_and_answers_come_within_the_deadline() {
 }
 
 #[tokio::test]
+async fn after_a_hung_active_failed_once_the_next_queries_skip_it_for_a_while() {
+    let mut f = fixture(Role::Standby, true);
+    f.state.limits = limits(5_000, 1_000);
+    let (peer, accepted) = hung_peer().await;
+    name_active(&f.state, &peer);
+    let (s, _) = get(&f.state, "/orders/O-000001", false).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The next queries do not wait out the peer timeout again: the local standby answers.
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (s, b) = get(&f.state, "/orders/O-000001", false).await;
+        assert_eq!((s, b["role"].as_str()), (StatusCode::OK, Some("standby")));
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the suspect was not asked again"
+    );
+    // consistency=active gets a quick 503 (retry shortly) instead of another wait on it.
+    let started = Instant::now();
+    let (s, _) = get(&f.state, "/orders/O-000001?consistency=active", false).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn a_forwarded_long_poll_ends_within_the_budget_its_caller_sent() {
     let f = fixture(Role::Active, true);
     let req = Request::builder()

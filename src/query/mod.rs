@@ -15,6 +15,7 @@ mod error;
 pub mod forward;
 mod orders;
 pub mod route;
+pub mod suspects;
 pub mod windowed;
 
 use std::sync::atomic::Ordering;
@@ -65,6 +66,8 @@ pub struct QueryState {
     pub limits: QuerySettings,
     /// One permit per request in flight (`--max-concurrent-queries`).
     pub permits: Arc<tokio::sync::Semaphore>,
+    /// Peers that just failed to answer: asked last for a few seconds.
+    pub suspects: Arc<suspects::Suspects>,
 }
 
 impl QueryState {

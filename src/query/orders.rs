@@ -209,10 +209,7 @@ async fn serve_local(
                     order,
                     partition,
                     served_by: st.self_addr.clone(),
-                    role: match served.role {
-                        crate::engine::Role::Active => "active".into(),
-                        crate::engine::Role::Standby => "standby".into(),
-                    },
+                    role: role_name(served.role).into(),
                     lag: served.shown_lag(),
                 })
                 .into_response()),
@@ -224,9 +221,19 @@ async fn serve_local(
                 (_, None) => Err(QueryError::NotFound {
                     id: id.to_owned(),
                     partition,
+                    served_by: st.self_addr.clone(),
+                    role: role_name(served.role),
+                    lag: served.shown_lag(),
                 }),
             };
         }
         tokio::time::sleep(pause).await;
+    }
+}
+
+fn role_name(role: crate::engine::Role) -> &'static str {
+    match role {
+        crate::engine::Role::Active => "active",
+        crate::engine::Role::Standby => "standby",
     }
 }

@@ -3,7 +3,9 @@
 //! ```text
 //! honest local active ─▶ serve
 //! forwarded request   ─▶ serve a local copy if allowed (standby: within max_lag), else 503
-//! the active, one hop ─▶ its answer                       (skipped once unreachable)
+//! the active, one hop ─▶ its answer                       (skipped once unreachable, and
+//!                                                          for 5 s after it failed any
+//!                                                          request: `suspects`)
 //! consistency=active  ─▶ 503
 //! local standby       ─▶ serve if within max_lag
 //! other copies, one hop each, allowing standbys ─▶ first answer (unreachable ones skipped)
@@ -110,8 +112,9 @@ impl<'a> Route<'a> {
         }
     }
 
-    fn hop(&self) -> Hop<'a> {
+    fn hop(&self, fallback: bool) -> Hop<'a> {
         Hop {
+            fallback,
             client: &self.ask.st.client,
             self_addr: &self.ask.st.self_addr,
             deadline: self.ask.deadline,
@@ -139,16 +142,25 @@ impl<'a> Route<'a> {
         });
     }
 
-    /// Ask `endpoint`; `None` when it gave no answer worth passing on.
-    async fn ask_peer(&mut self, endpoint: &str, allow_standby: bool) -> Option<Response> {
+    /// Ask `endpoint`; `None` when it gave no answer worth passing on. With `fallback`, another
+    /// copy may answer instead, so this one gets at most half of the time left.
+    async fn ask_peer(
+        &mut self,
+        endpoint: &str,
+        allow_standby: bool,
+        fallback: bool,
+    ) -> Option<Response> {
         if endpoint.is_empty() || endpoint == self.ask.st.self_addr {
             return None;
         }
         if self.unreachable.contains(endpoint) {
             return None;
         }
-        match forward(&self.hop(), endpoint, &self.ask.path, allow_standby).await {
-            Forwarded::Answer(r) => Some(r),
+        match forward(&self.hop(fallback), endpoint, &self.ask.path, allow_standby).await {
+            Forwarded::Answer(r) => {
+                self.ask.st.suspects.clear(endpoint);
+                Some(r)
+            }
             Forwarded::Refused { code, lag } => {
                 if code.as_deref() == Some("lag_exceeded") {
                     self.note_too_far(lag);
@@ -163,6 +175,7 @@ impl<'a> Route<'a> {
             }
             Forwarded::Unreachable(why) => {
                 tracing::debug!(partition = self.ask.partition, why, "peer unreachable");
+                self.ask.st.suspects.mark(endpoint);
                 self.unreachable.insert(endpoint.to_owned());
                 None
             }
@@ -191,8 +204,14 @@ impl<'a> Route<'a> {
             return Err(self.refusal().unwrap_or(unavailable));
         }
         let owners = st.routing.owners(partition);
-        if let Some(o) = &owners {
-            if let Some(r) = self.ask_peer(&o.active, false).await {
+        // An active that just failed to answer is asked last; `consistency=active` gets a quick
+        // 503 (Retry-After) rather than another wait on it.
+        let active_suspect = owners
+            .as_ref()
+            .is_some_and(|o| st.suspects.is_suspect(&o.active));
+        if let Some(o) = owners.as_ref().filter(|_| !active_suspect) {
+            let fallback = !self.ask.active_only && (local.is_some() || !o.standbys.is_empty());
+            if let Some(r) = self.ask_peer(&o.active, false, fallback).await {
                 return Ok(r);
             }
         }
@@ -206,11 +225,13 @@ impl<'a> Route<'a> {
         }
         // The active goes first again (unless it did not answer at all): while it is being
         // promoted it still holds the partition as a (nearly caught-up) standby copy.
-        let fallbacks: Vec<String> = owners
+        // Suspects last.
+        let mut fallbacks: Vec<String> = owners
             .map(|o| std::iter::once(o.active).chain(o.standbys).collect())
             .unwrap_or_default();
-        for endpoint in &fallbacks {
-            if let Some(r) = self.ask_peer(endpoint, true).await {
+        fallbacks.sort_by_key(|e| st.suspects.is_suspect(e));
+        for (n, endpoint) in fallbacks.iter().enumerate() {
+            if let Some(r) = self.ask_peer(endpoint, true, n + 1 < fallbacks.len()).await {
                 return Ok(r);
             }
         }

@@ -83,6 +83,7 @@ pub(super) fn fixture(role: Role, with_order: bool) -> Fixture {
             client: reqwest::Client::new(),
             limits: crate::config::QuerySettings::default(),
             permits: QueryState::permits(&crate::config::QuerySettings::default()),
+            suspects: Default::default(),
         },
     }
 }

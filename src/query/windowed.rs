@@ -213,6 +213,7 @@ pub(super) async fn get_alerts(
             deadline,
             peer_timeout: st.limits.peer_timeout,
             long_poll: false,
+            fallback: false,
         };
         let calls = peers.iter().map(|peer| {
             let path = &path;
