@@ -204,3 +204,31 @@ pub(crate) fn addresses(base: SocketAddr, n: usize) -> Result<Vec<SocketAddr>, D
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_base_port_or_are_distinct_free_ports() {
+        let base: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let ports: Vec<u16> = addresses(base, 3)
+            .unwrap()
+            .iter()
+            .map(|a| a.port())
+            .collect();
+        assert_eq!(ports, [8080, 8081, 8082]);
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut free: Vec<u16> = addresses(any, 3)
+            .unwrap()
+            .iter()
+            .map(|a| a.port())
+            .collect();
+        free.sort_unstable();
+        free.dedup();
+        assert_eq!(free.len(), 3);
+        assert!(free.iter().all(|p| *p != 0));
+        let top: SocketAddr = "127.0.0.1:65535".parse().unwrap();
+        assert!(addresses(top, 2).is_err());
+    }
+}

@@ -161,3 +161,24 @@ async fn order(client: &reqwest::Client, addr: SocketAddr, id: &str) -> Option<O
     }
     r.json().await.ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placed_means_a_live_active_and_with_standbys_a_live_standby() {
+        let live = vec!["a:1".to_owned(), "b:2".to_owned()];
+        let md = |active: &str, standbys: &[&str]| serde_json::json!({"partitions": [{"partition": 0, "active": active, "standbys": standbys}]});
+        assert!(all_placed(&md("a:1", &["b:2"]), &live, true));
+        assert!(all_placed(&md("a:1", &[]), &live, false));
+        assert!(!all_placed(&md("a:1", &[]), &live, true));
+        assert!(!all_placed(&md("c:3", &["b:2"]), &live, true));
+        assert!(!all_placed(&md("a:1", &["c:3"]), &live, true));
+        assert!(!all_placed(
+            &serde_json::json!({"partitions": []}),
+            &live,
+            false
+        ));
+    }
+}
