@@ -142,7 +142,7 @@ pub struct RunArgs {
     pub probing_rebalance_interval_ms: Option<u64>,
 
     /// Run without group coordination: this instance owns every partition (no standbys, no
-    /// scale-out). For a single instance, or brokers that cannot host paystream's group.
+    /// scale-out). For a single instance that needs no group.
     #[arg(long, env = "PAYSTREAM_STANDALONE")]
     pub standalone: bool,
 

@@ -63,11 +63,17 @@ fn run_reads_settings_from_the_environment() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("commit-interval-ms"));
 }
 
+/// `paystream demo --instances 3 --verify`: three `paystream run` children in one group on the
+/// embedded broker (librdkafka's mock cluster), every order right on every instance, then one
+/// instance SIGKILLed and every order right again on the other two.
 #[test]
-fn demo_runs_end_to_end_on_the_embedded_broker() {
+fn demo_cluster_of_three_runs_and_survives_a_kill_on_the_embedded_broker() {
+    let started = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_paystream"))
         .args([
             "demo",
+            "--instances",
+            "3",
             "--orders",
             "500",
             "--rate",
@@ -84,9 +90,19 @@ fn demo_runs_end_to_end_on_the_embedded_broker() {
         "demo failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("verified: all 500 orders match the model"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
+    for expected in [
+        "3 instance(s) in group paystream-demo, 1 standby per partition",
+        "verified: all 500 orders match the model on each of the 3 instance(s)",
+        "killed instance 0",
+        "verified after the kill: all 500 orders match the model on each of the 2 remaining",
+        "group rebalanced",
+        "/orders/O-000001/location",
+        "kill -9 ",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    eprintln!("demo --instances 3 --verify took {:?}", started.elapsed());
 }

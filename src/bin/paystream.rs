@@ -43,7 +43,11 @@ enum Command {
     /// APPROVAL_FAILED; some are cancelled, some stop early; some events are duplicated or out of
     /// order. Records are keyed by order id and partitioned with murmur2 like a Java producer.
     Produce(ProduceArgs),
-    /// Run everything on this machine with an embedded broker: no setup needed.
+    /// Run a paystream cluster on this machine with an embedded broker: no setup needed.
+    ///
+    /// Starts librdkafka's mock cluster inside this process, N `paystream run` instances as child
+    /// processes (one group, standbys when N > 1, at_least_once: the embedded broker cannot do
+    /// exactly-once), produces traffic and prints curl commands that show routing and failover.
     Demo(DemoArgs),
     /// Measure produce, ingest, restore, raw consume and raw RocksDB rates against a broker.
     Bench(BenchArgs),
@@ -133,9 +137,13 @@ struct ProduceArgs {
 
 #[derive(clap::Args)]
 struct DemoArgs {
-    /// Address of the query API.
+    /// Query address of the first instance; instance i listens on port + i (port 0: free ports).
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_addr: String,
+    /// Instances in the group (child processes). With more than one, each partition has one
+    /// standby and `--verify` also SIGKILLs an instance and checks that every order still answers.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    instances: u16,
     /// Orders to generate.
     #[arg(long, default_value_t = 10_000)]
     orders: u64,
@@ -145,10 +153,12 @@ struct DemoArgs {
     /// Partitions of the demo topic.
     #[arg(long, default_value_t = 12)]
     partitions: i32,
-    /// Keep state here instead of a temporary directory.
+    /// Keep the instances' state and logs here instead of a temporary directory.
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Check every order over HTTP against the generator's model, then exit (0 = all match).
+    /// Check every order over HTTP on every instance against the generator's model; with more
+    /// than one instance, SIGKILL one and check every order again on the others; then exit
+    /// (0 = all checks passed).
     #[arg(long)]
     verify: bool,
     /// Seed of the generated traffic.
@@ -229,6 +239,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => {
             let opts = DemoOptions {
                 http_addr: a.http_addr,
+                instances: usize::from(a.instances),
                 orders: a.orders,
                 rate: a.rate,
                 partitions: a.partitions,

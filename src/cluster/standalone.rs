@@ -1,6 +1,6 @@
-//! Standalone mode (no group protocol): this instance owns every partition. Used with brokers
-//! that cannot host paystream's group (librdkafka's mock cluster in `paystream demo`) and by
-//! users who run exactly one instance. Offsets are committed outside any generation (generation
+//! Standalone mode (no group protocol): this instance owns every partition. Used by users who
+//! run exactly one instance and want no group (`paystream demo` runs a real group on its
+//! embedded broker since the demo caps the group API versions the mock advertises). Offsets are committed outside any generation (generation
 //! -1, no member id: in the transaction under exactly-once, as a simple consumer otherwise),
 //! which the broker accepts only while no group member owns the group id.
 

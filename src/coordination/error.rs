@@ -15,6 +15,7 @@ pub(super) mod code {
     pub(crate) const NOT_COORDINATOR: i16 = 16;
     pub(crate) const ILLEGAL_GENERATION: i16 = 22;
     pub(crate) const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub(crate) const INVALID_REQUEST: i16 = 42;
     pub(crate) const REBALANCE_IN_PROGRESS: i16 = 27;
     pub(crate) const MEMBER_ID_REQUIRED: i16 = 79;
     pub(crate) const FENCED_INSTANCE_ID: i16 = 82;

@@ -94,14 +94,27 @@ impl GroupMember {
         }
     }
 
-    /// What to do after SyncGroup of `generation_id` answered `sync_code`.
+    /// What to do after SyncGroup of `generation_id` answered `sync_code` (to the leader when
+    /// `leader`).
     fn sync_refused(
         &mut self,
         generation_id: i32,
         sync_code: i16,
+        leader: bool,
         reason: &mut String,
     ) -> Attempt<Assignment> {
         match sync_code {
+            // librdkafka's mock cluster completes a generation as soon as the leader's SyncGroup
+            // brings an assignment for every member, and answers a follower's SyncGroup that
+            // arrives after that INVALID_REQUEST (`rd_kafka_mock_cgrp_classic_check_state`: state
+            // Up); Kafka keeps the assignment for late followers. Rejoining gets a new
+            // generation, as librdkafka's own consumer does after any SyncGroup error. The
+            // leader's INVALID_REQUEST stays final: its assignments may really be malformed.
+            code::INVALID_REQUEST if !leader => {
+                tracing::info!(group = %self.config.group_id, generation = generation_id, "sync group answered invalid request (late follower), rejoining");
+                *reason = "sync answered INVALID_REQUEST".into();
+                Attempt::Again
+            }
             code::REBALANCE_IN_PROGRESS | code::ILLEGAL_GENERATION => {
                 tracing::debug!(group = %self.config.group_id, generation = generation_id, error = %error_name(sync_code), "sync group refused, rejoining");
                 *reason = format!("sync answered {}", error_name(sync_code));
@@ -297,7 +310,7 @@ impl Operation for JoinRound<'_> {
             .await?;
         let sync_code = member.sync_error_code(&body, version)?;
         if sync_code != code::NONE {
-            return Ok(member.sync_refused(generation_id, sync_code, &mut self.reason));
+            return Ok(member.sync_refused(generation_id, sync_code, leader, &mut self.reason));
         }
         let (partitions, user_data) = member.decode_sync(&body, version)?;
         Ok(Attempt::Done(Ok(Assignment {
