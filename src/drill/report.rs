@@ -57,6 +57,17 @@ impl DrillReport {
         );
         for (i, r) in self.rounds.iter().enumerate() {
             let ms = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v} ms"));
+            if let (super::Fault::Rolling, Some(moved)) = (r.fault, r.partitions_moved) {
+                let _ = writeln!(
+                    s,
+                    "  round {} (rolling restart of every instance): done after {}, {moved} partitions moved (generation {} -> {})",
+                    i + 1,
+                    ms(r.all_active_ms),
+                    r.generation_before,
+                    r.generation_after
+                );
+                continue;
+            }
             let _ = write!(
                 s,
                 "  round {} ({:?} {}): every partition answered after {}, had an active after {}, processed again after {}",
