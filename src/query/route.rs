@@ -204,8 +204,8 @@ impl<'a> Route<'a> {
             return Err(self.refusal().unwrap_or(unavailable));
         }
         let owners = st.routing.owners(partition);
-        // An active that just failed to answer is asked last; `consistency=active` gets a quick
-        // 503 (Retry-After) rather than another wait on it.
+        // An active that just failed to answer is asked last; `consistency=active` does not wait
+        // on it again (the request is retried until its deadline: a new active may appear).
         let active_suspect = owners
             .as_ref()
             .is_some_and(|o| st.suspects.is_suspect(&o.active));
