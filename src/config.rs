@@ -22,8 +22,8 @@ mod membership;
 mod query;
 mod windowed;
 
-use membership::MembershipFile;
 pub use membership::MembershipArgs;
+use membership::MembershipFile;
 use query::QueryFile;
 pub use query::{QueryArgs, QuerySettings};
 use windowed::WindowedFile;

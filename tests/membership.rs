@@ -598,7 +598,10 @@ async fn members_removed_by_mistake_are_fenced_and_rejoin_promptly() {
     assert!(codes.iter().all(|(_, c)| *c == 0), "{codes:?}");
     // Both notice (heartbeat: UNKNOWN_MEMBER_ID), rejoin under new member ids, and the group
     // forms again with all three, long before the session timeout.
-    let old_ids = [obs.latest[&1].member_id.clone(), obs.latest[&2].member_id.clone()];
+    let old_ids = [
+        obs.latest[&1].member_id.clone(),
+        obs.latest[&2].member_id.clone(),
+    ];
     let g2 = obs
         .wait_stable(&[0, 1, 2], g1, Duration::from_secs(20))
         .await;

@@ -89,8 +89,7 @@ async fn wait_all_active(
 fn leads(p: &Proc) -> bool {
     let log = std::fs::read_to_string(&p.log).unwrap_or_default();
     log.lines()
-        .filter(|l| l.contains("joined group generation="))
-        .next_back()
+        .rfind(|l| l.contains("joined group generation="))
         .is_some_and(|l| l.contains("leader=true"))
 }
 
@@ -110,7 +109,12 @@ async fn three_instances(
     let topic = unique(name);
     create_topic(&topic, 12).await;
     let app = unique(&format!("{name}-app"));
-    let extra = ["--session-timeout-ms", session_ms, "--standby-replicas", "1"];
+    let extra = [
+        "--session-timeout-ms",
+        session_ms,
+        "--standby-replicas",
+        "1",
+    ];
     let procs: Vec<Proc> = (0..3)
         .map(|i| start(&app, &topic, work, i, free_port(), &extra))
         .collect();
@@ -143,10 +147,7 @@ async fn a_killed_member_is_replaced_well_before_its_session_timeout() {
     let (mut procs, victim, g0, _) = three_instances(work.path(), "takeover-kill", "30000").await;
     let killed_at = Instant::now();
     procs[victim].kill9();
-    let live: Vec<&Proc> = (0..3)
-        .filter(|&i| i != victim)
-        .map(|i| &procs[i])
-        .collect();
+    let live: Vec<&Proc> = (0..3).filter(|&i| i != victim).map(|i| &procs[i]).collect();
     let live_eps: Vec<&str> = live.iter().map(|p| p.http.as_str()).collect();
     let (g1, actives) = wait_all_active(&live, &live_eps, g0, Duration::from_secs(25)).await;
     let took = killed_at.elapsed();
@@ -235,7 +236,14 @@ async fn a_static_member_restarted_on_a_new_endpoint_is_routed_to_there() {
         v
     };
     let other = start(&app, &topic, work.path(), 0, free_port(), &with_id("other"));
-    let mut moving = start(&app, &topic, work.path(), 1, free_port(), &with_id("moving"));
+    let mut moving = start(
+        &app,
+        &topic,
+        work.path(),
+        1,
+        free_port(),
+        &with_id("moving"),
+    );
     let (g0, _) = wait_all_active(
         &[&other, &moving],
         &[&other.http, &moving.http],
@@ -246,7 +254,14 @@ async fn a_static_member_restarted_on_a_new_endpoint_is_routed_to_there() {
     let old_endpoint = moving.http.clone();
     // A static member does not leave on SIGTERM: its seat waits for the restart.
     assert!(moving.terminate().success());
-    moving = start(&app, &topic, work.path(), 1, free_port(), &with_id("moving"));
+    moving = start(
+        &app,
+        &topic,
+        work.path(),
+        1,
+        free_port(),
+        &with_id("moving"),
+    );
     assert_ne!(moving.http, old_endpoint);
     let (g1, actives) = wait_all_active(
         &[&other, &moving],
@@ -271,7 +286,11 @@ async fn a_static_member_restarted_on_a_new_endpoint_is_routed_to_there() {
     .json()
     .await
     .unwrap();
-    assert_eq!(loc["active"], moving.http.as_str(), "generation {g1}: {loc}");
+    assert_eq!(
+        loc["active"],
+        moving.http.as_str(),
+        "generation {g1}: {loc}"
+    );
     for md in [
         metadata(&other.http).await.unwrap(),
         metadata(&moving.http).await.unwrap(),

@@ -202,7 +202,10 @@ impl GroupLoop {
                 }
             }
         };
-        if self.endpoint_is_stale(&assignment, &info, stale_rejoins).await {
+        if self
+            .endpoint_is_stale(&assignment, &info, stale_rejoins)
+            .await
+        {
             return Ok(Joined::Retry);
         }
         // Before the engine hears of the new generation, so it never sees it as stale.

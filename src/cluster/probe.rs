@@ -204,7 +204,10 @@ mod tests {
         assert!(prober.round().await.is_empty());
         let out = prober.round().await;
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!((out[0].member_id.as_str(), &out[0].endpoint), ("dead", &dead));
+        assert_eq!(
+            (out[0].member_id.as_str(), &out[0].endpoint),
+            ("dead", &dead)
+        );
         let off = ProbeSettings {
             policy: EvictionPolicy {
                 enabled: false,

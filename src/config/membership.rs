@@ -169,10 +169,11 @@ mod tests {
             member_probe_interval_ms: Some(5_000),
             ..Default::default()
         };
-        assert!(!off
-            .build(&MembershipFile::default(), SESSION)
-            .unwrap()
-            .policy
-            .enabled);
+        assert!(
+            !off.build(&MembershipFile::default(), SESSION)
+                .unwrap()
+                .policy
+                .enabled
+        );
     }
 }

@@ -131,6 +131,10 @@ mod tests {
         a.active.clear();
         assert_eq!(a.stale_endpoint("me:9"), Some((1, "me:1".into())));
         a.standby.clear();
-        assert_eq!(a.stale_endpoint("me:9"), None, "no copies, nothing routed here");
+        assert_eq!(
+            a.stale_endpoint("me:9"),
+            None,
+            "no copies, nothing routed here"
+        );
     }
 }
