@@ -18,9 +18,12 @@ use paystream_topology::ShippedTopologies;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod membership;
 mod query;
 mod windowed;
 
+pub use membership::MembershipArgs;
+use membership::MembershipFile;
 use query::QueryFile;
 pub use query::{QueryArgs, QuerySettings};
 use windowed::WindowedFile;
@@ -152,6 +155,9 @@ pub struct RunArgs {
     pub acceptable_recovery_lag: Option<i64>,
 
     #[command(flatten)]
+    pub membership: MembershipArgs,
+
+    #[command(flatten)]
     pub windowed: WindowedArgs,
 
     #[command(flatten)]
@@ -179,6 +185,9 @@ struct FileConfig {
     probing_rebalance_interval_ms: Option<u64>,
     acceptable_recovery_lag: Option<i64>,
     standalone: Option<bool>,
+    evict_dead_members: Option<bool>,
+    member_probe_interval_ms: Option<u64>,
+    member_probe_refusals: Option<u32>,
     sms_enabled: Option<bool>,
     sms_topic: Option<String>,
     sms_suppressed_topic: Option<String>,
@@ -222,6 +231,8 @@ pub struct RunSettings {
     pub probing_rebalance_interval: Duration,
     pub acceptable_recovery_lag: i64,
     pub standalone: bool,
+    /// The leader's probes of the other members and the removal of dead ones.
+    pub member_probes: crate::cluster::probe::ProbeSettings,
     /// Which windowed topologies run besides the order view.
     pub shipped: ShippedTopologies,
     /// Deadlines, peer timeouts and the concurrency limit of the query API.
@@ -405,6 +416,14 @@ impl RunArgs {
                 format!("{probing_ms} is outside 100..=3600000"),
             ));
         }
+        let member_probes = self.membership.build(
+            &MembershipFile {
+                evict_dead_members: file.evict_dead_members,
+                member_probe_interval_ms: file.member_probe_interval_ms,
+                member_probe_refusals: file.member_probe_refusals,
+            },
+            Duration::from_millis(session_ms),
+        )?;
         let acceptable_recovery_lag = self
             .acceptable_recovery_lag
             .or(file.acceptable_recovery_lag)
@@ -433,6 +452,7 @@ impl RunArgs {
             probing_rebalance_interval: Duration::from_millis(probing_ms),
             acceptable_recovery_lag,
             standalone: self.standalone || file.standalone.unwrap_or(false),
+            member_probes,
             shipped,
             query,
         })

@@ -312,6 +312,7 @@ async fn start_cluster(
         probing_interval: settings.probing_rebalance_interval,
         heartbeat_interval: heartbeat,
         leave_on_shutdown: settings.group_instance_id.is_none(),
+        probes: settings.member_probes,
     };
     tracing::info!(process_id = %p.process_id, "joining group {}", settings.application_id);
     Ok(tokio::spawn(group.run()))

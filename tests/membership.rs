@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use paystream::coordination::membership::{
-    Assignment, GroupMember, HeartbeatOutcome, JoinedMember, LeaderAssignor, MembershipConfig,
-    MembershipError,
+    Assignment, GroupMember, HeartbeatOutcome, JoinedMember, LeaderAssignor, MemberToRemove,
+    MembershipConfig, MembershipError,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -550,6 +550,66 @@ async fn a_leaving_member_triggers_a_prompt_rebalance_without_it() {
     }
 
     for m in [m0, m1] {
+        m.leave().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_removed_by_mistake_are_fenced_and_rejoin_promptly() {
+    init_tracing();
+    let topic = unique("membership-remove");
+    create_topic(&topic, 4).await;
+    let group = unique("membership-remove-g");
+    let assignor = RoundRobin::new(4);
+    let (tx, mut obs) = Observer::new();
+    // A long session timeout: only the removal can explain a prompt rebalance.
+    let mut cfg = config(&group, &topic);
+    cfg.session_timeout = Duration::from_secs(30);
+    let static_id = unique("static");
+    let mut static_cfg = cfg.clone();
+    static_cfg.group_instance_id = Some(static_id.clone());
+
+    let m0 = spawn_member(0, connect(cfg.clone()).await, assignor.clone(), tx.clone());
+    let m1 = spawn_member(1, connect(cfg.clone()).await, assignor.clone(), tx.clone());
+    let m2 = spawn_member(2, connect(static_cfg).await, assignor.clone(), tx.clone());
+    let g1 = obs
+        .wait_stable(&[0, 1, 2], 0, Duration::from_secs(60))
+        .await;
+
+    // Someone (a leader that misjudged them) removes the dynamic member 1 and the static
+    // member 2 while both are alive: LeaveGroup v3+ on their behalf.
+    let mut remover = connect(cfg.clone()).await;
+    let t = Instant::now();
+    let codes = remover
+        .remove_members(&[
+            MemberToRemove {
+                member_id: obs.latest[&1].member_id.clone(),
+                group_instance_id: None,
+                reason: "test: removed by mistake".into(),
+            },
+            MemberToRemove {
+                member_id: obs.latest[&2].member_id.clone(),
+                group_instance_id: Some(static_id.clone()),
+                reason: "test: removed by mistake".into(),
+            },
+        ])
+        .await
+        .expect("remove members");
+    assert!(codes.iter().all(|(_, c)| *c == 0), "{codes:?}");
+    // Both notice (heartbeat: UNKNOWN_MEMBER_ID), rejoin under new member ids, and the group
+    // forms again with all three, long before the session timeout.
+    let old_ids = [
+        obs.latest[&1].member_id.clone(),
+        obs.latest[&2].member_id.clone(),
+    ];
+    let g2 = obs
+        .wait_stable(&[0, 1, 2], g1, Duration::from_secs(20))
+        .await;
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    obs.check_generation(&assignor, &[0, 1, 2], g2);
+    assert_ne!(obs.latest[&1].member_id, old_ids[0]);
+    assert_ne!(obs.latest[&2].member_id, old_ids[1]);
+    for m in [m0, m1, m2] {
         m.leave().await;
     }
 }

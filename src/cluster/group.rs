@@ -15,6 +15,14 @@
 //! thread drops its actives until the next assignment. Every successful heartbeat is reported to
 //! the engine's [`Liveness`], so an instance that stops hearing from the coordinator fences
 //! itself before anyone else has to.
+//!
+//! Two things make the group see a change the coordinator would not tell it about in time:
+//! - On the leader, a [`MemberProber`] probes the other members' query endpoints; a member whose
+//!   endpoint refuses connections several times in a row (its process is gone) is removed with
+//!   LeaveGroup and the rebalance starts at once, not after its session timeout.
+//! - A member whose assignment names another endpoint for its own copies (a static member that
+//!   restarted with a new endpoint got its stored assignment back without a rebalance) leaves
+//!   and rejoins, so the leader sees the new endpoint and every instance routes to it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +30,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::probe::{MemberProber, ProbeSettings};
 use super::routing::RoutingTable;
+use crate::coordination::eviction::Eviction;
 use crate::coordination::leader::GroupAssignor;
-use crate::coordination::membership::{GroupMember, HeartbeatOutcome, MembershipError};
+use crate::coordination::membership::{
+    Assignment, GroupMember, HeartbeatOutcome, MemberToRemove, MembershipError,
+};
 use crate::coordination::protocol::{AssignmentInfo, SubscriptionInfo};
 use crate::engine::{
     lock, CommitRefused, EngineCommand, Liveness, OffsetCommitter, SharedHeldTasks,
@@ -85,7 +97,14 @@ pub struct GroupLoop {
     pub heartbeat_interval: Duration,
     /// Leave the group on shutdown (not with static membership: the seat is kept for a restart).
     pub leave_on_shutdown: bool,
+    /// The leader's probes of the other members (off: dead members wait for the session timeout).
+    pub probes: ProbeSettings,
 }
+
+/// How often in a row a member may leave and rejoin because its assignment named a stale
+/// endpoint; beyond it, the assignment is taken as it is (a leader that keeps publishing
+/// another endpoint must not cause a rebalance storm).
+const MAX_STALE_ENDPOINT_REJOINS: u32 = 3;
 
 async fn serve_commit(member: &mut GroupMember, req: CommitRequest) {
     let r = member
@@ -103,8 +122,12 @@ async fn serve_commit(member: &mut GroupMember, req: CommitRequest) {
 
 /// How a join attempt ended.
 enum Joined {
-    /// In a generation; rejoin after the probing interval if the leader asked for it.
-    Assigned { followup: bool },
+    /// In a generation; rejoin after the probing interval if the leader asked for it. On the
+    /// leader, the probes of the other members.
+    Assigned {
+        followup: bool,
+        prober: Option<MemberProber>,
+    },
     /// Try again (after the backoff).
     Retry,
     /// Shutting down.
@@ -115,8 +138,9 @@ impl GroupLoop {
     /// Run until shutdown. Returns an error only for failures that retrying cannot fix.
     pub async fn run(mut self) -> Result<(), MembershipError> {
         let mut backoff = Duration::from_millis(200);
+        let mut stale_rejoins = 0;
         loop {
-            match self.join_once().await? {
+            match self.join_once(&mut stale_rejoins).await? {
                 Joined::Stop => break,
                 Joined::Retry => {
                     tokio::select! {
@@ -125,9 +149,11 @@ impl GroupLoop {
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                Joined::Assigned { followup } => {
+                Joined::Assigned { followup, prober } => {
                     backoff = Duration::from_millis(200);
-                    if !self.heartbeat_until_rebalance(followup).await || !self.revoke().await {
+                    if !self.heartbeat_until_rebalance(followup, prober).await
+                        || !self.revoke().await
+                    {
                         break;
                     }
                 }
@@ -146,8 +172,9 @@ impl GroupLoop {
         Ok(())
     }
 
-    /// Join (or rejoin) and hand the assignment to the engine.
-    async fn join_once(&mut self) -> Result<Joined, MembershipError> {
+    /// Join (or rejoin) and hand the assignment to the engine. `stale_rejoins` counts the
+    /// rejoins in a row caused by a stale endpoint in the assignment.
+    async fn join_once(&mut self, stale_rejoins: &mut u32) -> Result<Joined, MembershipError> {
         let user_data = self
             .subscription()
             .encode()
@@ -164,8 +191,6 @@ impl GroupLoop {
             }
             Err(e) => return Err(e),
         };
-        // Before the engine hears of the new generation, so it never sees it as stale.
-        self.liveness.joined(assignment.generation_id);
         let info = if assignment.user_data.is_empty() {
             AssignmentInfo::default()
         } else {
@@ -177,6 +202,14 @@ impl GroupLoop {
                 }
             }
         };
+        if self
+            .endpoint_is_stale(&assignment, &info, stale_rejoins)
+            .await
+        {
+            return Ok(Joined::Retry);
+        }
+        // Before the engine hears of the new generation, so it never sees it as stale.
+        self.liveness.joined(assignment.generation_id);
         tracing::info!(
             generation = assignment.generation_id,
             leader = assignment.leader,
@@ -188,6 +221,16 @@ impl GroupLoop {
         self.routing
             .update(assignment.generation_id, info.partition_map.clone());
         let followup = info.followup_rebalance;
+        let prober = if assignment.leader {
+            MemberProber::new(
+                self.probes,
+                &assignment.member_id,
+                &self.identity.endpoint,
+                &assignment.members,
+            )
+        } else {
+            None
+        };
         let standby: Vec<i32> = info.standby.iter().chain(&info.warmup).copied().collect();
         let assign = EngineCommand::Assign {
             generation: assignment.generation_id,
@@ -198,11 +241,17 @@ impl GroupLoop {
         if self.commands.send(assign).is_err() {
             return Ok(Joined::Stop);
         }
-        Ok(Joined::Assigned { followup })
+        Ok(Joined::Assigned { followup, prober })
     }
 
-    /// Heartbeat (and serve commits) until a rebalance is due; `false` on shutdown.
-    async fn heartbeat_until_rebalance(&mut self, followup: bool) -> bool {
+    /// Heartbeat (and serve commits) until a rebalance is due; `false` on shutdown. On the
+    /// leader, `prober` probes the other members and removes the dead ones, which starts the
+    /// rebalance at once.
+    async fn heartbeat_until_rebalance(
+        &mut self,
+        followup: bool,
+        mut prober: Option<MemberProber>,
+    ) -> bool {
         let probe = tokio::time::sleep(if followup {
             self.probing_interval
         } else {
@@ -211,8 +260,23 @@ impl GroupLoop {
         tokio::pin!(probe);
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut member_probe = tokio::time::interval(
+            prober
+                .as_ref()
+                .map_or(Duration::from_secs(3600), MemberProber::interval),
+        );
+        member_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = member_probe.tick(), if prober.is_some() => {
+                    let evictions = match prober.as_mut() {
+                        Some(p) => p.round().await,
+                        None => Vec::new(),
+                    };
+                    if !evictions.is_empty() && self.evict(evictions).await {
+                        return true;
+                    }
+                }
                 _ = heartbeat.tick() => match self.member.heartbeat().await {
                     Ok(HeartbeatOutcome::Stable) => self.liveness.confirmed(),
                     Ok(HeartbeatOutcome::RebalanceNeeded) => return true,
@@ -250,6 +314,67 @@ impl GroupLoop {
 }
 
 impl GroupLoop {
+    /// Removes dead members from the group (LeaveGroup on their behalf); `true` when the
+    /// coordinator accepted, so the rebalance has started.
+    async fn evict(&mut self, evictions: Vec<Eviction>) -> bool {
+        for e in &evictions {
+            tracing::warn!(
+                member_id = %e.member_id, group_instance_id = ?e.group_instance_id,
+                endpoint = %e.endpoint, reason = %e.reason, "evicting member from the group"
+            );
+        }
+        let remove: Vec<MemberToRemove> = evictions
+            .into_iter()
+            .map(|e| MemberToRemove {
+                member_id: e.member_id,
+                group_instance_id: e.group_instance_id,
+                reason: e.reason,
+            })
+            .collect();
+        match self.member.remove_members(&remove).await {
+            Ok(codes) => {
+                for (member_id, code) in codes.iter().filter(|(_, c)| *c != 0) {
+                    tracing::info!(%member_id, code, "member was already gone or replaced");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove members; probing on");
+                false
+            }
+        }
+    }
+
+    /// Whether `info` names another endpoint for this member's copies than the one it has now
+    /// (see [`AssignmentInfo::stale_endpoint`]); if so (at most [`MAX_STALE_ENDPOINT_REJOINS`]
+    /// times in a row), leaves the group so that the rejoin starts a rebalance in which the
+    /// leader reads the current endpoint.
+    async fn endpoint_is_stale(
+        &mut self,
+        assignment: &Assignment,
+        info: &AssignmentInfo,
+        stale_rejoins: &mut u32,
+    ) -> bool {
+        let Some((partition, published)) = info.stale_endpoint(&self.identity.endpoint) else {
+            *stale_rejoins = 0;
+            return false;
+        };
+        if *stale_rejoins >= MAX_STALE_ENDPOINT_REJOINS {
+            tracing::warn!(partition, %published, endpoint = %self.identity.endpoint, "assignment still names a stale endpoint; keeping it");
+            return false;
+        }
+        *stale_rejoins += 1;
+        tracing::info!(
+            generation = assignment.generation_id, partition, %published,
+            endpoint = %self.identity.endpoint,
+            "the group publishes a stale endpoint for this member; leaving and rejoining"
+        );
+        if let Err(e) = self.member.leave().await {
+            tracing::warn!(error = %e, "leave group failed");
+        }
+        true
+    }
+
     /// What the next join tells the leader.
     fn subscription(&self) -> SubscriptionInfo {
         let held = lock(&self.held).clone();

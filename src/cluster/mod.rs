@@ -11,9 +11,12 @@
 //!   offset commits) → revoke and rejoin.
 //! - [`standalone`]: one instance owning every partition, no group protocol.
 //! - [`routing`]: the partition map of the current generation.
+//! - [`probe`]: the leader's probes of the other members' query endpoints; members whose process
+//!   is gone are removed from the group at once instead of after their session timeout.
 //! - [`identity`]: the instance's stable process id and the store positions it starts with.
 
 pub mod group;
 pub mod identity;
+pub mod probe;
 pub mod routing;
 pub mod standalone;

@@ -9,9 +9,12 @@
 //! - [`assignor`]: the pure assignment function (actives, standbys, warm-ups, partition map).
 //! - [`protocol`]: paystream's versioned user data inside the consumer-protocol envelopes.
 //! - [`leader`]: the leader-side adapter from JoinGroup members to [`assignor::assign`].
+//! - [`eviction`]: pure: which members the leader removes before their session times out, from
+//!   probes of their query endpoints.
 
 pub mod assignor;
 mod error;
+pub mod eviction;
 pub mod leader;
 pub mod membership;
 pub mod protocol;

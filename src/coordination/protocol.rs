@@ -66,6 +66,24 @@ impl AssignmentInfo {
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         codec::decode(bytes)
     }
+
+    /// A partition this assignment gives the member at `endpoint` while the partition map names
+    /// another endpoint for that copy, with the endpoint it names: the leader computed the map
+    /// from an older subscription of this member. That happens when a static member restarts
+    /// with another endpoint: the coordinator hands it its stored assignment without a
+    /// rebalance, so the leader never saw the new endpoint.
+    pub fn stale_endpoint(&self, endpoint: &str) -> Option<(i32, String)> {
+        let actives = self.active.iter().filter_map(|p| {
+            let named = self.partition_map.get(p).map(|o| o.active.as_str())?;
+            (named != endpoint).then(|| (*p, named.to_owned()))
+        });
+        let copies = self.standby.iter().chain(&self.warmup).filter_map(|p| {
+            let owners = self.partition_map.get(p)?;
+            (!owners.standbys.iter().any(|s| s == endpoint))
+                .then(|| (*p, owners.standbys.join(",")))
+        });
+        actives.chain(copies).next()
+    }
 }
 
 #[cfg(test)]
@@ -90,5 +108,33 @@ mod tests {
         assert_eq!(AssignmentInfo::decode(&a.encode().unwrap()).unwrap(), a);
         assert!(SubscriptionInfo::decode(b"").is_err());
         assert!(SubscriptionInfo::decode(&[99, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn an_assignment_naming_another_endpoint_for_my_copies_is_stale() {
+        use crate::coordination::assignor::PartitionOwners;
+        let owners = |active: &str, standbys: &[&str]| PartitionOwners {
+            active: active.into(),
+            standbys: standbys.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut a = AssignmentInfo {
+            active: vec![0],
+            standby: vec![1],
+            partition_map: BTreeMap::from([
+                (0, owners("me:1", &["other:2"])),
+                (1, owners("other:2", &["me:1"])),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(a.stale_endpoint("me:1"), None);
+        assert_eq!(a.stale_endpoint("me:9"), Some((0, "me:1".into())));
+        a.active.clear();
+        assert_eq!(a.stale_endpoint("me:9"), Some((1, "me:1".into())));
+        a.standby.clear();
+        assert_eq!(
+            a.stale_endpoint("me:9"),
+            None,
+            "no copies, nothing routed here"
+        );
     }
 }

@@ -1,15 +1,18 @@
 //! Staying in the group and leaving it: Heartbeat (which also tells a member that a rebalance
-//! started or that it was expelled) and LeaveGroup. Both are retried once, at once, on a fresh
-//! connection: a heartbeat is repeated soon anyway, and a failed leave ends in the session timeout.
+//! started or that it was expelled), LeaveGroup, and LeaveGroup on behalf of other members
+//! (removing dead ones, as KIP-345's admin `removeMembersFromConsumerGroup` does). All are
+//! retried once, at once, on a fresh connection: a heartbeat is repeated soon anyway, and a
+//! failed leave ends in the session timeout.
 
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::{
     HeartbeatRequest, HeartbeatResponse, LeaveGroupRequest, LeaveGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use tokio::time::Instant;
 
-use super::retry::{Attempt, Retry, SingleRequest};
-use super::{GroupMember, HeartbeatOutcome, Identity, MembershipError};
+use super::retry::{Attempt, Operation, Retry, SingleRequest};
+use super::{GroupMember, HeartbeatOutcome, Identity, MemberToRemove, MembershipError};
 use crate::coordination::error::{code, error_name};
 
 impl GroupMember {
@@ -53,6 +56,86 @@ impl GroupMember {
         self.member_id.clear();
         self.partitions.clear();
         outcome
+    }
+}
+
+impl GroupMember {
+    /// Removes other members from the group at once (LeaveGroup v3+ with their member ids and
+    /// instance ids), so the group rebalances without waiting for their session timeout. Returns
+    /// each member's error code (NONE, or UNKNOWN_MEMBER_ID / FENCED_INSTANCE_ID for a member
+    /// already gone or replaced). A member removed while alive is fenced and joins again.
+    pub async fn remove_members(
+        &mut self,
+        members: &[MemberToRemove],
+    ) -> Result<Vec<(String, i16)>, MembershipError> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let retry = Retry::once(
+            format!("removing members from group {}", self.config.group_id),
+            self.config.request_timeout,
+        );
+        let mut remove = RemoveMembers {
+            id: self.identity(),
+            members: members.to_vec(),
+        };
+        self.with_retries(retry, &mut remove).await
+    }
+}
+
+/// LeaveGroup on behalf of other members (v3+: the batch form).
+struct RemoveMembers {
+    id: Identity,
+    members: Vec<MemberToRemove>,
+}
+
+impl Operation for RemoveMembers {
+    type Output = Vec<(String, i16)>;
+
+    async fn attempt(
+        &mut self,
+        member: &mut GroupMember,
+        deadline: Instant,
+    ) -> Result<Attempt<Self::Output>, MembershipError> {
+        let version = member
+            .coordinator(deadline)
+            .await?
+            .version_of::<LeaveGroupRequest>()?;
+        if version < 3 {
+            return Ok(Attempt::Done(Err(MembershipError::Config(format!(
+                "removing other members needs LeaveGroup v3+, the broker offers v{version}"
+            )))));
+        }
+        let timeout = member.request_timeout(deadline);
+        let build = |v: i16| {
+            let mut req = LeaveGroupRequest::default();
+            req.group_id = self.id.group_id.clone();
+            req.members = self
+                .members
+                .iter()
+                .map(|m| {
+                    let mut identity = MemberIdentity::default();
+                    identity.member_id = StrBytes::from_string(m.member_id.clone());
+                    identity.group_instance_id =
+                        m.group_instance_id.clone().map(StrBytes::from_string);
+                    if v >= 5 {
+                        identity.reason =
+                            Some(StrBytes::from_string(format!("paystream: {}", m.reason)));
+                    }
+                    identity
+                })
+                .collect();
+            req
+        };
+        let response: LeaveGroupResponse = member.call(build, timeout, deadline).await?;
+        if response.error_code != code::NONE {
+            return Ok(Attempt::from_code("LeaveGroup", response.error_code));
+        }
+        Ok(Attempt::Done(Ok(response
+            .members
+            .iter()
+            .map(|m| (m.member_id.to_string(), m.error_code))
+            .collect())))
     }
 }
 

@@ -126,6 +126,18 @@ pub struct Assignment {
     pub leader: bool,
     pub partitions: Vec<i32>,
     pub user_data: Bytes,
+    /// Every member of the generation with its subscription user data, on the leader (also when
+    /// it skipped the assignment); empty on followers.
+    pub members: Vec<JoinedMember>,
+}
+
+/// A member to remove from the group ([`GroupMember::remove_members`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberToRemove {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    /// Sent to the coordinator (LeaveGroup v5+), which logs it.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -191,11 +191,29 @@ impl GroupMember {
     /// encodes everyone's assignment for SyncGroup.
     fn run_assignor(
         &self,
-        join: &JoinGroupResponse,
+        members: &[JoinedMember],
         assignor: &dyn LeaderAssignor,
     ) -> Result<Vec<SyncGroupRequestAssignment>, MembershipError> {
-        let members: Vec<JoinedMember> = join
-            .members
+        let mut plan = assignor.assign(members);
+        let mut out = Vec::with_capacity(members.len());
+        for m in members {
+            let (partitions, user_data) = plan.remove(&m.member_id).unwrap_or_default();
+            let mut a = SyncGroupRequestAssignment::default();
+            a.member_id = StrBytes::from_string(m.member_id.clone());
+            a.assignment = encode_assignment(&self.config.topic, &partitions, &user_data)?;
+            out.push(a);
+        }
+        for unknown in plan.keys() {
+            tracing::warn!(group = %self.config.group_id, member_id = %unknown, "assignor returned an assignment for a member not in the generation");
+        }
+        tracing::debug!(group = %self.config.group_id, members = members.len(), "computed group assignment as leader");
+        Ok(out)
+    }
+
+    /// The members of the generation in `join` (the leader's JoinGroup response lists them),
+    /// with the user data of their subscriptions.
+    fn joined_members(&self, join: &JoinGroupResponse) -> Vec<JoinedMember> {
+        join.members
             .iter()
             .map(|m| {
                 let user_data = match decode_subscription(&m.metadata) {
@@ -211,21 +229,7 @@ impl GroupMember {
                     user_data,
                 }
             })
-            .collect();
-        let mut plan = assignor.assign(&members);
-        let mut out = Vec::with_capacity(members.len());
-        for m in &members {
-            let (partitions, user_data) = plan.remove(&m.member_id).unwrap_or_default();
-            let mut a = SyncGroupRequestAssignment::default();
-            a.member_id = StrBytes::from_string(m.member_id.clone());
-            a.assignment = encode_assignment(&self.config.topic, &partitions, &user_data)?;
-            out.push(a);
-        }
-        for unknown in plan.keys() {
-            tracing::warn!(group = %self.config.group_id, member_id = %unknown, "assignor returned an assignment for a member not in the generation");
-        }
-        tracing::debug!(group = %self.config.group_id, members = members.len(), "computed group assignment as leader");
-        Ok(out)
+            .collect()
     }
 
     /// Sends SyncGroup for `generation_id` (with everyone's assignment on the leader) and
@@ -299,8 +303,13 @@ impl Operation for JoinRound<'_> {
             group = %member.config.group_id, generation = generation_id, member_id = %member.member_id,
             leader, members = join.members.len(), skip_assignment = join.skip_assignment, "joined group"
         );
+        let members = if leader {
+            member.joined_members(&join)
+        } else {
+            Vec::new()
+        };
         let assignments = if leader && !join.skip_assignment {
-            member.run_assignor(&join, self.assignor)?
+            member.run_assignor(&members, self.assignor)?
         } else {
             Vec::new()
         };
@@ -319,6 +328,7 @@ impl Operation for JoinRound<'_> {
             leader,
             partitions,
             user_data,
+            members,
         })))
     }
 }

@@ -313,7 +313,8 @@ async fn sync_errors_with_garbage_assignments_lead_to_a_rejoin() {
             member_id: "m-1".into(),
             leader: false,
             partitions: vec![3],
-            user_data: Bytes::from_static(b"x")
+            user_data: Bytes::from_static(b"x"),
+            members: vec![],
         }
     );
     assert_eq!(broker.count(ApiKey::JoinGroup), 3);
