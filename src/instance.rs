@@ -288,7 +288,7 @@ async fn start_cluster(
         settings.application_id.clone(),
         input,
     );
-    membership.client_id = format!("paystream-{}", settings.advertised_addr);
+    membership.client_id = crate::coordination::protocol::client_id(&settings.advertised_addr);
     membership.session_timeout = settings.session_timeout;
     let heartbeat = (settings.session_timeout / 5).min(std::time::Duration::from_secs(1));
     membership.heartbeat_interval = heartbeat;

@@ -1,7 +1,8 @@
 //! Group changes the coordinator alone would handle late or never, against a real broker with
 //! `paystream run` child processes:
 //! - a `kill -9`ed instance is removed by the leader (its query endpoint refuses connections)
-//!   and every partition has a new active well before the session timeout;
+//!   and every partition has a new active well before the session timeout; a killed leader is
+//!   removed the same way by the followers, which probe it;
 //! - a paused (SIGSTOP) instance is not removed before its session timeout;
 //! - a static member restarted on another endpoint is routed to at its new endpoint.
 //!
@@ -140,11 +141,19 @@ async fn three_instances(
     (procs, victim, g, a)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_member_is_replaced_well_before_its_session_timeout() {
-    let _one = ONE_GROUP.lock().await;
+/// Kills the follower (`leader` false) or the leader of a settled 3-instance group with a 30 s
+/// session timeout; every partition must have a new active well before that, after a live
+/// instance logged the eviction.
+async fn killed_instance_is_replaced_before_its_session_timeout(name: &str, leader: bool) {
     let work = tempfile::tempdir().unwrap();
-    let (mut procs, victim, g0, _) = three_instances(work.path(), "takeover-kill", "30000").await;
+    let (mut procs, follower, g0, _) = three_instances(work.path(), name, "30000").await;
+    let victim = if leader {
+        (0..3)
+            .find(|&i| leads(&procs[i]))
+            .expect("one instance leads")
+    } else {
+        follower
+    };
     let killed_at = Instant::now();
     procs[victim].kill9();
     let live: Vec<&Proc> = (0..3).filter(|&i| i != victim).map(|i| &procs[i]).collect();
@@ -152,8 +161,9 @@ async fn a_killed_member_is_replaced_well_before_its_session_timeout() {
     let (g1, actives) = wait_all_active(&live, &live_eps, g0, Duration::from_secs(25)).await;
     let took = killed_at.elapsed();
     eprintln!(
-        "takeover after kill -9: every partition had a new active after {} ms \
+        "takeover after kill -9 of the {}: every partition had a new active after {} ms \
          (generation {g0} -> {g1}, session timeout 30000 ms)",
+        if leader { "leader" } else { "follower" },
         took.as_millis()
     );
     assert!(
@@ -168,6 +178,19 @@ async fn a_killed_member_is_replaced_well_before_its_session_timeout() {
             .contains("evicting member from the group")
     });
     assert!(evicted, "no live instance logged the eviction");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_is_replaced_well_before_its_session_timeout() {
+    let _one = ONE_GROUP.lock().await;
+    killed_instance_is_replaced_before_its_session_timeout("takeover-kill", false).await;
+}
+
+/// The followers probe the leader: nobody else would notice it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_well_before_its_session_timeout() {
+    let _one = ONE_GROUP.lock().await;
+    killed_instance_is_replaced_before_its_session_timeout("takeover-kill-leader", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

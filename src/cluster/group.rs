@@ -19,7 +19,9 @@
 //! Two things make the group see a change the coordinator would not tell it about in time:
 //! - On the leader, a [`MemberProber`] probes the other members' query endpoints; a member whose
 //!   endpoint refuses connections several times in a row (its process is gone) is removed with
-//!   LeaveGroup and the rebalance starts at once, not after its session timeout.
+//!   LeaveGroup and the rebalance starts at once, not after its session timeout. In a dynamic
+//!   group every follower probes the leader the same way (a killed leader has no one else to
+//!   notice it); a static group leaves its members, the leader too, to the session timeout.
 //! - A member whose assignment names another endpoint for its own copies (a static member that
 //!   restarted with a new endpoint got its stored assignment back without a rebalance) leaves
 //!   and rejoins, so the leader sees the new endpoint and every instance routes to it.
@@ -37,7 +39,7 @@ use crate::coordination::leader::GroupAssignor;
 use crate::coordination::membership::{
     Assignment, GroupMember, HeartbeatOutcome, MemberToRemove, MembershipError,
 };
-use crate::coordination::protocol::{AssignmentInfo, SubscriptionInfo};
+use crate::coordination::protocol::{endpoint_of_member, AssignmentInfo, SubscriptionInfo};
 use crate::engine::{
     lock, CommitRefused, EngineCommand, Liveness, OffsetCommitter, SharedHeldTasks,
 };
@@ -229,7 +231,7 @@ impl GroupLoop {
                 &assignment.members,
             )
         } else {
-            None
+            self.leader_prober(&assignment, &info)
         };
         let standby: Vec<i32> = info.standby.iter().chain(&info.warmup).copied().collect();
         let assign = EngineCommand::Assign {
@@ -314,6 +316,35 @@ impl GroupLoop {
 }
 
 impl GroupLoop {
+    /// On a follower of a dynamic group: probes of the leader, whose endpoint its member id
+    /// names ([`endpoint_of_member`]) and the partition map confirms. A static group (this
+    /// member has a `group.instance.id`) leaves its leader to the session timeout, as the leader
+    /// leaves static members.
+    fn leader_prober(
+        &self,
+        assignment: &Assignment,
+        info: &AssignmentInfo,
+    ) -> Option<MemberProber> {
+        if self.member.config().group_instance_id.is_some() {
+            return None;
+        }
+        let endpoint = endpoint_of_member(&assignment.leader_id)?;
+        let known = info
+            .partition_map
+            .values()
+            .any(|o| o.active == endpoint || o.standbys.iter().any(|s| s == endpoint));
+        if !known {
+            return None;
+        }
+        MemberProber::of_leader(
+            self.probes,
+            &assignment.member_id,
+            &self.identity.endpoint,
+            &assignment.leader_id,
+            endpoint,
+        )
+    }
+
     /// Removes dead members from the group (LeaveGroup on their behalf); `true` when the
     /// coordinator accepted, so the rebalance has started.
     async fn evict(&mut self, evictions: Vec<Eviction>) -> bool {

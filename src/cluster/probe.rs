@@ -39,10 +39,12 @@ struct Target {
     endpoint: String,
 }
 
-/// The probes of one generation, on its leader.
+/// The probes of one generation: on its leader of every other member, on a follower of the
+/// leader.
 #[derive(Debug)]
 pub struct MemberProber {
     settings: ProbeSettings,
+    /// The probing member (never evicted by its own probes, nor a member on its endpoint).
     leader_member_id: String,
     leader_endpoint: String,
     targets: Vec<Target>,
@@ -81,6 +83,32 @@ impl MemberProber {
             leader_member_id: leader_member_id.to_owned(),
             leader_endpoint: leader_endpoint.to_owned(),
             targets,
+            streaks: ProbeStreaks::default(),
+        })
+    }
+
+    /// A follower's probes of the group leader at `leader_endpoint` (a killed leader has no
+    /// one else to notice it): the same rules, with this member in the prober's place. `None`
+    /// when probing is off or the leader is this member's own endpoint.
+    pub fn of_leader(
+        settings: ProbeSettings,
+        own_member_id: &str,
+        own_endpoint: &str,
+        leader_member_id: &str,
+        leader_endpoint: &str,
+    ) -> Option<Self> {
+        if !settings.policy.enabled || leader_endpoint == own_endpoint {
+            return None;
+        }
+        Some(Self {
+            settings,
+            leader_member_id: own_member_id.to_owned(),
+            leader_endpoint: own_endpoint.to_owned(),
+            targets: vec![Target {
+                member_id: leader_member_id.to_owned(),
+                group_instance_id: None,
+                endpoint: leader_endpoint.to_owned(),
+            }],
             streaks: ProbeStreaks::default(),
         })
     }

@@ -14,6 +14,30 @@ use serde::{Deserialize, Serialize};
 
 use super::assignor::{MemberInfo, PartitionOwners};
 
+/// The Kafka client id of the instance answering queries at `endpoint`: `paystream-<endpoint>`.
+/// The coordinator names a dynamic member `<client id>-<UUID>`, so every member can tell where
+/// the group's leader answers from the leader's member id alone ([`endpoint_of_member`]).
+pub fn client_id(endpoint: &str) -> String {
+    format!("{CLIENT_ID_PREFIX}{endpoint}")
+}
+
+const CLIENT_ID_PREFIX: &str = "paystream-";
+
+/// The query endpoint in a dynamic member's id (`paystream-<endpoint>-<UUID>`, see
+/// [`client_id`]); `None` for any other form (a static member's id starts with its
+/// `group.instance.id`).
+pub fn endpoint_of_member(member_id: &str) -> Option<&str> {
+    const UUID_LEN: usize = 36;
+    let rest = member_id.strip_prefix(CLIENT_ID_PREFIX)?;
+    let cut = rest.len().checked_sub(UUID_LEN + 1)?;
+    let (endpoint, uuid) = (rest.get(..cut)?, rest.get(cut..)?);
+    let uuid = uuid.strip_prefix('-')?;
+    let looks_like_uuid = uuid.chars().enumerate().all(|(i, c)| {
+        matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
+    });
+    (looks_like_uuid && endpoint.contains(':')).then_some(endpoint)
+}
+
 /// What a member tells the leader when it joins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionInfo {
@@ -89,6 +113,32 @@ impl AssignmentInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dynamic_member_id_names_its_endpoint_and_nothing_else_does() {
+        // As the coordinator forms it: `<client id>-<UUID>`.
+        let id = format!(
+            "{}-088375ec-aa79-4587-a405-b07780fa5753",
+            client_id("127.0.0.1:43991")
+        );
+        assert_eq!(endpoint_of_member(&id), Some("127.0.0.1:43991"));
+        let host = format!(
+            "{}-088375ec-aa79-4587-a405-b07780fa5753",
+            client_id("pay-1.svc:8080")
+        );
+        assert_eq!(endpoint_of_member(&host), Some("pay-1.svc:8080"));
+        for other in [
+            // A static member: its group.instance.id, not the client id.
+            "drill-0-088375ec-aa79-4587-a405-b07780fa5753",
+            "paystream-0-088375ec-aa79-4587-a405-b07780fa5753",
+            "paystream-127.0.0.1:1-not-a-uuid-at-all-xxxxxxxxxxxxxxxxx",
+            "paystream-127.0.0.1:1",
+            "paystream-",
+            "",
+        ] {
+            assert_eq!(endpoint_of_member(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn round_trips_and_rejects_garbage() {

@@ -124,6 +124,8 @@ pub struct Assignment {
     /// This member is the group leader (it ran the assignor, unless the coordinator told a
     /// rejoining static leader to skip the assignment).
     pub leader: bool,
+    /// The leader's member id (every member learns it from JoinGroup).
+    pub leader_id: String,
     pub partitions: Vec<i32>,
     pub user_data: Bytes,
     /// Every member of the generation with its subscription user data, on the leader (also when

@@ -326,6 +326,7 @@ impl Operation for JoinRound<'_> {
             generation_id,
             member_id: member.member_id.clone(),
             leader,
+            leader_id: join.leader.to_string(),
             partitions,
             user_data,
             members,

@@ -312,6 +312,7 @@ async fn sync_errors_with_garbage_assignments_lead_to_a_rejoin() {
             generation_id: 3,
             member_id: "m-1".into(),
             leader: false,
+            leader_id: "other".into(),
             partitions: vec![3],
             user_data: Bytes::from_static(b"x"),
             members: vec![],
