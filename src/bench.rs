@@ -373,7 +373,7 @@ pub fn cluster_ingest(opts: &BenchOptions, instances: usize) -> Result<Vec<Figur
         let app = format!("bench-group-{nanos}");
         let mut cluster = Cluster::new(&drill, &app, &topic);
         for i in 0..instances {
-            cluster.start(i)?;
+            cluster.start(i).await?;
         }
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(1800);
@@ -493,8 +493,8 @@ pub fn latency(opts: &BenchOptions, rate: u64, queries: u64) -> Result<Vec<Figur
         drill.session_timeout_ms = 10_000;
         drill.processing_guarantee = opts.processing_guarantee;
         let mut cluster = Cluster::new(&drill, &format!("latency-{nanos}"), &topic);
-        cluster.start(0)?;
-        cluster.start(1)?;
+        cluster.start(0).await?;
+        cluster.start(1).await?;
         cluster
             .wait_stable(Duration::from_secs(120))
             .await

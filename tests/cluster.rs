@@ -66,7 +66,7 @@ async fn three_instances_answer_two_thousand_random_keys_on_any_instance() {
     let opts = options(work.path(), 3);
     let mut cluster = Cluster::new(&opts, &unique("app"), &topic);
     for i in 0..3 {
-        cluster.start(i).unwrap();
+        cluster.start(i).await.unwrap();
     }
     cluster.wait_stable(Duration::from_secs(120)).await.unwrap();
     // Each instance is active for about a third of the partitions and standby for others (the
@@ -132,7 +132,7 @@ async fn scale_out_from_one_to_three_under_load_fails_no_query() {
     create_topic(&topic, 12).await;
     let opts = options(work.path(), 3);
     let mut cluster = Cluster::new(&opts, &unique("app"), &topic);
-    cluster.start(0).unwrap();
+    cluster.start(0).await.unwrap();
     cluster.wait_stable(Duration::from_secs(120)).await.unwrap();
     let before = produce_orders(&topic, 0, 3_000, None).await;
     let before_model = model_of(&before);
@@ -157,9 +157,9 @@ async fn scale_out_from_one_to_three_under_load_fails_no_query() {
         let topic = topic.clone();
         tokio::spawn(async move { produce_orders(&topic, 3_000, 3_000, Some(1_500)).await })
     };
-    cluster.start(1).unwrap();
+    cluster.start(1).await.unwrap();
     cluster.wait_stable(Duration::from_secs(120)).await.unwrap();
-    cluster.start(2).unwrap();
+    cluster.start(2).await.unwrap();
     cluster.wait_stable(Duration::from_secs(120)).await.unwrap();
     let during = during.await.unwrap();
     let mut model = before_model;

@@ -16,7 +16,7 @@ use common::model::{expected_sms, order_views, view_matches};
 use common::*;
 use paystream::config::ProcessingGuarantee;
 use paystream::drill::model::{events_by_order, final_views};
-use paystream::drill::{run, DrillOptions, DrillReport, Fault};
+use paystream::drill::{run, Commands, DrillOptions, DrillReport, Fault, RunningCluster};
 use paystream::produce::{GeneratorOptions, Traffic};
 
 /// One cluster at a time (see tests/cluster.rs).
@@ -208,4 +208,113 @@ async fn broker_drill_three_rounds_on_three_brokers_answers_right_and_loses_noth
     let targets: std::collections::BTreeSet<&str> =
         r.rounds.iter().map(|x| x.target.as_str()).collect();
     assert!(!targets.is_empty(), "{}", r.summary());
+}
+
+/// A cluster the drill did not start: three `paystream run` processes started by a script, as
+/// an operator's tooling would, each with its pid in `<dir>/<index>.pid`.
+struct ScriptedCluster {
+    dir: PathBuf,
+    start: String,
+}
+
+impl ScriptedCluster {
+    fn new(dir: &std::path::Path, app: &str, topic: &str) -> ScriptedCluster {
+        let ports: Vec<String> = (0..3)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port().to_string()
+            })
+            .collect();
+        std::fs::write(dir.join("ports"), ports.join("\n") + "\n").unwrap();
+        let script = format!(
+            r#"i="$1"
+port=$(sed -n "$((i + 1))p" {dir}/ports)
+nohup {bin} run --bootstrap-servers {bootstrap} --application-id {app} --input-topic {topic} \
+  --state-dir {dir}/state-$i --http-addr 127.0.0.1:$port --standby-replicas 1 \
+  --session-timeout-ms 6000 --probing-rebalance-interval-ms 2000 \
+  --sms-topic {app}.SEND_SMS --approval-timeout-topic {app}.APPROVAL_TIMEOUT \
+  >> {dir}/instance-$i.log 2>&1 &
+echo $! > {dir}/$i.pid
+"#,
+            dir = dir.display(),
+            bin = env!("CARGO_BIN_EXE_paystream"),
+            bootstrap = bootstrap(),
+        );
+        std::fs::write(dir.join("start.sh"), script).unwrap();
+        let start = format!("sh {}/start.sh {{index}}", dir.display());
+        for i in 0..3 {
+            let cmd = start.replace("{index}", &i.to_string());
+            assert!(Command::new("sh")
+                .args(["-c", &cmd])
+                .status()
+                .unwrap()
+                .success());
+        }
+        ScriptedCluster {
+            dir: dir.to_owned(),
+            start,
+        }
+    }
+
+    fn targets(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("ports"))
+            .unwrap()
+            .lines()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// `kill -<signal>` of instance `{index}` as a drill command.
+    fn signal(&self, signal: &str) -> String {
+        format!("kill -{signal} $(cat {}/{{index}}.pid)", self.dir.display())
+    }
+}
+
+impl Drop for ScriptedCluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            let pid = self.dir.join(format!("{i}.pid"));
+            let cmd = format!("kill -CONT $(cat {0}); kill -9 $(cat {0})", pid.display());
+            let _ = Command::new("sh")
+                .args(["-c", &cmd])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `--targets`: the drill acts on a running cluster only through the operator's commands
+/// (kill, start, pause, resume) and checks every answer as it does on its own instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_on_a_running_cluster_through_operator_commands() {
+    let _one = ONE_CLUSTER.lock().await;
+    let work = tempfile::tempdir().unwrap();
+    let (app, topic) = (unique("running"), unique("running-input"));
+    create_topic(&topic, 12).await;
+    let cluster = ScriptedCluster::new(work.path(), &app, &topic);
+    let mut o = options(&work.path().join("drill"), Fault::Kill);
+    o.faults = vec![Fault::Kill, Fault::Pause];
+    o.rounds = 1;
+    o.running = Some(RunningCluster {
+        targets: cluster.targets(),
+        application_id: app.clone(),
+        input_topic: topic,
+        sms_topic: format!("{app}.SEND_SMS"),
+        commands: Commands {
+            kill: Some(cluster.signal("9")),
+            start: Some(cluster.start.clone()),
+            pause: Some(cluster.signal("STOP")),
+            resume: Some(cluster.signal("CONT")),
+            stop: None,
+        },
+    });
+    let r = run(&o).await.unwrap();
+    assert_passed(&r);
+    assert_eq!(r.rounds.len(), 2);
+    for round in &r.rounds {
+        assert!(
+            round.generation_after > round.generation_before,
+            "the victim left the group: {round:?}"
+        );
+    }
 }

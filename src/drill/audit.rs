@@ -1,5 +1,6 @@
 //! After the drill: read `SEND_SMS` and its suppressed topic as a downstream consumer would
-//! (`read_committed`, from the beginning to the end) and count every (order, template).
+//! (`read_committed`, from where they ended when the drill began to their end now) and count
+//! every (order, template).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,17 +12,17 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{step, DrillError};
 use crate::kafka::client::source_consumer_config;
 
-/// (order id, template) → copies found in `topics` (blocking; up to `timeout`).
-pub fn count_sms(
-    bootstrap: &str,
-    topics: &[String],
-    timeout: Duration,
-) -> Result<BTreeMap<(String, String), usize>, DrillError> {
-    let consumer: BaseConsumer = source_consumer_config(bootstrap, "paystream-drill-audit")
+/// Where each partition of `topics` ends now (a topic that does not exist has none).
+pub type Ends = BTreeMap<(String, i32), i64>;
+
+fn audit_consumer(bootstrap: &str) -> Result<BaseConsumer, DrillError> {
+    source_consumer_config(bootstrap, "paystream-drill-audit")
         .create()
-        .map_err(step("audit consumer"))?;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
+        .map_err(step("audit consumer"))
+}
+
+fn ends_of(consumer: &BaseConsumer, topics: &[String]) -> Result<Ends, DrillError> {
+    let mut ends = Ends::new();
     for topic in topics {
         let md = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -31,13 +32,36 @@ pub fn count_sms(
                 let (_, high) = consumer
                     .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
                     .map_err(step("audit watermarks"))?;
-                if high > 0 {
-                    tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                        .map_err(step("audit assignment"))?;
-                    ends.insert((topic.clone(), p.id()), high);
-                }
+                ends.insert((topic.clone(), p.id()), high);
             }
         }
+    }
+    Ok(ends)
+}
+
+/// The end offsets of `topics` now (blocking), for [`count_sms`] to start from.
+pub fn ends(bootstrap: &str, topics: &[String]) -> Result<Ends, DrillError> {
+    ends_of(&audit_consumer(bootstrap)?, topics)
+}
+
+/// (order id, template) → copies found in `topics` between `from` (a partition missing there:
+/// its beginning) and their end now (blocking; up to `timeout`).
+pub fn count_sms(
+    bootstrap: &str,
+    topics: &[String],
+    from: &Ends,
+    timeout: Duration,
+) -> Result<BTreeMap<(String, String), usize>, DrillError> {
+    let consumer = audit_consumer(bootstrap)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = ends_of(&consumer, topics)?;
+    ends.retain(|key, high| *high > from.get(key).copied().unwrap_or(0));
+    for (topic, partition) in ends.keys() {
+        let start = from
+            .get(&(topic.clone(), *partition))
+            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+        tpl.add_partition_offset(topic, *partition, start)
+            .map_err(step("audit assignment"))?;
     }
     consumer.assign(&tpl).map_err(step("audit assign"))?;
     let mut found: BTreeMap<(String, String), usize> = BTreeMap::new();

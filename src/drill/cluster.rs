@@ -1,4 +1,5 @@
-//! A cluster of `paystream run` child processes on loopback, for drills and tests.
+//! The drilled cluster: `paystream run` child processes on loopback that the drill starts, or
+//! a running cluster (`--targets`) it acts on through operator commands.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use paystream_topology::partition_for_key;
 
-use super::{step, DrillError, DrillOptions};
+use super::{command, step, DrillError, DrillOptions};
 
 /// The instances, by index. `live` lists the endpoints that answer queries (killed or not yet
 /// ready instances are left out, as a load balancer would).
@@ -16,7 +17,10 @@ pub struct Cluster {
     opts: DrillOptions,
     app: String,
     topic: String,
+    /// Children the drill started (empty slots on a running cluster).
     procs: Vec<Option<Child>>,
+    /// A running cluster: which instances the drill has not killed or stopped.
+    up: Vec<bool>,
     pub ports: Vec<u16>,
     pub live: Arc<RwLock<Vec<String>>>,
     client: reqwest::Client,
@@ -36,6 +40,7 @@ impl Cluster {
             app: app.to_owned(),
             topic: topic.to_owned(),
             procs: (0..opts.instances).map(|_| None).collect(),
+            up: vec![true; opts.instances],
             ports: (0..opts.instances).map(|_| free_port()).collect(),
             live: Arc::new(RwLock::new(Vec::new())),
             client: reqwest::Client::builder()
@@ -46,7 +51,77 @@ impl Cluster {
     }
 
     pub fn endpoint(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.ports[i])
+        match &self.opts.running {
+            Some(r) => r.targets[i].clone(),
+            None => format!("127.0.0.1:{}", self.ports[i]),
+        }
+    }
+
+    /// After a kill or pause command: instance `i` must stop answering `/health` (refused or
+    /// no answer within a second) within 30 s, or the command did not do what it says and the
+    /// round would measure nothing.
+    async fn wait_silent(&self, i: usize, flag: &str) -> Result<(), DrillError> {
+        let url = format!("http://{}/health", self.endpoint(i));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let asked = self.client.get(&url).timeout(Duration::from_secs(1)).send();
+            if asked.await.is_err() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(DrillError::Step(format!(
+            "{flag} ran for instance {i} but {} still answers after 30 s",
+            self.endpoint(i)
+        )))
+    }
+
+    /// Run a running cluster's operator command on instance `i`.
+    async fn operate(
+        &self,
+        what: &str,
+        template: &Option<String>,
+        i: usize,
+    ) -> Result<(), DrillError> {
+        let template = template
+            .as_deref()
+            .ok_or_else(|| DrillError::Step(format!("no command to {what} an instance")))?;
+        let vars = [("index", i.to_string()), ("endpoint", self.endpoint(i))];
+        command::run(template, &vars, &self.opts.work_dir.join("commands.log")).await
+    }
+
+    /// The partition count of a running cluster's input topic, after checking that every target
+    /// answers `/metadata` under the endpoint it advertises (the partition map names instances
+    /// by that endpoint; a load balancer's address in `--targets` would never match it).
+    /// Each target has `timeout` to answer (it may still be starting).
+    pub async fn check_targets(&self, timeout: Duration) -> Result<i32, DrillError> {
+        let deadline = Instant::now() + timeout;
+        let mut partitions = None;
+        for i in 0..self.opts.instances {
+            let ep = self.endpoint(i);
+            let md = loop {
+                if let Some(md) = self.json(&ep, "/metadata").await {
+                    break md;
+                }
+                if Instant::now() > deadline {
+                    return Err(DrillError::Step(format!(
+                        "target {ep}: no answer to GET /metadata within {timeout:?}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let served_by = md["served_by"].as_str().unwrap_or_default();
+            if served_by != ep {
+                return Err(DrillError::Options(format!(
+                    "--targets: {ep} advertises itself as {served_by:?}; give each instance's advertised endpoint"
+                )));
+            }
+            partitions = partitions.or(md["partition_count"].as_i64());
+        }
+        partitions
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| DrillError::Step("the targets report no partition count".into()))
     }
 
     fn state_dir(&self, i: usize) -> PathBuf {
@@ -58,7 +133,12 @@ impl Cluster {
 
     /// Start (or restart, with the same state directory and port) instance `i`. It joins the
     /// live set once `/health` says it is ready (see [`Cluster::wait_stable`]).
-    pub fn start(&mut self, i: usize) -> Result<(), DrillError> {
+    pub async fn start(&mut self, i: usize) -> Result<(), DrillError> {
+        if let Some(r) = &self.opts.running {
+            self.operate("start", &r.commands.start, i).await?;
+            self.up[i] = true;
+            return Ok(());
+        }
         let dir = self.state_dir(i);
         std::fs::create_dir_all(&dir).map_err(step("state dir"))?;
         let log = std::fs::OpenOptions::new()
@@ -121,15 +201,18 @@ impl Cluster {
     }
 
     /// SIGKILL `i` (no flush, no commit, no leave) and take it out of the live set.
-    pub async fn kill9(&mut self, i: usize) {
-        let ep = self.endpoint(i);
-        if let Ok(mut l) = self.live.write() {
-            l.retain(|e| *e != ep);
+    pub async fn kill9(&mut self, i: usize) -> Result<(), DrillError> {
+        self.set_live(i, false);
+        if let Some(r) = &self.opts.running {
+            self.operate("kill", &r.commands.kill, i).await?;
+            self.up[i] = false;
+            return self.wait_silent(i, "--kill-cmd").await;
         }
         if let Some(mut c) = self.procs[i].take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        Ok(())
     }
 
     /// The process id of instance `i`, if it runs.
@@ -165,19 +248,33 @@ impl Cluster {
 
     /// SIGSTOP instance `i` (a long GC pause, a frozen VM): it stops answering and
     /// heartbeating but holds its sockets.
-    pub fn pause(&mut self, i: usize) -> Result<(), DrillError> {
+    pub async fn pause(&mut self, i: usize) -> Result<(), DrillError> {
         self.set_live(i, false);
-        self.signal(i, "-STOP")
+        match &self.opts.running {
+            Some(r) => {
+                self.operate("pause", &r.commands.pause, i).await?;
+                self.wait_silent(i, "--pause-cmd").await
+            }
+            None => self.signal(i, "-STOP"),
+        }
     }
 
     /// SIGCONT a paused instance; it rejoins the live set at the next [`Cluster::wait_stable`].
-    pub fn resume(&mut self, i: usize) -> Result<(), DrillError> {
-        self.signal(i, "-CONT")
+    pub async fn resume(&mut self, i: usize) -> Result<(), DrillError> {
+        match &self.opts.running {
+            Some(r) => self.operate("resume", &r.commands.resume, i).await,
+            None => self.signal(i, "-CONT"),
+        }
     }
 
     /// SIGTERM instance `i` and wait (up to 60 s, then SIGKILL) until it exited.
     pub async fn terminate(&mut self, i: usize) -> Result<(), DrillError> {
         self.set_live(i, false);
+        if let Some(r) = &self.opts.running {
+            self.operate("stop", &r.commands.stop, i).await?;
+            self.up[i] = false;
+            return Ok(());
+        }
         self.signal(i, "-TERM")?;
         let deadline = Instant::now() + Duration::from_secs(60);
         if let Some(c) = self.procs[i].as_mut() {
@@ -247,7 +344,10 @@ impl Cluster {
 
     fn running(&self) -> Vec<usize> {
         (0..self.procs.len())
-            .filter(|i| self.procs[*i].is_some())
+            .filter(|i| match self.opts.running {
+                Some(_) => self.up[*i],
+                None => self.procs[*i].is_some(),
+            })
             .collect()
     }
 
@@ -256,7 +356,7 @@ impl Cluster {
     pub async fn wait_stable(&mut self, timeout: Duration) -> Result<(), DrillError> {
         let deadline = Instant::now() + timeout;
         loop {
-            for i in self.running() {
+            for i in 0..self.procs.len() {
                 if let Some(Ok(Some(status))) = self.procs[i].as_mut().map(|c| c.try_wait()) {
                     let path = self.state_dir(i).with_extension("log");
                     let log = std::fs::read_to_string(&path).unwrap_or_default();
@@ -349,12 +449,13 @@ impl Cluster {
     pub async fn wait_all_partitions_answer(
         &self,
         known: &[String],
+        partitions: i32,
         timeout: Duration,
     ) -> Result<Instant, DrillError> {
         let mut per_partition: BTreeMap<i32, &String> = BTreeMap::new();
         for k in known {
             per_partition
-                .entry(partition_for_key(k.as_bytes(), 12))
+                .entry(partition_for_key(k.as_bytes(), partitions))
                 .or_insert(k);
         }
         let deadline = Instant::now() + timeout;

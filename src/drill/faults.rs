@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::cluster::Cluster;
 use super::traffic::Facts;
-use super::{step, DrillError, DrillOptions, PARTITIONS};
+use super::{command, step, DrillError, DrillOptions};
 use crate::kafka::client::restore_consumer_config;
 
 /// A fault kind (`--faults kill,pause,rolling,broker`).
@@ -89,6 +89,8 @@ pub struct Ctx<'a> {
     pub topic: &'a str,
     /// One started order per partition, for the answer sweep.
     pub sweep: &'a [String],
+    /// Partitions of the input topic.
+    pub partitions: i32,
     pub timeout: Duration,
     /// Cancelled once the producer sent its last event.
     pub traffic_done: tokio_util::sync::CancellationToken,
@@ -103,7 +105,7 @@ impl Ctx<'_> {
     ) -> Result<(), DrillError> {
         let answered = self
             .cluster
-            .wait_all_partitions_answer(self.sweep, self.timeout)
+            .wait_all_partitions_answer(self.sweep, self.partitions, self.timeout)
             .await?;
         r.report.answers_again_ms = Some(r.ms(answered));
         r.note("every partition answers");
@@ -123,7 +125,7 @@ impl Ctx<'_> {
         while Instant::now() < deadline && !self.traffic_done.is_cancelled() {
             if let Some(at) = self
                 .facts
-                .with(|c| c.resumed_at(PARTITIONS, since))
+                .with(|c| c.resumed_at(self.partitions, since))
                 .flatten()
             {
                 return Some(at.saturating_sub(since) / 1_000);
@@ -137,13 +139,13 @@ impl Ctx<'_> {
         let generation = self.cluster.generation().await;
         let mut r = Round::new(Fault::Kill, format!("instance {victim}"), generation);
         let since = self.facts.now();
-        self.cluster.kill9(victim).await;
+        self.cluster.kill9(victim).await?;
         r.note(format!("SIGKILL instance {victim}"));
         self.measure(&mut r, Some(generation)).await?;
         r.report.processing_resumed_ms = self.processing_resumed(since).await;
         r.report.generation_after = self.cluster.generation().await;
         if self.opts.restart {
-            self.cluster.start(victim)?;
+            self.cluster.start(victim).await?;
             self.cluster.wait_stable(self.timeout).await?;
             r.note(format!("instance {victim} restarted and ready"));
         }
@@ -154,7 +156,7 @@ impl Ctx<'_> {
         let generation = self.cluster.generation().await;
         let mut r = Round::new(Fault::Pause, format!("instance {victim}"), generation);
         let since = self.facts.now();
-        self.cluster.pause(victim)?;
+        self.cluster.pause(victim).await?;
         r.note(format!("SIGSTOP instance {victim}"));
         self.measure(&mut r, Some(generation)).await?;
         r.report.processing_resumed_ms = self.processing_resumed(since).await;
@@ -162,7 +164,7 @@ impl Ctx<'_> {
         if let Some(left) = pause.checked_sub(r.started.elapsed()) {
             tokio::time::sleep(left).await;
         }
-        self.cluster.resume(victim)?;
+        self.cluster.resume(victim).await?;
         r.note(format!("SIGCONT instance {victim}"));
         self.cluster.wait_stable(self.timeout).await?;
         r.note(format!("instance {victim} rejoined and ready"));
@@ -177,7 +179,7 @@ impl Ctx<'_> {
         for i in 0..self.opts.instances {
             self.cluster.terminate(i).await?;
             r.note(format!("SIGTERM instance {i}: exited"));
-            self.cluster.start(i)?;
+            self.cluster.start(i).await?;
             self.cluster.wait_stable(self.timeout).await?;
             r.note(format!("instance {i} restarted and ready"));
         }
@@ -194,12 +196,19 @@ impl Ctx<'_> {
         Ok(r.report)
     }
 
+    /// Run a broker command with `{id}` = the broker's node id.
+    async fn broker_command(&self, template: &str, id: i32) -> Result<(), DrillError> {
+        let log = self.opts.work_dir.join("commands.log");
+        command::run(template, &[("id", id.to_string())], &log).await
+    }
+
     pub async fn broker(&mut self) -> Result<RoundReport, DrillError> {
         let generation = self.cluster.generation().await;
         let leader = leader_of_most(&self.opts.bootstrap_servers, self.topic).await?;
         let mut r = Round::new(Fault::Broker, format!("broker {leader}"), generation);
         let since = self.facts.now();
-        shell(&self.opts.broker_kill_cmd, leader).await?;
+        self.broker_command(&self.opts.broker_kill_cmd, leader)
+            .await?;
         r.note(format!(
             "killed broker {leader} (leader of the most partitions)"
         ));
@@ -210,30 +219,12 @@ impl Ctx<'_> {
         if let Some(left) = down.checked_sub(r.started.elapsed()) {
             tokio::time::sleep(left).await;
         }
-        shell(&self.opts.broker_start_cmd, leader).await?;
+        self.broker_command(&self.opts.broker_start_cmd, leader)
+            .await?;
         r.note(format!("broker {leader} started again"));
         self.cluster.wait_stable(self.timeout).await?;
         r.report.generation_after = self.cluster.generation().await;
         Ok(r.report)
-    }
-}
-
-/// Run `template` with `{id}` replaced by the broker id, through `sh -c`.
-async fn shell(template: &str, id: i32) -> Result<(), DrillError> {
-    let cmd = template.replace("{id}", &id.to_string());
-    let out = tokio::process::Command::new("sh")
-        .args(["-c", &cmd])
-        .output()
-        .await
-        .map_err(step("broker command"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(DrillError::Step(format!(
-            "`{cmd}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
     }
 }
 

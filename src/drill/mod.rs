@@ -1,6 +1,7 @@
 //! `paystream drill`: a failover rehearsal that checks every answer.
 //!
-//! Starts N `paystream run` processes (one group), produces known traffic while it records
+//! Starts N `paystream run` processes (one group), or drives a running cluster through the
+//! operator's commands ([`RunningCluster`]), produces known traffic while it records
 //! what the broker acknowledged and what the group committed, keeps a query load on every
 //! instance (the victim included), injects faults round by round (`kill`, `pause`, `rolling`,
 //! `broker`), and reports: queries sent, failed, answered stale (and how far behind), answered
@@ -13,13 +14,15 @@
 //! - [`load`]: the query load.
 //! - [`faults`]: the rounds and their timelines.
 //! - [`audit`]: reads the SMS topics at the end.
-//! - [`cluster`]: child processes, their endpoints, health and metadata.
+//! - [`cluster`]: child processes (or a running cluster's endpoints), health and metadata.
+//! - [`command`]: operator commands (`--kill-cmd`, `--broker-kill-cmd`, ...).
 //! - [`report`]: the findings, as text or JSON, and whether they pass.
 
 pub mod args;
 pub mod audit;
 pub mod checker;
 pub mod cluster;
+pub mod command;
 pub mod faults;
 pub mod load;
 pub mod model;
@@ -89,7 +92,37 @@ pub struct DrillOptions {
     pub work_dir: PathBuf,
     /// The `paystream` binary to start instances with.
     pub binary: PathBuf,
+    /// A running cluster to drill instead of starting instances (`--targets`).
+    pub running: Option<RunningCluster>,
     pub seed: u64,
+}
+
+/// A cluster the drill did not start: where its instances answer, what they consume, and the
+/// commands that act on one of them (`{index}`: 0-based in `targets` order, `{endpoint}`: its
+/// `host:port`).
+#[derive(Debug, Clone, Default)]
+pub struct RunningCluster {
+    /// Each instance's query endpoint as it advertises itself (`/metadata` `served_by`).
+    pub targets: Vec<String>,
+    /// The cluster's `--application-id` (its consumer group).
+    pub application_id: String,
+    pub input_topic: String,
+    pub sms_topic: String,
+    pub commands: Commands,
+}
+
+/// Operator commands for a running cluster; a fault whose commands are missing is refused.
+#[derive(Debug, Clone, Default)]
+pub struct Commands {
+    /// Kill the instance at once (`kill -9`, `docker kill`, `kubectl delete pod --now`).
+    pub kill: Option<String>,
+    /// Start it again (with its state directory); may return before it is ready.
+    pub start: Option<String>,
+    /// Stop it gracefully (SIGTERM) and return once it exited.
+    pub stop: Option<String>,
+    /// Freeze it (SIGSTOP) and thaw it (SIGCONT).
+    pub pause: Option<String>,
+    pub resume: Option<String>,
 }
 
 impl DrillOptions {
@@ -118,6 +151,7 @@ impl DrillOptions {
             processing_guarantee: ProcessingGuarantee::ExactlyOnceV2,
             work_dir,
             binary,
+            running: None,
             seed: 42,
         }
     }
@@ -149,13 +183,68 @@ impl DrillOptions {
                 self.instances
             ));
         }
-        if self.faults.contains(&Fault::Broker) && self.replication_factor < 3 {
-            return bad("the broker fault needs --replication-factor 3 (and 3 brokers)".into());
+        match &self.running {
+            None => {
+                if self.faults.contains(&Fault::Broker) && self.replication_factor < 3 {
+                    return bad(
+                        "the broker fault needs --replication-factor 3 (and 3 brokers)".into(),
+                    );
+                }
+                if self.faults.contains(&Fault::Rolling) && !self.static_membership {
+                    return bad(
+                        "the rolling fault needs --static-membership (no partition may move)"
+                            .into(),
+                    );
+                }
+            }
+            Some(r) => self.validate_running(r)?,
         }
-        if self.faults.contains(&Fault::Rolling) && !self.static_membership {
-            return bad(
-                "the rolling fault needs --static-membership (no partition may move)".into(),
-            );
+        Ok(())
+    }
+
+    /// A running cluster: its names are given and every fault asked for has its commands.
+    fn validate_running(&self, r: &RunningCluster) -> Result<(), DrillError> {
+        let bad = |m: String| Err(DrillError::Options(m));
+        if r.targets.len() != self.instances {
+            return bad(format!(
+                "--targets: {} endpoints for {} instances",
+                r.targets.len(),
+                self.instances
+            ));
+        }
+        for (flag, value) in [
+            ("--application-id", &r.application_id),
+            ("--input-topic", &r.input_topic),
+            ("--sms-topic", &r.sms_topic),
+        ] {
+            if value.is_empty() {
+                return bad(format!("{flag} is needed with --targets"));
+            }
+        }
+        let c = &r.commands;
+        let needs = |fault: Fault, what: &[(&str, &Option<String>)]| {
+            if !self.faults.contains(&fault) {
+                return Ok(());
+            }
+            match what.iter().find(|(_, v)| v.is_none()) {
+                Some((flag, _)) => bad(format!(
+                    "the {} fault on --targets needs {flag}",
+                    format!("{fault:?}").to_lowercase()
+                )),
+                None => Ok(()),
+            }
+        };
+        needs(Fault::Kill, &[("--kill-cmd", &c.kill)])?;
+        needs(
+            Fault::Pause,
+            &[("--pause-cmd", &c.pause), ("--resume-cmd", &c.resume)],
+        )?;
+        needs(
+            Fault::Rolling,
+            &[("--stop-cmd", &c.stop), ("--start-cmd", &c.start)],
+        )?;
+        if self.restart && self.faults.contains(&Fault::Kill) && c.start.is_none() {
+            return bad("--restart on --targets needs --start-cmd".into());
         }
         Ok(())
     }
@@ -181,20 +270,40 @@ struct Plan {
     checker: Checker,
 }
 
-fn plan(opts: &DrillOptions) -> Result<Plan, DrillError> {
+fn plan(opts: &DrillOptions, partitions: i32) -> Result<Plan, DrillError> {
+    let now = crate::produce::generator::now_ms();
+    let (first, spacing, start_ts) = match &opts.running {
+        // A cluster of its own: the generator's ids and event times (a day back, 37 ms apart).
+        None => (0, 37, now - 24 * 3_600_000),
+        // Someone's cluster: ids no earlier run used, and event time that follows the wall
+        // clock at the drill's rate (about 3.3 events per order), so the drill's events are
+        // neither late for the cluster's windows nor pushing its stream time ahead.
+        Some(_) => {
+            let first = (now / 1_000) as u64 * 1_000;
+            let spacing = (3_300 / opts.rate.max(1)).max(1) as i64;
+            let last_before = first + opts.orders_before;
+            (first, spacing, now - 10_000 - last_before as i64 * spacing)
+        }
+    };
     let before = GeneratorOptions {
         seed: opts.seed,
         orders: opts.orders_before,
+        first_order: first,
+        order_spacing_ms: spacing,
+        start_ts,
         ..Default::default()
     };
     let before = Traffic::generate(&before).map_err(DrillError::Step)?.events;
-    // The second batch continues in event time, so no event is behind the stream time by more
-    // than the SMS grace (it would be dropped as late, rightly).
+    // The second batch continues in event time a second after the first ends, so no event is
+    // behind the stream time by more than the SMS grace (it would be dropped as late, rightly).
+    let first_during = first + opts.orders_before;
+    let last_ts = before.iter().map(|e| e.timestamp).max().unwrap_or(start_ts);
     let during = GeneratorOptions {
         seed: opts.seed.wrapping_add(1),
         orders: opts.orders_during,
-        first_order: opts.orders_before,
-        start_ts: before.iter().map(|e| e.timestamp).max().unwrap_or(0) + 1_000,
+        first_order: first_during,
+        order_spacing_ms: spacing,
+        start_ts: last_ts + 1_000 - first_during as i64 * spacing,
         ..Default::default()
     };
     let during = Traffic::generate(&during).map_err(DrillError::Step)?.events;
@@ -205,7 +314,7 @@ fn plan(opts: &DrillOptions) -> Result<Plan, DrillError> {
             .map(|e| (e.key.as_deref(), e.value.as_str())),
     );
     let checker = Checker::new(per_order.into_iter().map(|(id, events)| {
-        let p = partition_for_key(id.as_bytes(), PARTITIONS);
+        let p = partition_for_key(id.as_bytes(), partitions);
         (id, p, events)
     }));
     Ok(Plan {
@@ -215,52 +324,104 @@ fn plan(opts: &DrillOptions) -> Result<Plan, DrillError> {
     })
 }
 
+/// What the drill drives: its input topic, the group (application id), the SMS topics it
+/// audits and the partition count.
+struct Target {
+    topic: String,
+    app: String,
+    sms_topics: Vec<String>,
+    partitions: i32,
+}
+
+/// Start the drill's own cluster (a fresh topic and application id) or check the running one;
+/// returns once every instance is ready and every partition has an active.
+async fn set_up(opts: &DrillOptions, timeout: Duration) -> Result<(Cluster, Target), DrillError> {
+    let (topic, app, sms) = match &opts.running {
+        Some(r) => (
+            r.input_topic.clone(),
+            r.application_id.clone(),
+            r.sms_topic.clone(),
+        ),
+        None => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let app = format!("drill-{stamp}");
+            (app.clone(), app.clone(), format!("{app}.SEND_SMS"))
+        }
+    };
+    let mut cluster = Cluster::new(opts, &app, &topic);
+    let partitions = match &opts.running {
+        Some(_) => cluster.check_targets(timeout).await?,
+        None => {
+            let configs = if opts.replication_factor >= 3 {
+                vec![("min.insync.replicas".to_owned(), "2".to_owned())]
+            } else {
+                vec![]
+            };
+            let spec = TopicSpec {
+                name: topic.clone(),
+                partitions: PARTITIONS,
+                replication_factor: opts.replication_factor,
+                configs,
+            };
+            ensure_topics(&opts.bootstrap_servers, &[spec])
+                .await
+                .map_err(step("create topic"))?;
+            for i in 0..opts.instances {
+                cluster.start(i).await?;
+            }
+            PARTITIONS
+        }
+    };
+    cluster.wait_stable(timeout).await?;
+    tracing::info!(instances = opts.instances, partitions, "cluster up");
+    let sms_topics = vec![format!("{sms}.SUPPRESSED"), sms];
+    Ok((
+        cluster,
+        Target {
+            topic,
+            app,
+            sms_topics,
+            partitions,
+        },
+    ))
+}
+
 /// Run the drill.
 pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
     opts.validate()?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let (topic, app) = (format!("drill-{stamp}"), format!("drill-{stamp}"));
-    let configs = if opts.replication_factor >= 3 {
-        vec![("min.insync.replicas".to_owned(), "2".to_owned())]
-    } else {
-        vec![]
-    };
-    ensure_topics(
-        &opts.bootstrap_servers,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: PARTITIONS,
-            replication_factor: opts.replication_factor,
-            configs,
-        }],
-    )
-    .await
-    .map_err(step("create topic"))?;
+    let timeout = Duration::from_secs(120);
+    let (mut cluster, target) = set_up(opts, timeout).await?;
+    let Target {
+        topic,
+        app,
+        sms_topics,
+        partitions,
+    } = target;
     let Plan {
         before,
         during,
         checker,
-    } = plan(opts)?;
+    } = plan(opts, partitions)?;
     let facts = Facts {
         checker: Arc::new(Mutex::new(checker)),
         t0: Instant::now(),
     };
-    let mut cluster = Cluster::new(opts, &app, &topic);
-    for i in 0..opts.instances {
-        cluster.start(i)?;
-    }
-    let timeout = Duration::from_secs(120);
-    cluster.wait_stable(timeout).await?;
-    tracing::info!(instances = opts.instances, "cluster up");
+    // SMS already in the topics are someone else's (or an earlier run's): the audit starts here.
+    let sms_from = {
+        let (b, t) = (opts.bootstrap_servers.clone(), sms_topics.clone());
+        tokio::task::spawn_blocking(move || audit::ends(&b, &t))
+            .await
+            .map_err(step("audit task"))??
+    };
     let stop_watch = CancellationToken::new();
     let watch = traffic::watch_commits(
         &opts.bootstrap_servers,
         &app,
         &topic,
-        PARTITIONS,
+        partitions,
         facts.clone(),
         stop_watch.clone(),
     )?;
@@ -274,7 +435,7 @@ pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
     traffic::send(
         &opts.bootstrap_servers,
         &topic,
-        PARTITIONS,
+        partitions,
         before,
         None,
         facts.clone(),
@@ -316,12 +477,12 @@ pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
         );
         let (stop, done) = (stop_traffic.clone(), traffic_done.clone());
         tokio::spawn(async move {
-            let r = traffic::send(&b, &t, PARTITIONS, during, Some(rate), f, stop).await;
+            let r = traffic::send(&b, &t, partitions, during, Some(rate), f, stop).await;
             done.cancel();
             r
         })
     };
-    let sweep = one_per_partition(&first_orders);
+    let sweep = one_per_partition(&first_orders, partitions);
     let mut rounds = Vec::new();
     let mut ctx = faults::Ctx {
         opts,
@@ -329,6 +490,7 @@ pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
         facts: &facts,
         topic: &topic,
         sweep: &sweep,
+        partitions,
         timeout,
         traffic_done: traffic_done.clone(),
     };
@@ -352,16 +514,14 @@ pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
     let seen = load.stop().await;
     stop_watch.cancel();
     let _ = tokio::task::spawn_blocking(move || watch.join()).await;
-    let sms_topics = vec![
-        format!("{app}.SEND_SMS"),
-        format!("{app}.SEND_SMS.SUPPRESSED"),
-    ];
     let b = opts.bootstrap_servers.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        audit::count_sms(&b, &sms_topics, Duration::from_secs(120))
+    let mut found = tokio::task::spawn_blocking(move || {
+        audit::count_sms(&b, &sms_topics, &sms_from, Duration::from_secs(120))
     })
     .await
     .map_err(step("audit task"))??;
+    // Only the drill's own orders: a running cluster's topics hold other SMS too.
+    found.retain(|(order, _), _| model.contains_key(order));
     cluster.stop_all();
     Ok(DrillReport {
         instances: opts.instances,
@@ -380,10 +540,10 @@ pub async fn run(opts: &DrillOptions) -> Result<DrillReport, DrillError> {
 }
 
 /// One order per partition (for the answer sweep).
-fn one_per_partition(orders: &[String]) -> Vec<String> {
+fn one_per_partition(orders: &[String], partitions: i32) -> Vec<String> {
     let mut per: BTreeMap<i32, String> = BTreeMap::new();
     for o in orders {
-        per.entry(partition_for_key(o.as_bytes(), PARTITIONS))
+        per.entry(partition_for_key(o.as_bytes(), partitions))
             .or_insert_with(|| o.clone());
     }
     per.into_values().collect()

@@ -32,6 +32,9 @@ pub struct GeneratorOptions {
     pub concurrency: usize,
     /// Number of the first order (`O-<first_order>`), so several runs can add distinct orders.
     pub first_order: u64,
+    /// Event time between one order's start and the next's (ms): order `n` starts at
+    /// `start_ts + n * order_spacing_ms` (plus up to a second of jitter).
+    pub order_spacing_ms: i64,
 }
 
 /// The wall clock in epoch ms, whole seconds. Event times start a day before it by default: a
@@ -60,6 +63,7 @@ impl Default for GeneratorOptions {
             start_ts: now_ms() - 24 * 3_600_000,
             concurrency: 64,
             first_order: 0,
+            order_spacing_ms: 37,
         }
     }
 }
@@ -117,7 +121,9 @@ fn walk(rng: &mut SplitMix64, opts: &GeneratorOptions, i: u64) -> Vec<OrderEvent
     let phone = format!("+8210{:08}", rng.below(100_000_000));
     let amount = 1_000 + 100 * rng.below(5_000) as i64;
     let currency = if rng.chance(0.9) { "KRW" } else { "USD" };
-    let mut ts = opts.start_ts + ((opts.first_order + i) as i64) * 37 + rng.below(1_000) as i64;
+    let mut ts = opts.start_ts
+        + ((opts.first_order + i) as i64) * opts.order_spacing_ms
+        + rng.below(1_000) as i64;
     let mut types = vec![EventType::ApprovalRequested];
     if rng.chance(opts.incomplete_rate) {
         if rng.chance(0.5) {
