@@ -140,7 +140,7 @@ impl Query<'_> {
     async fn run(&self, first: usize, report: &Mutex<LoadReport>) {
         let started = Instant::now();
         let eps = &self.opts.endpoints;
-        let mut last = String::new();
+        let mut attempts: Vec<String> = Vec::new();
         let mut silent = vec![false; eps.len()];
         let mut active_refused = false;
         let mut n = first;
@@ -171,10 +171,7 @@ impl Query<'_> {
                     let unavailable = why.contains(" 503 ");
                     active_refused |= unavailable;
                     silent[i] |= !unavailable;
-                    if !last.is_empty() {
-                        last.push_str("; then ");
-                    }
-                    last.push_str(&why);
+                    attempts.push(why);
                 }
             }
             retried += 1;
@@ -188,11 +185,25 @@ impl Query<'_> {
             r.retried_attempts += retried;
             if r.first_failed.len() < 10 {
                 r.first_failed.push(format!(
-                    "{}: no answer in {:?}: {last}",
-                    self.order, self.opts.deadline
+                    "{}: no answer in {:?}: {}",
+                    self.order,
+                    self.opts.deadline,
+                    summarize(&attempts)
                 ));
             }
         }
+    }
+}
+
+/// A failed query's attempts, readable: the first three, how many more, and the last.
+fn summarize(attempts: &[String]) -> String {
+    match attempts {
+        [first @ .., last] if attempts.len() > 4 => format!(
+            "{}; then {} more attempts; last: {last}",
+            first[..3].join("; then "),
+            attempts.len() - 4
+        ),
+        _ => attempts.join("; then "),
     }
 }
 
@@ -280,5 +291,22 @@ impl QueryLoad {
         self.stop.cancel();
         let _ = self.task.await;
         self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summarize;
+
+    #[test]
+    fn a_long_chain_of_attempts_is_cut_to_the_first_three_and_the_last() {
+        let few: Vec<String> = (1..=4).map(|i| format!("a{i}")).collect();
+        assert_eq!(summarize(&few), "a1; then a2; then a3; then a4");
+        let many: Vec<String> = (1..=60).map(|i| format!("a{i}")).collect();
+        assert_eq!(
+            summarize(&many),
+            "a1; then a2; then a3; then 56 more attempts; last: a60"
+        );
+        assert_eq!(summarize(&[]), "");
     }
 }
