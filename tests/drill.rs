@@ -174,7 +174,9 @@ fn three_brokers() -> (String, Vec<(&'static str, String)>) {
 // instances self-fencing while the group coordinator moved (heartbeats failed for longer than the
 // session timeout), transactions timing out while partition leaders moved (KRaft needs
 // broker.session.timeout.ms, 9 s, to fence a dead broker), 36 rebalances in 3 rounds, and at the
-// end 1,103 orders whose views and 1,056 SMS were still missing after 180 s. Run it with
+// end 1,103 orders whose views and 1,056 SMS were still missing after 180 s. Rerun with the 20 s
+// session timeout below (2026-12-05): no rebalance, 0 wrong and 0 failed queries, but 3,804
+// views and 3,687 SMS of orders sent during the faults still missing after 180 s. Run it with
 // `--ignored` (it starts its own 3 brokers).
 #[ignore = "the engine does not yet survive a broker failure: see the comment above"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
