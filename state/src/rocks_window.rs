@@ -433,13 +433,17 @@ impl WindowStore for RocksDbWindowStore {
 
     fn delete(&mut self, key: &[u8], window_start: i64) -> Result<(), StoreError> {
         let id = self.shared.segment_id(window_start);
-        if !self.shared.read().contains(&id) {
-            return Ok(());
+        if self.shared.read().contains(&id) {
+            self.shared
+                .db
+                .delete_opt(stored_key(id, key, window_start), &self.write_opts)
+                .map_err(|e| backend(&self.shared.name, "delete", e))?;
         }
-        self.shared
-            .db
-            .delete_opt(stored_key(id, key, window_start), &self.write_opts)
-            .map_err(|e| backend(&self.shared.name, "delete", e))
+        if window_start > self.shared.observed() {
+            self.shared.observed.store(window_start, Ordering::Release);
+            self.drop_expired_segments()?;
+        }
+        Ok(())
     }
 
     fn fetch(&self, key: &[u8], from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
@@ -494,7 +498,10 @@ impl WindowStore for RocksDbWindowStore {
                     observed = observed.max(start);
                     writes.push((id, stored_key(id, key, start), Some(v)));
                 }
-                None => writes.push((id, stored_key(id, key, start), None)),
+                None => {
+                    observed = observed.max(start);
+                    writes.push((id, stored_key(id, key, start), None));
+                }
             }
         }
         // Segments the batch expired entirely would have been dropped, with what was put in

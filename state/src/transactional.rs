@@ -200,7 +200,7 @@ pub struct TxnWindowStore<S> {
     inner: S,
     /// (key, window start) → value, `None` for a delete.
     buffer: BTreeMap<(Vec<u8>, i64), Option<Vec<u8>>>,
-    /// Largest window start put, committed or not.
+    /// Largest window start put or deleted, committed or not.
     observed: i64,
     pending: Pending,
 }
@@ -307,6 +307,7 @@ impl<S: WindowStore> WindowStore for TxnWindowStore<S> {
     fn delete(&mut self, key: &[u8], window_start: i64) -> Result<(), StoreError> {
         self.pending.bytes += entry_len(key, None);
         self.buffer.insert((key.to_vec(), window_start), None);
+        self.observed = self.observed.max(window_start);
         Ok(())
     }
     fn fetch(&self, key: &[u8], from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {

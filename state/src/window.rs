@@ -7,8 +7,11 @@
 //! A window store answers "what did I store for this key between these two times?" and forgets on
 //! its own: each store has a *retention*, and an entry whose window start is older than the
 //! store's observed time minus the retention is gone (a put that old is refused). The observed
-//! time is the largest window start ever put: the store's own stream time, as in Kafka Streams'
-//! segmented stores, so replaying a changelog expires exactly what live processing expired.
+//! time is the largest window start ever written, deletes included: the store's own stream time,
+//! as in Kafka Streams' segmented stores (where a delete is a put of null), so replaying a
+//! changelog, whose tombstones carry their window start, expires exactly what live processing
+//! expired. A RocksDB store reopened from its files recomputes it from the entries it holds, so a
+//! newest window that was deleted is not counted there (no processor deletes windows).
 //!
 //! Keys in the changelog (and in RocksDB) are [`encode_window_key`]: the key's length, the key,
 //! then the window start as 8 big-endian bytes with the sign bit flipped, so that byte order is
@@ -28,12 +31,14 @@ pub trait WindowStore: Send {
     fn name(&self) -> &str;
     /// How long (in ms of observed time) an entry is kept after its window start.
     fn retention_ms(&self) -> i64;
-    /// The largest window start ever put (`i64::MIN` while empty): the store's stream time.
+    /// The largest window start ever put or deleted (`i64::MIN` while empty): the store's
+    /// stream time.
     fn observed_time(&self) -> i64;
     /// Store `value` for (`key`, `window_start`), overwriting. Returns `false`, storing nothing,
     /// when the window is already expired (`window_start < observed_time - retention`).
     fn put(&mut self, key: &[u8], window_start: i64, value: &[u8]) -> Result<bool, StoreError>;
-    /// Remove the entry for (`key`, `window_start`) (a no-op when absent).
+    /// Remove the entry for (`key`, `window_start`) (a no-op when absent). Advances the observed
+    /// time like a put, so a changelog tombstone restores the same stream time.
     fn delete(&mut self, key: &[u8], window_start: i64) -> Result<(), StoreError>;
     /// The entries of `key` with `time_from <= window start <= time_to`, oldest first.
     fn fetch(
@@ -205,6 +210,10 @@ impl WindowStore for InMemoryWindowStore {
     }
     fn delete(&mut self, key: &[u8], window_start: i64) -> Result<(), StoreError> {
         self.entries.remove(&(key.to_vec(), window_start));
+        if window_start > self.observed {
+            self.observed = window_start;
+            self.expire();
+        }
         Ok(())
     }
     fn fetch(&self, key: &[u8], from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
