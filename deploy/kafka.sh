@@ -23,6 +23,9 @@ set -euo pipefail
 
 KAFKA_VERSION="${PAYSTREAM_KAFKA_VERSION:-4.1.1}"
 LOG4J_VERSION="2.24.3"
+# log4j-slf4j2-impl binds SLF4J 2 only: without an explicit slf4j-api 2, Maven picks Kafka's 1.7
+# and the brokers log nothing at all (SLF4J falls back to its no-op logger).
+SLF4J_VERSION="2.0.16"
 CACHE="${PAYSTREAM_CACHE:-$HOME/.cache/paystream}"
 KHOME="$CACHE/kafka-$KAFKA_VERSION"
 RUN="${PAYSTREAM_KAFKA_RUN:-$CACHE/kafka-run}"
@@ -33,7 +36,8 @@ log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 fetch() {
-  if [ -f "$KHOME/.complete" ]; then return 0; fi
+  # .complete-2: the jar set with slf4j-api 2 (an older cache without it is fetched again).
+  if [ -f "$KHOME/.complete-2" ]; then return 0; fi
   command -v mvn >/dev/null || die "mvn not found: install Maven (apt-get install maven)"
   command -v java >/dev/null || die "java not found: install a JDK 17+"
   mkdir -p "$KHOME"
@@ -49,9 +53,11 @@ fetch() {
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-clients</artifactId><version>$KAFKA_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
   </dependencies>
 </project>
 POM
+  rm -rf "$KHOME/lib"
   (cd "$KHOME" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=lib \
       >"$KHOME/mvn.log" 2>&1) || { tail -30 "$KHOME/mvn.log" >&2; die "maven could not fetch Kafka (log: $KHOME/mvn.log)"; }
   cat > "$KHOME/log4j2.yaml" <<'L4J'
@@ -74,7 +80,7 @@ Configuration:
       - name: state.change.logger
         level: WARN
 L4J
-  touch "$KHOME/.complete"
+  touch "$KHOME/.complete-2"
   log "fetched $(ls "$KHOME/lib" | wc -l) jars"
 }
 

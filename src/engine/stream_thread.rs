@@ -9,7 +9,8 @@
 //!   poll source ─▶ Task::process (topology → store buffers, outputs into the transaction)
 //!   every commit interval, or when the buffers hold --max-uncommitted-bytes: commit
 //!     failure → abort: tasks drop their uncommitted writes and restart at the committed offset;
-//!     fenced → also suspend until the next assignment
+//!     fenced → also suspend until the next assignment; outcome unknown (the producer failed
+//!     after the transaction may have committed) → catch up from the changelogs first
 //! ```
 
 use std::collections::HashMap;
@@ -386,15 +387,46 @@ impl StreamThread {
             Err(CommitFailure::Kafka(e)) => e,
         };
         tracing::warn!(error = %failure, "commit failed; going back to the last commit");
-        self.rewind(l)?;
         match failure {
-            CommitError::Fenced(_) => self.fence(l, Fence::Refused)?,
+            CommitError::Fenced(_) => {
+                self.rewind(l)?;
+                self.fence(l, Fence::Refused)?;
+            }
             CommitError::Fatal(_) => {
                 let _ = l.producer.abort();
                 self.replace_producer(l);
+                self.catch_up_from_changelogs(l)?;
             }
-            CommitError::Aborted(_) => {}
+            CommitError::Aborted(_) => self.rewind(l)?,
         }
+        Ok(())
+    }
+
+    /// After a commit whose outcome is unknown: the producer failed (or its abort did) once
+    /// the transaction may have reached the coordinator, e.g. an `EndTxn` whose answer was lost
+    /// with a broker. The transaction may have committed: then Kafka holds its changelog records,
+    /// output and source offsets while the local stores do not, and a plain rewind would go on
+    /// from the new offsets with stores missing that batch (seen in the broker drill: views and
+    /// SMS of thousands of orders lost). The new producer's `init_transactions` has settled the
+    /// old transaction either way; every running task drops its uncommitted writes and catches
+    /// up from its changelog on the state updater (`read_committed`, so exactly the committed
+    /// batches), then restarts from the committed offsets, as a task resumed after a fence does.
+    /// Kafka Streams closes its tasks dirty and restores them for the same reason.
+    fn catch_up_from_changelogs(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
+        tracing::warn!(
+            "the failed transaction may have committed: catching every active up from its changelog"
+        );
+        self.metrics.commits_unknown.fetch_add(1, Ordering::Relaxed);
+        for t in l.manager.tasks.values_mut() {
+            t.abort();
+        }
+        l.dirty = false;
+        let stopped = l.manager.suspend_all()?;
+        self.unassign_source(l, &stopped)?;
+        let (active, standby) = l.manager.assignment();
+        let changes = l.manager.handle_assignment(&active, &standby)?;
+        self.unassign_source(l, &changes)?;
+        self.update_status(l);
         Ok(())
     }
 

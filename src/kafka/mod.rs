@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod failpoint;
 pub mod producer;
 pub mod transaction;
 

@@ -273,6 +273,11 @@ impl OutputProducer {
         self.take_failures();
         committed.map_err(classify)?;
         self.in_transaction.store(false, Ordering::Release);
+        if super::failpoint::lose_commit_answer() {
+            return Err(CommitError::Fatal(
+                "failpoint: the transaction committed but its answer was lost".into(),
+            ));
+        }
         Ok(())
     }
 

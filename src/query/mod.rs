@@ -238,6 +238,9 @@ struct Health {
     commits_aborted: u64,
     /// Commits the group refused because this instance had lost its partitions.
     commits_fenced: u64,
+    /// Commits whose outcome was unknown (the producer failed mid-commit): the actives caught
+    /// up from their changelogs before processing again.
+    commits_unknown_outcome: u64,
     /// Times this instance stopped itself after losing contact with the group.
     self_fenced: u64,
 }
@@ -271,6 +274,7 @@ async fn get_health(State(st): State<QueryState>) -> Response {
         commits: st.metrics.commits.load(Ordering::Relaxed),
         commits_aborted: st.metrics.commits_aborted.load(Ordering::Relaxed),
         commits_fenced: st.metrics.commits_fenced.load(Ordering::Relaxed),
+        commits_unknown_outcome: st.metrics.commits_unknown.load(Ordering::Relaxed),
         self_fenced: st.metrics.self_fenced.load(Ordering::Relaxed),
     };
     let code = if body.ready {

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub commits_aborted: AtomicU64,
     /// Commits refused because this instance was no longer a member of the generation.
     pub commits_fenced: AtomicU64,
+    /// Commits whose outcome was unknown (the producer failed once the transaction may have
+    /// committed): the actives caught up from their changelogs before processing again.
+    pub commits_unknown: AtomicU64,
     /// Times the instance stopped processing after losing contact with the group.
     pub self_fenced: AtomicU64,
     /// HTTP queries answered, by outcome.
@@ -114,6 +117,10 @@ impl Metrics {
             ("paystream_commits_total", &self.commits),
             ("paystream_commits_aborted_total", &self.commits_aborted),
             ("paystream_commits_fenced_total", &self.commits_fenced),
+            (
+                "paystream_commits_unknown_outcome_total",
+                &self.commits_unknown,
+            ),
             ("paystream_self_fenced_total", &self.self_fenced),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter");

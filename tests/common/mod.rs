@@ -116,6 +116,18 @@ impl Proc {
     /// Start `paystream run` with the given settings; its log goes to `<state_dir>/../<port>.log`.
     /// Output topics are per application (`<app>.SEND_SMS`, ...) unless `extra` names them.
     pub fn run(app_id: &str, topic: &str, state_dir: &Path, port: u16, extra: &[&str]) -> Proc {
+        Proc::run_with_env(app_id, topic, state_dir, port, extra, &[])
+    }
+
+    /// [`Proc::run`] with extra environment variables (e.g. a failpoint).
+    pub fn run_with_env(
+        app_id: &str,
+        topic: &str,
+        state_dir: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let http = format!("127.0.0.1:{port}");
         let log = state_dir.with_extension(format!("{port}.log"));
         let file = std::fs::File::create(&log).expect("log file");
@@ -147,6 +159,7 @@ impl Proc {
             .args(&outputs)
             .args(extra)
             .env("RUST_LOG", "info,paystream=debug,rdkafka=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -183,6 +196,16 @@ impl Proc {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The log's warnings and errors (the last 40).
+    pub fn log_warnings(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
