@@ -18,7 +18,8 @@
 #                              ($PAYSTREAM_KAFKA_RUN overrides kafka-run: a second cluster, e.g.
 #                              3 brokers for the broker drill, beside the test suite's one)
 # Ports: broker N listens on 127.0.0.1:$((BASE + 2*(N-1))) and its controller on the next port;
-# BASE is $PAYSTREAM_KAFKA_PORT (default 19092).
+# BASE is $PAYSTREAM_KAFKA_PORT (default 19092). $PAYSTREAM_KAFKA_START_TIMEOUT: seconds a broker
+# may take to open its port (default 300).
 set -euo pipefail
 
 KAFKA_VERSION="${PAYSTREAM_KAFKA_VERSION:-4.1.1}"
@@ -30,6 +31,9 @@ CACHE="${PAYSTREAM_CACHE:-$HOME/.cache/paystream}"
 KHOME="$CACHE/kafka-$KAFKA_VERSION"
 RUN="${PAYSTREAM_KAFKA_RUN:-$CACHE/kafka-run}"
 BASE="${PAYSTREAM_KAFKA_PORT:-19092}"
+# How long a broker may take to open its port. A JVM started on a busy 2-core machine (a drill's
+# instances and load beside it) was seen taking 110 s; after a SIGKILL it also recovers its logs.
+START_TIMEOUT="${PAYSTREAM_KAFKA_START_TIMEOUT:-300}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
@@ -104,17 +108,17 @@ alive() { local pidf="$RUN/broker-$1/pid"; [ -f "$pidf" ] && kill -0 "$(cat "$pi
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_ready() {
-  local n=$1 deadline=$((SECONDS + 120)) i
+  local n=$1 deadline=$((SECONDS + START_TIMEOUT)) i
   for i in $(seq 1 "$n"); do
     until port_open "$(port_of "$i")"; do
       alive "$i" || { tail -40 "$RUN/broker-$i/broker.log" >&2; die "broker $i exited during start-up (log: $RUN/broker-$i/broker.log)"; }
-      [ $SECONDS -lt $deadline ] || die "broker $i did not open its port within 120 s (log: $RUN/broker-$i/broker.log)"
+      [ $SECONDS -lt $deadline ] || die "broker $i did not open its port within $START_TIMEOUT s (log: $RUN/broker-$i/broker.log)"
       sleep 0.5
     done
   done
   # A port that accepts is not yet a broker that serves metadata: ask it to list topics.
   until java_run org.apache.kafka.tools.TopicCommand --bootstrap-server "$(bootstrap_of "$n")" --list >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || die "cluster did not answer metadata within 120 s (logs under $RUN)"
+    [ $SECONDS -lt $deadline ] || die "cluster did not answer metadata within $START_TIMEOUT s (logs under $RUN)"
     sleep 1
   done
 }
@@ -145,10 +149,10 @@ start_broker() {
   valid_broker "${1:-}"
   if alive "$1"; then log "broker $1 is already running"; return 0; fi
   launch "$1"
-  local deadline=$((SECONDS + 120))
+  local deadline=$((SECONDS + START_TIMEOUT))
   until port_open "$(port_of "$1")"; do
     alive "$1" || die "broker $1 exited during start-up (log: $RUN/broker-$1/broker.log)"
-    [ $SECONDS -lt $deadline ] || die "broker $1 did not open its port within 120 s"
+    [ $SECONDS -lt $deadline ] || die "broker $1 did not open its port within $START_TIMEOUT s (log: $RUN/broker-$1/broker.log)"
     sleep 0.5
   done
   log "started broker $1 again"
@@ -260,6 +264,6 @@ case "$cmd" in
   bootstrap) status ;;
   classpath) classpath ;;
   java) java_run "$@" ;;
-  ""|-h|--help|help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+  ""|-h|--help|help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command: $cmd (try --help)" ;;
 esac

@@ -4,7 +4,7 @@
 //! Written by the stream thread and the state updater, read by the query layer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -47,6 +47,8 @@ pub struct TaskView {
 pub struct SharedStatus {
     status: AtomicU8,
     tasks: Mutex<BTreeMap<i32, TaskView>>,
+    /// Epoch ms at which the commit in flight started; 0 when none is.
+    commit_started_ms: AtomicI64,
 }
 
 impl SharedStatus {
@@ -93,6 +95,28 @@ impl SharedStatus {
     /// `partition` is no longer held.
     pub fn task_gone(&self, partition: i32) {
         lock(&self.tasks).remove(&partition);
+    }
+
+    /// A commit started at `now_ms` (epoch ms).
+    pub fn commit_started(&self, now_ms: i64) {
+        self.commit_started_ms
+            .store(now_ms.max(1), Ordering::Release);
+    }
+
+    /// The commit finished: committed, or rolled back and its tasks rewound or suspended.
+    pub fn commit_ended(&self) {
+        self.commit_started_ms.store(0, Ordering::Release);
+    }
+
+    /// How long the commit in flight has been running at `now_ms`; `None` when none is. A
+    /// commit that takes long may have committed in Kafka already while the local stores do
+    /// not hold it yet (its answer lost with a broker): the query layer stops calling the
+    /// local copies "active" then.
+    pub fn commit_running_for(&self, now_ms: i64) -> Option<i64> {
+        match self.commit_started_ms.load(Ordering::Acquire) {
+            0 => None,
+            started => Some(now_ms.saturating_sub(started)),
+        }
     }
 
     /// Every partition held, with its view.

@@ -367,6 +367,13 @@ impl StreamThread {
     /// Commit the running tasks. A failed commit rolls them back to their last commit; a fenced
     /// one also suspends them; a fatal producer error replaces the producer.
     fn commit(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
+        self.status.commit_started(now_ms());
+        let result = self.commit_or_recover(l);
+        self.status.commit_ended();
+        result
+    }
+
+    fn commit_or_recover(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
         let result = l.committer.commit(&l.producer, &mut l.manager.tasks);
         l.last_commit = Instant::now();
         l.dirty = false;
@@ -392,11 +399,7 @@ impl StreamThread {
                 self.rewind(l)?;
                 self.fence(l, Fence::Refused)?;
             }
-            CommitError::Fatal(_) => {
-                let _ = l.producer.abort();
-                self.replace_producer(l);
-                self.catch_up_from_changelogs(l)?;
-            }
+            CommitError::Fatal(_) => self.catch_up_from_changelogs(l)?,
             CommitError::Aborted(_) => self.rewind(l)?,
         }
         Ok(())
@@ -407,11 +410,13 @@ impl StreamThread {
     /// with a broker. The transaction may have committed: then Kafka holds its changelog records,
     /// output and source offsets while the local stores do not, and a plain rewind would go on
     /// from the new offsets with stores missing that batch (seen in the broker drill: views and
-    /// SMS of thousands of orders lost). The new producer's `init_transactions` has settled the
-    /// old transaction either way; every running task drops its uncommitted writes and catches
-    /// up from its changelog on the state updater (`read_committed`, so exactly the committed
-    /// batches), then restarts from the committed offsets, as a task resumed after a fence does.
-    /// Kafka Streams closes its tasks dirty and restores them for the same reason.
+    /// SMS of thousands of orders lost). Every running task drops its uncommitted writes and is
+    /// suspended at once (queries see a standby copy, never a stale "active" one, while the
+    /// producer is replaced); the new producer's `init_transactions` settles the old transaction
+    /// either way; then the tasks catch up from their changelogs on the state updater
+    /// (`read_committed`: exactly the committed batches) and restart from the committed offsets,
+    /// as tasks resumed after a fence do. Kafka Streams closes its tasks dirty and restores them
+    /// for the same reason.
     fn catch_up_from_changelogs(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
         tracing::warn!(
             "the failed transaction may have committed: catching every active up from its changelog"
@@ -423,6 +428,8 @@ impl StreamThread {
         l.dirty = false;
         let stopped = l.manager.suspend_all()?;
         self.unassign_source(l, &stopped)?;
+        let _ = l.producer.abort();
+        self.replace_producer(l);
         let (active, standby) = l.manager.assignment();
         let changes = l.manager.handle_assignment(&active, &standby)?;
         self.unassign_source(l, &changes)?;

@@ -303,6 +303,18 @@ async fn max_lag_refuses_a_standby_too_far_behind_or_of_unknown_lag() {
     );
 }
 
+/// O-000001 is answered by a standby of unknown lag, and refused under `consistency=active`.
+async fn answers_as_standby_of_unknown_lag(state: &QueryState) {
+    let (s, b) = get(state, "/orders/O-000001", false).await;
+    assert_eq!(
+        (s, b["role"].as_str(), b["lag"].as_i64()),
+        (StatusCode::OK, Some("standby"), Some(-1)),
+        "{b}"
+    );
+    let (s, _) = get(state, "/orders/O-000001?consistency=active", false).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+}
+
 #[tokio::test]
 async fn a_copy_whose_partition_moved_away_or_whose_instance_is_fenced_answers_as_standby() {
     let f = fixture(Role::Active, true);
@@ -313,14 +325,7 @@ async fn a_copy_whose_partition_moved_away_or_whose_instance_is_fenced_answers_a
 
     // The group's new map names another instance (unreachable here) before the engine let go.
     name_active(&f.state, "127.0.0.1:9");
-    let (s, b) = get(&f.state, "/orders/O-000001", false).await;
-    assert_eq!(
-        (s, b["role"].as_str(), b["lag"].as_i64()),
-        (StatusCode::OK, Some("standby"), Some(-1)),
-        "{b}"
-    );
-    let (s, _) = get(&f.state, "/orders/O-000001?consistency=active", false).await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    answers_as_standby_of_unknown_lag(&f.state).await;
 
     // Named active again, but the last commit was fenced.
     name_active(&f.state, &f.state.self_addr.clone());
@@ -331,6 +336,26 @@ async fn a_copy_whose_partition_moved_away_or_whose_instance_is_fenced_answers_a
     assert_eq!(h["active_partitions"], serde_json::json!([]), "{h}");
     assert_eq!(h["standby_partitions"], serde_json::json!([p]));
     f.state.status.set(Status::Running);
+    let (_, b) = get(&f.state, "/orders/O-000001", false).await;
+    assert_eq!(b["role"], "active");
+}
+
+#[tokio::test]
+async fn an_active_whose_commit_runs_too_long_answers_as_standby_until_it_ends() {
+    let f = fixture(Role::Active, true);
+    let p = partition_for_key(b"O-000001", 12);
+    f.state.metrics.task(p).lag.store(0, Ordering::Relaxed);
+    let now = crate::engine::now_ms();
+    // A commit of ordinary length: still the active.
+    f.state.status.commit_started(now);
+    let (_, b) = get(&f.state, "/orders/O-000001", false).await;
+    assert_eq!(b["role"], "active", "{b}");
+    // One running past the limit may be visible in Kafka before it is in the local stores.
+    f.state
+        .status
+        .commit_started(now - super::route::COMMIT_IN_DOUBT_MS - 500);
+    answers_as_standby_of_unknown_lag(&f.state).await;
+    f.state.status.commit_ended();
     let (_, b) = get(&f.state, "/orders/O-000001", false).await;
     assert_eq!(b["role"], "active");
 }

@@ -46,6 +46,9 @@ impl Served {
     }
 }
 
+/// A commit takes tens of milliseconds; one running longer than this is in doubt.
+pub const COMMIT_IN_DOUBT_MS: i64 = 1_000;
+
 /// The honest role and lag of `local`, a copy of `partition` on this instance.
 pub fn served_as(st: &QueryState, partition: i32, local: &LocalPartition) -> Served {
     let raw = local.metrics.lag.load(std::sync::atomic::Ordering::Relaxed);
@@ -58,11 +61,17 @@ pub fn served_as(st: &QueryState, partition: i32, local: &LocalPartition) -> Ser
     }
     let in_group =
         matches!(st.status.get(), Status::Running | Status::Restoring) && !st.liveness.is_stale();
+    // A commit running this long may already be visible in Kafka (its answer lost with a
+    // broker) while the local stores do not hold it: not "active" until it is settled.
+    let commit_in_doubt = st
+        .status
+        .commit_running_for(crate::engine::now_ms())
+        .is_some_and(|ms| ms > COMMIT_IN_DOUBT_MS);
     let named_active = st
         .routing
         .owners(partition)
         .is_none_or(|o| o.active == st.self_addr);
-    if in_group && named_active {
+    if in_group && named_active && !commit_in_doubt {
         Served {
             role: Role::Active,
             lag,
