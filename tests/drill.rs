@@ -177,8 +177,11 @@ fn three_brokers() -> (String, Vec<(&'static str, String)>) {
 // shows it on cue), the drill passed twice in a row (0 wrong, 0 failed, every view and SMS right),
 // but the next run, in the full suite of a fresh clone (af2249b), ended with 14,638 views and
 // 14,175 SMS missing after 180 s (orders from ~O-027894 on, i.e. processing of some partitions
-// stopped in round 2 or 3 and never came back; 0 wrong, 0 failed queries, nothing twice). Not
-// yet diagnosed: the drill's work dir (instance logs) is a temporary directory. The session
+// stopped in round 2 or 3 and never came back; 0 wrong, 0 failed queries, nothing twice).
+// Reproduced with the drill CLI and its logs kept: an instance whose actives were handed back
+// after a catch-up, and assigned at `Offset::Stored` while the group coordinator's broker was
+// down (a `BrokerTransportFailure` source error at that instant), never processed again.
+// Suspect: the committed-offset fetch of that assignment failed and nothing retried it. The session
 // timeout (20 s) outlasts a group coordinator's move to another broker (KRaft fences a dead
 // broker after 9 s); the query load is lighter than the other drills' so that the killed
 // broker's JVM restarts in time on 2 cores. Run it with `--ignored`.
