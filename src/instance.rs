@@ -164,16 +164,32 @@ struct Shared {
     liveness: Arc<Liveness>,
 }
 
+/// How long a missing input topic is looked for again: a topic created a moment ago may not be
+/// known yet to the broker this instance asks (metadata reaches every broker asynchronously).
+const INPUT_TOPIC_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Partition count of the input topic; missing after [`INPUT_TOPIC_GRACE`] is an error.
+async fn input_partitions(bootstrap: &str, input: &str) -> Result<i32, RunError> {
+    let deadline = tokio::time::Instant::now() + INPUT_TOPIC_GRACE;
+    loop {
+        if let Some(n) = count(bootstrap, input).await? {
+            return Ok(n);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(RunError::InputTopicMissing {
+                topic: input.to_owned(),
+                bootstrap: bootstrap.to_owned(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 /// Input partitions, topology, own topics, process id and the producer.
 async fn prepare(settings: &RunSettings) -> Result<Prepared, RunError> {
     let bootstrap = &settings.bootstrap_servers;
     let input = &settings.input_topic;
-    let partitions = count(bootstrap, input)
-        .await?
-        .ok_or_else(|| RunError::InputTopicMissing {
-            topic: input.clone(),
-            bootstrap: bootstrap.clone(),
-        })?;
+    let partitions = input_partitions(bootstrap, input).await?;
     let topology = Arc::new(
         shipped_topology(input, &settings.shipped)
             .map_err(|e| RunError::Topology(e.to_string()))?,

@@ -23,6 +23,7 @@
 //! - [`state_updater`]: the thread that restores actives and keeps standbys up to date.
 //! - [`commit`]: one commit under `exactly_once_v2` (a Kafka transaction) or `at_least_once`.
 //! - [`stream_thread`]: the loop.
+//! - [`source`]: the running tasks' input partitions, each started at its committed offset.
 //! - [`local`]: [`local::LocalStores`], the read handles the query layer uses.
 //! - [`status`]: what `/health` shows: the instance's status, each task's state and restore
 //!   progress, changelog partitions that cannot be read.
@@ -33,6 +34,7 @@ mod changelog_reader;
 pub mod commit;
 pub mod fault;
 pub mod local;
+pub mod source;
 pub mod state_updater;
 pub mod status;
 pub mod store;

@@ -21,15 +21,14 @@ use std::time::{Duration, Instant};
 
 use paystream_topology::processor::Record;
 use paystream_topology::Topology;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use super::commit::{CommitFailure, Committer};
 use super::fault::Fault;
 use super::local::LocalStores;
+use super::source::Source;
 use super::state_updater::{StateUpdater, UpdaterError, UpdaterEvent};
 use super::status::{SharedStatus, Status};
 use super::task::{TaskError, TaskOutputs};
@@ -38,7 +37,6 @@ use super::{
     next_command, now_ms, EngineCommand, Liveness, Next, OffsetCommitter, SharedHeldTasks,
 };
 use crate::config::RunSettings;
-use crate::kafka::client::source_consumer_config;
 use crate::kafka::producer::{CommitError, Delivery, OutputProducer};
 use crate::kafka::transaction::GroupMetadata;
 use crate::kafka::KafkaError;
@@ -62,30 +60,6 @@ pub enum StreamThreadError {
     #[error("could not start the state updater thread: {0}")]
     Spawn(#[source] std::io::Error),
 }
-
-/// Feeds librdkafka's view of each source partition's lag into the metrics.
-struct LagContext {
-    metrics: Arc<Metrics>,
-    topic: String,
-}
-
-impl ClientContext for LagContext {
-    fn stats(&self, stats: Statistics) {
-        let Some(t) = stats.topics.get(&self.topic) else {
-            return;
-        };
-        for (p, s) in &t.partitions {
-            if *p >= 0 && s.ls_offset >= 0 && s.app_offset >= 0 {
-                self.metrics
-                    .task(*p)
-                    .lag
-                    .store((s.ls_offset - s.app_offset).max(0), Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-impl ConsumerContext for LagContext {}
 
 /// Everything the stream thread needs.
 pub struct StreamThread {
@@ -123,7 +97,7 @@ enum Fence {
 
 /// The loop's state besides the tasks.
 struct Loop {
-    source: BaseConsumer<LagContext>,
+    source: Source,
     manager: TaskManager,
     committer: Committer,
     producer: Arc<OutputProducer>,
@@ -143,13 +117,13 @@ impl StreamThread {
     pub fn run(mut self) -> Result<(), StreamThreadError> {
         let via_group = self.via_group.take();
         let s = &self.settings;
-        let source: BaseConsumer<LagContext> =
-            source_consumer_config(&s.bootstrap_servers, &s.application_id)
-                .create_with_context(LagContext {
-                    metrics: self.metrics.clone(),
-                    topic: s.input_topic.clone(),
-                })
-                .map_err(StreamThreadError::Consumer)?;
+        let source = Source::new(
+            &s.bootstrap_servers,
+            &s.application_id,
+            &s.input_topic,
+            self.metrics.clone(),
+        )
+        .map_err(StreamThreadError::Consumer)?;
         let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
         let (event_tx, event_rx) = std::sync::mpsc::channel();
         let updater = StateUpdater {
@@ -235,6 +209,9 @@ impl StreamThread {
                 self.resume(l)?;
             }
             if l.fenced.is_none() && !backing_off {
+                l.source
+                    .serve_pending()
+                    .map_err(StreamThreadError::Consumer)?;
                 match self.process_round(l) {
                     Err(StreamThreadError::Task(e)) if e.is_retryable() => self.fault(l, &e)?,
                     other => other?,
@@ -559,13 +536,10 @@ impl StreamThread {
         }
     }
 
+    /// Start the task's source partition at its committed offset (see [`super::source`]).
     fn assign_source(&self, l: &mut Loop, partition: i32) -> Result<(), StreamThreadError> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.settings.input_topic, partition, Offset::Stored)
-            .map_err(StreamThreadError::Consumer)?;
-        l.source
-            .incremental_assign(&tpl)
-            .map_err(StreamThreadError::Consumer)
+        l.source.assign(partition);
+        Ok(())
     }
 
     fn unassign_source(
@@ -576,21 +550,8 @@ impl StreamThread {
         if changes.stopped.is_empty() {
             return Ok(());
         }
-        let assigned = l.source.assignment().map_err(StreamThreadError::Consumer)?;
-        let mut tpl = TopicPartitionList::new();
-        for p in &changes.stopped {
-            if assigned
-                .find_partition(&self.settings.input_topic, *p)
-                .is_some()
-            {
-                tpl.add_partition(&self.settings.input_topic, *p);
-            }
-        }
-        if tpl.count() == 0 {
-            return Ok(());
-        }
         l.source
-            .incremental_unassign(&tpl)
+            .unassign(&changes.stopped)
             .map_err(StreamThreadError::Consumer)
     }
 }

@@ -133,26 +133,48 @@ pub async fn ensure_topics(bootstrap: &str, specs: &[TopicSpec]) -> Result<(), K
     Ok(())
 }
 
-/// Poll metadata until `topic` shows `partitions` partitions (creation propagates asynchronously).
+/// Poll metadata until `topic` shows `partitions` partitions on every bootstrap broker (creation
+/// propagates asynchronously: a client asking another broker a moment later may not see it yet).
 async fn wait_for_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), KafkaError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let brokers: Vec<String> = bootstrap
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut waiting = brokers.clone();
     loop {
-        let (b, t) = (bootstrap.to_owned(), topic.to_owned());
-        let n = tokio::task::spawn_blocking(move || partition_count(&b, &t))
-            .await
-            .map_err(|e| KafkaError::Topic {
-                topic: topic.to_owned(),
-                message: e.to_string(),
-            })??;
-        if n == Some(partitions) {
+        let mut still = Vec::new();
+        for b in waiting {
+            let (addr, t) = (b.clone(), topic.to_owned());
+            // A broker that cannot answer (down) is not waited for: the topic exists once the
+            // controller created it; only a broker that answers without it is behind.
+            let n = tokio::task::spawn_blocking(move || partition_count(&addr, &t))
+                .await
+                .map_err(|e| KafkaError::Topic {
+                    topic: topic.to_owned(),
+                    message: e.to_string(),
+                })?;
+            if matches!(n, Ok(Some(p)) if p == partitions) || (n.is_err() && brokers.len() > 1) {
+                continue;
+            }
+            n?;
+            still.push(b);
+        }
+        if still.is_empty() {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
             return Err(KafkaError::Timeout {
-                what: format!("topic {topic} to appear with {partitions} partitions"),
+                what: format!(
+                    "topic {topic} to appear with {partitions} partitions on {}",
+                    still.join(",")
+                ),
                 seconds: 30,
             });
         }
+        waiting = still;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -62,12 +62,20 @@ impl ProducerContext for DeliveryTracker {
             }
             Err((err, msg)) => {
                 self.failures.fetch_add(1, Ordering::AcqRel);
-                if let Ok(mut first) = self.first_failure.lock() {
-                    if first.is_none() {
+                // One warning per commit: the commit's error counts the rest (a broker outage
+                // fails every record in flight, tens of thousands of lines otherwise).
+                let first_of_commit = self.first_failure.lock().is_ok_and(|mut first| {
+                    let was_none = first.is_none();
+                    if was_none {
                         *first = Some((msg.topic().to_owned(), err.to_string()));
                     }
+                    was_none
+                });
+                if first_of_commit {
+                    tracing::warn!(topic = msg.topic(), partition = msg.partition(), error = %err, "delivery failed (further failures until the next commit are counted in its error)");
+                } else {
+                    tracing::debug!(topic = msg.topic(), partition = msg.partition(), error = %err, "delivery failed");
                 }
-                tracing::warn!(topic = msg.topic(), partition = msg.partition(), error = %err, "delivery failed");
             }
         }
     }
