@@ -116,6 +116,13 @@ pub struct RunArgs {
     #[arg(long, env = "PAYSTREAM_MAX_UNCOMMITTED_BYTES", value_name = "BYTES")]
     pub max_uncommitted_bytes: Option<usize>,
 
+    /// Memory for all RocksDB state of this instance, in MiB: one block cache and one memtable
+    /// budget shared by every store and partition (actives, standbys, warm-ups), however many
+    /// the instance hosts. The engine's uncommitted writes (--max-uncommitted-bytes) come on top.
+    /// At least 16. [default: 256]
+    #[arg(long, env = "PAYSTREAM_STATE_MEMORY_MB", value_name = "MIB")]
+    pub state_memory_mb: Option<u64>,
+
     /// Topic for records that cannot be processed (reason in headers). [default: <input-topic>.DLQ]
     #[arg(long, env = "PAYSTREAM_DLQ_TOPIC", value_name = "TOPIC")]
     pub dlq_topic: Option<String>,
@@ -178,6 +185,7 @@ struct FileConfig {
     processing_guarantee: Option<ProcessingGuarantee>,
     commit_interval_ms: Option<u64>,
     max_uncommitted_bytes: Option<usize>,
+    state_memory_mb: Option<u64>,
     dlq_topic: Option<String>,
     replication_factor: Option<i32>,
     session_timeout_ms: Option<u64>,
@@ -224,6 +232,8 @@ pub struct RunSettings {
     pub commit_interval: Duration,
     /// Commit early when the store buffers of the running tasks hold this many bytes.
     pub max_uncommitted_bytes: usize,
+    /// The bound of all RocksDB memory (see `paystream_state::rocks_memory`).
+    pub state_memory_bytes: usize,
     pub dlq_topic: String,
     pub replication_factor: i32,
     pub session_timeout: Duration,
@@ -256,6 +266,8 @@ pub const DEFAULT_EOS_COMMIT_INTERVAL_MS: u64 = 100;
 pub const DEFAULT_ALOS_COMMIT_INTERVAL_MS: u64 = 1000;
 /// 64 MiB of buffered store writes per instance before an early commit.
 pub const DEFAULT_MAX_UNCOMMITTED_BYTES: usize = 64 << 20;
+/// `--state-memory-mb`'s default.
+pub const DEFAULT_STATE_MEMORY_MB: u64 = 256;
 
 /// The processing guarantee (`--processing-guarantee`), named as in Kafka Streams.
 #[derive(
@@ -290,6 +302,7 @@ impl RunArgs {
         };
         let (processing_guarantee, commit_interval, max_uncommitted_bytes) =
             self.commit_settings(&file)?;
+        let state_memory_bytes = self.state_memory(&file)?;
         let query = self.query.build(&QueryFile {
             query_timeout_ms: file.query_timeout_ms,
             peer_timeout_ms: file.peer_timeout_ms,
@@ -445,6 +458,7 @@ impl RunArgs {
             processing_guarantee,
             commit_interval,
             max_uncommitted_bytes,
+            state_memory_bytes,
             dlq_topic,
             replication_factor,
             session_timeout: Duration::from_millis(session_ms),
@@ -498,6 +512,27 @@ impl RunArgs {
             Duration::from_millis(commit_ms),
             max_uncommitted_bytes,
         ))
+    }
+}
+
+impl RunArgs {
+    fn state_memory(&self, file: &FileConfig) -> Result<usize, ConfigError> {
+        let mb = self
+            .state_memory_mb
+            .or(file.state_memory_mb)
+            .unwrap_or(DEFAULT_STATE_MEMORY_MB);
+        if !(16..=1 << 20).contains(&mb) {
+            return Err(invalid(
+                "state-memory-mb",
+                format!("{mb} is outside 16..=1048576 (16 MiB to 1 TiB)"),
+            ));
+        }
+        usize::try_from(mb << 20).map_err(|_| {
+            invalid(
+                "state-memory-mb",
+                format!("{mb} MiB does not fit in memory"),
+            )
+        })
     }
 }
 

@@ -49,6 +49,8 @@ pub enum RunError {
     Group(#[from] MembershipError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("--state-memory-mb: {0}")]
+    StateMemory(#[from] paystream_state::rocks_memory::LimitTooSmall),
 }
 
 /// A running instance's shared parts (for embedding, tests and the demo).
@@ -187,6 +189,8 @@ async fn input_partitions(bootstrap: &str, input: &str) -> Result<i32, RunError>
 
 /// Input partitions, topology, own topics, process id and the producer.
 async fn prepare(settings: &RunSettings) -> Result<Prepared, RunError> {
+    // Before any store opens (restores, standbys): one bound for all RocksDB memory.
+    paystream_state::rocks_memory::set_memory_limit(settings.state_memory_bytes)?;
     let bootstrap = &settings.bootstrap_servers;
     let input = &settings.input_topic;
     let partitions = input_partitions(bootstrap, input).await?;

@@ -47,6 +47,38 @@ fn guarantee_from_file_picks_its_commit_interval_and_bad_values_name_the_key() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("max-uncommitted-bytes"), "{err}");
+    let err = RunArgs {
+        state_memory_mb: Some(8),
+        ..Default::default()
+    }
+    .build()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("state-memory-mb"), "{err}");
+}
+
+#[test]
+fn state_memory_comes_from_the_flag_the_file_or_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, "state-memory-mb = 64\n").unwrap();
+    let from_file = RunArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    }
+    .build()
+    .unwrap();
+    assert_eq!(from_file.state_memory_bytes, 64 << 20);
+    let from_flag = RunArgs {
+        config: Some(path),
+        state_memory_mb: Some(512),
+        ..Default::default()
+    }
+    .build()
+    .unwrap();
+    assert_eq!(from_flag.state_memory_bytes, 512 << 20);
+    let default = RunArgs::default().build().unwrap();
+    assert_eq!(default.state_memory_bytes, 256 << 20);
 }
 
 #[test]

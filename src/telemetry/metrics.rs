@@ -152,6 +152,32 @@ impl Metrics {
                 g(v)
             );
         }
+        let mem = paystream_state::rocks_memory::memory_usage();
+        let _ = writeln!(
+            out,
+            "# HELP paystream_state_memory_limit_bytes Bound of all RocksDB memory (--state-memory-mb)."
+        );
+        let _ = writeln!(out, "# TYPE paystream_state_memory_limit_bytes gauge");
+        let _ = writeln!(
+            out,
+            "paystream_state_memory_limit_bytes {}",
+            mem.limit_bytes
+        );
+        let _ = writeln!(
+            out,
+            "# HELP paystream_state_memory_bytes RocksDB memory in use: everything charged to the shared cache (blocks and memtables), and of it the memtables."
+        );
+        let _ = writeln!(out, "# TYPE paystream_state_memory_bytes gauge");
+        let _ = writeln!(
+            out,
+            "paystream_state_memory_bytes{{kind=\"cache\"}} {}",
+            mem.cache_bytes
+        );
+        let _ = writeln!(
+            out,
+            "paystream_state_memory_bytes{{kind=\"memtables\"}} {}",
+            mem.memtable_bytes
+        );
         let tasks = match self.tasks.read() {
             Ok(t) => t.clone(),
             Err(_) => BTreeMap::new(),

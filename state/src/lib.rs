@@ -28,6 +28,8 @@
 //! - `rocks_window` (feature `rocksdb`): `RocksDbWindowStore`, a window store on one RocksDB
 //!   database whose keys start with a time-segment id (expired segments are range-deleted
 //!   whole), and `RocksDbWindowReader`.
+//! - `rocks_memory` (feature `rocksdb`): the one memory budget (block cache and write-buffer
+//!   manager) shared by every RocksDB database of the process (`--state-memory-mb`).
 //! - `rocks_registry` (feature `rocksdb`): the process-wide registry of open databases by
 //!   directory, so that a reader outliving its task never keeps the reopen of its partition out.
 //!
@@ -48,6 +50,8 @@ pub mod memory;
 pub mod open;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
+#[cfg(feature = "rocksdb")]
+pub mod rocks_memory;
 #[cfg(feature = "rocksdb")]
 mod rocks_registry;
 #[cfg(feature = "rocksdb")]

@@ -16,32 +16,15 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, DBCompressionType, IteratorMode, Options, WriteBatch, WriteOptions,
-    DB,
+    BlockBasedOptions, DBCompressionType, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
+use crate::rocks_memory::{shared_cache, shared_write_buffers, write_buffer_bytes};
 use crate::rocks_registry::{ensure_closed, open_shared, WriterGuard};
 use crate::store::{KeyValueStore, StoreError};
-
-/// Size of the block cache shared by every store in the process.
-///
-/// One cache for all stores keeps memory bounded however many partitions (actives, standbys,
-/// warm-ups) an instance hosts; a per-store cache (RocksDB's default: 32 MiB each) would grow with
-/// the assignment.
-const SHARED_BLOCK_CACHE_BYTES: usize = 64 << 20;
-
-/// Memtable size per store. RocksDB's default is 64 MiB; 32 MiB halves the worst-case memory of an
-/// instance hosting many stores while still batching enough writes per flush that L0 files stay
-/// few. (Kafka Streams picks 16 MiB for the same reason.)
-const WRITE_BUFFER_BYTES: usize = 32 << 20;
-
-fn shared_block_cache() -> &'static Cache {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    CACHE.get_or_init(|| Cache::new_lru_cache(SHARED_BLOCK_CACHE_BYTES))
-}
 
 /// Options tuned for this workload: write-heavy (every event is a read-modify-write of its order),
 /// reads by point lookup only (no range scans except a full `for_each`), on a small machine.
@@ -52,7 +35,11 @@ pub(crate) fn db_options() -> Options {
     // take CPU from the task threads that produce the writes.
     opts.increase_parallelism(2);
     opts.set_max_background_jobs(2);
-    opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    // Memory: every store's memtables and blocks count against the process's one budget
+    // (`--state-memory-mb`, see crate::rocks_memory): memtables through the shared write-buffer
+    // manager, which charges them to the shared block cache.
+    opts.set_write_buffer_size(write_buffer_bytes());
+    opts.set_write_buffer_manager(shared_write_buffers());
     // LZ4 costs little CPU and still shrinks values with repeated field content (ids, currencies,
     // states) several-fold; the stronger codecs are not worth the cores we do not have.
     opts.set_compression_type(DBCompressionType::Lz4);
@@ -66,7 +53,7 @@ pub(crate) fn db_options() -> Options {
     // event of every order looks up a key that does not exist yet, as does every 404 query; the
     // filter answers those without reading a data block.
     table.set_bloom_filter(10.0, false);
-    table.set_block_cache(shared_block_cache());
+    table.set_block_cache(shared_cache());
     // Count index and filter blocks against the shared cache (bounded memory), but keep L0's
     // pinned so the freshest, most-read files never lose their filters.
     table.set_cache_index_and_filter_blocks(true);
@@ -128,6 +115,14 @@ impl RocksDbStore {
             write_opts,
             _writer: writer,
         })
+    }
+
+    /// A RocksDB integer property of this database (e.g. `rocksdb.block-cache-capacity`,
+    /// `rocksdb.cur-size-all-mem-tables`); `None` if RocksDB does not know it.
+    pub fn property_u64(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.db
+            .property_int_value(name)
+            .map_err(|e| backend(&self.name, name, e))
     }
 
     /// The directory this store lives in.
