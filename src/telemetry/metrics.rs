@@ -168,16 +168,12 @@ impl Metrics {
             "# HELP paystream_state_memory_bytes RocksDB memory in use: everything charged to the shared cache (blocks and memtables), and of it the memtables."
         );
         let _ = writeln!(out, "# TYPE paystream_state_memory_bytes gauge");
-        let _ = writeln!(
-            out,
-            "paystream_state_memory_bytes{{kind=\"cache\"}} {}",
-            mem.cache_bytes
-        );
-        let _ = writeln!(
-            out,
-            "paystream_state_memory_bytes{{kind=\"memtables\"}} {}",
-            mem.memtable_bytes
-        );
+        for (kind, v) in [
+            ("cache", mem.cache_bytes),
+            ("memtables", mem.memtable_bytes),
+        ] {
+            let _ = writeln!(out, "paystream_state_memory_bytes{{kind=\"{kind}\"}} {v}");
+        }
         let tasks = match self.tasks.read() {
             Ok(t) => t.clone(),
             Err(_) => BTreeMap::new(),
