@@ -40,6 +40,9 @@ pub struct RoundReport {
     pub all_active_ms: Option<u64>,
     /// Until the group committed new offsets on every partition (traffic still flowing).
     pub processing_resumed_ms: Option<u64>,
+    /// No resumption was seen because the drill's traffic had ended first (the round came after
+    /// the last order): nothing to process, not a stall.
+    pub traffic_ended_first: bool,
     /// Rolling: partitions whose active is another instance afterwards.
     pub partitions_moved: Option<usize>,
     pub generation_before: i64,
@@ -62,6 +65,7 @@ impl Round {
                 answers_again_ms: None,
                 all_active_ms: None,
                 processing_resumed_ms: None,
+                traffic_ended_first: false,
                 partitions_moved: None,
                 generation_before: generation,
                 generation_after: generation,
@@ -119,20 +123,26 @@ impl Ctx<'_> {
     }
 
     /// When every partition's committed offset had moved past where it was when the round
-    /// began (waits, bounded, while traffic flows); `None` when traffic stopped first.
-    async fn processing_resumed(&self, since: u64) -> Option<u64> {
+    /// began (waits, bounded, while traffic flows); unset when traffic stopped first (then
+    /// `traffic_ended_first`) or the deadline passed.
+    async fn processing_resumed(&self, r: &mut Round, since: u64) {
         let deadline = Instant::now() + self.timeout;
-        while Instant::now() < deadline && !self.traffic_done.is_cancelled() {
+        loop {
+            let traffic_over = self.traffic_done.is_cancelled();
             if let Some(at) = self
                 .facts
                 .with(|c| c.resumed_at(self.partitions, since))
                 .flatten()
             {
-                return Some(at.saturating_sub(since) / 1_000);
+                r.report.processing_resumed_ms = Some(at.saturating_sub(since) / 1_000);
+                return;
+            }
+            if traffic_over || Instant::now() >= deadline {
+                r.report.traffic_ended_first = traffic_over;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        None
     }
 
     pub async fn kill(&mut self, victim: usize) -> Result<RoundReport, DrillError> {
@@ -142,7 +152,7 @@ impl Ctx<'_> {
         self.cluster.kill9(victim).await?;
         r.note(format!("SIGKILL instance {victim}"));
         self.measure(&mut r, Some(generation)).await?;
-        r.report.processing_resumed_ms = self.processing_resumed(since).await;
+        self.processing_resumed(&mut r, since).await;
         r.report.generation_after = self.cluster.generation().await;
         if self.opts.restart {
             self.cluster.start(victim).await?;
@@ -159,7 +169,7 @@ impl Ctx<'_> {
         self.cluster.pause(victim).await?;
         r.note(format!("SIGSTOP instance {victim}"));
         self.measure(&mut r, Some(generation)).await?;
-        r.report.processing_resumed_ms = self.processing_resumed(since).await;
+        self.processing_resumed(&mut r, since).await;
         let pause = Duration::from_millis(self.opts.pause_ms());
         if let Some(left) = pause.checked_sub(r.started.elapsed()) {
             tokio::time::sleep(left).await;
@@ -213,7 +223,7 @@ impl Ctx<'_> {
             "killed broker {leader} (leader of the most partitions)"
         ));
         self.measure(&mut r, None).await?;
-        r.report.processing_resumed_ms = self.processing_resumed(since).await;
+        self.processing_resumed(&mut r, since).await;
         r.note("every partition processes again");
         let down = Duration::from_millis(self.opts.broker_down_ms);
         if let Some(left) = down.checked_sub(r.started.elapsed()) {

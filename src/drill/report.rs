@@ -76,7 +76,11 @@ impl DrillReport {
                 r.target,
                 ms(r.answers_again_ms),
                 ms(r.all_active_ms),
-                ms(r.processing_resumed_ms),
+                if r.traffic_ended_first {
+                    "- (the drill's traffic had ended)".to_owned()
+                } else {
+                    ms(r.processing_resumed_ms)
+                },
             );
             if let Some(m) = r.partitions_moved {
                 let _ = write!(s, ", {m} partitions moved");

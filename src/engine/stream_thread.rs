@@ -407,6 +407,12 @@ impl StreamThread {
         self.unassign_source(l, &stopped)?;
         let _ = l.producer.abort();
         self.replace_producer(l);
+        self.reapply_assignment(l)
+    }
+
+    /// Hand the current assignment to the task manager again: suspended actives go through the
+    /// state updater (catch up from their changelogs) and run again from the committed offsets.
+    fn reapply_assignment(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
         let (active, standby) = l.manager.assignment();
         let changes = l.manager.handle_assignment(&active, &standby)?;
         self.unassign_source(l, &changes)?;
@@ -482,11 +488,7 @@ impl StreamThread {
     fn resume(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
         tracing::info!("the group confirmed this instance again; resuming its actives");
         l.fenced = None;
-        let (active, standby) = l.manager.assignment();
-        let changes = l.manager.handle_assignment(&active, &standby)?;
-        self.unassign_source(l, &changes)?;
-        self.update_status(l);
-        Ok(())
+        self.reapply_assignment(l)
     }
 
     /// `running` once every assigned active runs (`ready` in `/health`), `restoring` before.
