@@ -322,6 +322,7 @@ impl StreamThread {
                         value: msg.payload().map(<[u8]>::to_vec),
                         timestamp: msg.timestamp().to_millis().unwrap_or(0),
                         headers: Vec::new(),
+                        decoded: Default::default(),
                     };
                     match task.process(msg.topic(), msg.offset(), record, &outputs, wall_clock) {
                         Ok(()) => l.dirty = true,

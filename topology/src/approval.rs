@@ -34,7 +34,7 @@ use paystream_state::codec;
 use paystream_state::window::oldest_retained;
 use serde::{Deserialize, Serialize};
 
-use crate::order::{parse_event, EventType, OrderEvent};
+use crate::order::{parsed_event, EventType, OrderEvent};
 use crate::processor::{ProcessError, Processor, ProcessorContext, PunctuationType, Record};
 use crate::topology::StoreSpec;
 
@@ -414,7 +414,7 @@ impl Processor for ApprovalTimeoutProcessor {
         ctx: &mut ProcessorContext<'_>,
         record: Record,
     ) -> Result<(), ProcessError> {
-        if let Ok(event) = parse_event(record.key.as_deref(), record.value.as_deref()) {
+        if let Ok(event) = parsed_event(&record) {
             match event.event_type {
                 // The task's one clock (the event's `ts`, or the Kafka timestamp).
                 EventType::ApprovalRequested => self.requested(ctx, &event, record.timestamp)?,

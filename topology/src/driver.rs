@@ -195,6 +195,7 @@ impl TestDriver {
             value: value.map(<[u8]>::to_vec),
             timestamp,
             headers: Vec::new(),
+            decoded: Default::default(),
         })
     }
 

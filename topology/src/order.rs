@@ -11,13 +11,14 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use paystream_state::codec::{self, CodecError};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::dsl::StreamsBuilder;
-use crate::processor::{ProcessError, Processor, ProcessorContext, Record};
+use crate::processor::{Decoded, ProcessError, Processor, ProcessorContext, Record};
 use crate::time::{Rejected, TimestampExtractor};
 use crate::topology::{Topology, TopologyError};
 
@@ -249,6 +250,15 @@ pub fn parse_event(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrderEven
         ));
     }
     Ok(event)
+}
+
+/// [`parse_event`] of a record, or the event a node before already parsed from it (the order
+/// view attaches it for the windowed nodes after it: one parse per record, not one per node).
+pub fn parsed_event(record: &Record) -> Result<Arc<OrderEvent>, InvalidEvent> {
+    if let Some(event) = record.decoded.get::<OrderEvent>() {
+        return Ok(event);
+    }
+    parse_event(record.key.as_deref(), record.value.as_deref()).map(Arc::new)
 }
 
 /// `field_too_long` for the first field over its bound.
@@ -527,9 +537,9 @@ impl Processor for OrderViewProcessor {
     fn process(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
-        record: Record,
+        mut record: Record,
     ) -> Result<(), ProcessError> {
-        let event = match parse_event(record.key.as_deref(), record.value.as_deref()) {
+        let event = match parsed_event(&record) {
             Ok(event) => event,
             Err(invalid) => return ctx.dead_letter(record, invalid.reason, &invalid.detail),
         };
@@ -561,6 +571,7 @@ impl Processor for OrderViewProcessor {
                 );
             }
         }
+        record.decoded = Decoded::of(event);
         ctx.forward(record);
         Ok(())
     }

@@ -8,6 +8,9 @@
 //! The runtime (root crate) and the in-memory [`crate::driver::TestDriver`] both execute topologies
 //! by implementing [`TaskIo`]; nothing here knows about Kafka or RocksDB.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use paystream_state::store::{KeyValueStore, StoreError};
 use paystream_state::window::WindowStore;
 use thiserror::Error;
@@ -21,7 +24,45 @@ pub struct Record {
     pub timestamp: i64,
     /// Headers to carry to the sink (name, value).
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The value as a node already decoded it, for the nodes after it (see [`Decoded`]).
+    pub decoded: Decoded,
 }
+
+/// A decoded form of a record's value that one node attaches for the nodes after it (the parsed
+/// order event), so each value is decoded once per record rather than once per node. It is
+/// derived from the value: equality ignores it, and a node that changes `value` must reset it
+/// (`Decoded::default()`); records built anew start without one.
+#[derive(Clone, Default)]
+pub struct Decoded(Option<Arc<dyn Any + Send + Sync>>);
+
+impl Decoded {
+    pub fn of<T: Any + Send + Sync>(value: Arc<T>) -> Self {
+        Decoded(Some(value))
+    }
+
+    /// The attached value if it is a `T`.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.0.clone().and_then(|v| v.downcast::<T>().ok())
+    }
+}
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Decoded(..)"
+        } else {
+            "None"
+        })
+    }
+}
+
+impl PartialEq for Decoded {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Decoded {}
 
 impl Record {
     /// A keyed record with a value.
@@ -31,6 +72,7 @@ impl Record {
             value: Some(value.into()),
             timestamp,
             headers: Vec::new(),
+            decoded: Decoded::default(),
         }
     }
 }

@@ -30,7 +30,7 @@
 use paystream_state::window::oldest_retained;
 use serde::{Deserialize, Serialize};
 
-use crate::order::{parse_event, EventType, OrderEvent};
+use crate::order::{parsed_event, EventType, OrderEvent};
 use crate::processor::{ProcessError, Processor, ProcessorContext, Record};
 use crate::topology::StoreSpec;
 
@@ -250,7 +250,7 @@ impl Processor for SmsProcessor {
     ) -> Result<(), ProcessError> {
         // Invalid records were dead-lettered upstream and never reach this node; a parse failure
         // here would only mean a node before us changed the record, so it is passed on.
-        if let Ok(event) = parse_event(record.key.as_deref(), record.value.as_deref()) {
+        if let Ok(event) = parsed_event(&record) {
             if let Some(template) = template_for(event.event_type) {
                 // The task's one clock (the event's `ts`, or the Kafka timestamp).
                 self.handle(ctx, &event, template, record.timestamp)?;
