@@ -365,7 +365,8 @@ fn scan_segments(shared: &Shared) -> Result<(BTreeSet<i64>, i64), StoreError> {
             return Err(StoreError::Backend {
                 store: shared.name.clone(),
                 message: format!(
-                    "stored segments do not match the {} ms segment interval (retention                      changed?); destroy the store to rebuild it from the changelog",
+                    "stored segments do not match the {} ms segment interval (retention \
+                     changed?); destroy the store to rebuild it from the changelog",
                     shared.interval
                 ),
             });
