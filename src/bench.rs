@@ -2,9 +2,10 @@
 //!
 //! Against a real broker: produce N events into a fresh 12-partition topic (librdkafka produce
 //! rate), run one instance over them (ingest rate into the view, peak RSS), wipe its state and
-//! start again (restore rate from the changelog), then read the same topic with a bare librdkafka
-//! consumer (the consume limit) and write the same number of values into a bare RocksDB (the
-//! store limit). Benchmarks, not tests: nothing here asserts a timing.
+//! start again (restore rate from the changelog), then read the same topic and the changelogs with
+//! a bare librdkafka consumer (the consume limits: the ingest and the restore as a share of them)
+//! and write the same number of values into a bare RocksDB (the store limit). Benchmarks, not
+//! tests: nothing here asserts a timing.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -153,18 +154,36 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
         });
     }
 
-    // 4. The limits: bare librdkafka consume, bare RocksDB writes.
-    let consumed = raw_consume(
-        &opts.bootstrap_servers,
-        &topic,
-        opts.partitions,
-        opts.events,
-    )?;
+    // 4. The limits: bare librdkafka consume (of the input, and of the changelogs the restore
+    // read), bare RocksDB writes.
+    let input = [(topic.clone(), opts.partitions)];
+    let (consumed, _) = raw_consume(&opts.bootstrap_servers, &input)?;
+    let raw_input = opts.events as f64 / consumed.as_secs_f64();
     push(Figure {
         name: "raw librdkafka consume (the limit)",
-        value: opts.events as f64 / consumed.as_secs_f64(),
+        value: raw_input,
         unit: "events/s",
     });
+    push(Figure {
+        name: "  ingest / raw consume",
+        value: 100.0 * opts.events as f64 / ingest.as_secs_f64() / raw_input,
+        unit: "%",
+    });
+    let changelogs = changelog_topics(&opts.bootstrap_servers, &app_id)?;
+    let (consumed, records) = raw_consume(&opts.bootstrap_servers, &changelogs)?;
+    let raw_changelogs = records as f64 / consumed.as_secs_f64();
+    push(Figure {
+        name: "raw librdkafka consume of the changelogs",
+        value: raw_changelogs,
+        unit: "records/s",
+    });
+    if let Some(d) = restore.from_first {
+        push(Figure {
+            name: "  restore (first record -> ready) / raw",
+            value: 100.0 * restore.count as f64 / d.as_secs_f64() / raw_changelogs,
+            unit: "%",
+        });
+    }
     let written = raw_rocksdb(&opts.work_dir.join(format!("rocks-{nanos}")), opts.events)?;
     push(Figure {
         name: "raw RocksDB put, WAL off (the limit)",
@@ -305,39 +324,71 @@ fn peak_rss_of(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn raw_consume(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    events: u64,
-) -> Result<Duration, BenchError> {
+/// Read `topics` (name, partition count) from the beginning to their ends with a bare
+/// librdkafka consumer configured as the restore's (`read_committed`, same prefetch): the time it
+/// took from its first record to the last (start-up excluded, as the ingest and restore figures
+/// exclude theirs) and the records it read.
+fn raw_consume(bootstrap: &str, topics: &[(String, i32)]) -> Result<(Duration, u64), BenchError> {
     let mut cfg = restore_consumer_config(bootstrap, "bench-raw");
-    cfg.set("enable.partition.eof", "false");
+    cfg.set("enable.partition.eof", "true");
     let consumer: BaseConsumer = cfg.create().map_err(step("consumer"))?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(step("assign"))?;
+    for (topic, partitions) in topics {
+        for p in 0..*partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(step("assign"))?;
+        }
     }
     consumer.assign(&tpl).map_err(step("assign"))?;
+    // Nothing writes to these topics any more, so each partition reports its end exactly once
+    // (the report names the partition, not the topic: count them).
+    let mut open: usize = topics.iter().map(|(_, n)| *n as usize).sum();
     let started = Instant::now();
+    let mut first: Option<Instant> = None;
     let mut n = 0u64;
     let mut bytes = 0usize;
-    while n < events {
+    while open > 0 {
         if started.elapsed() > Duration::from_secs(600) {
             return Err(BenchError::Step(format!(
-                "raw consume read only {n} of {events}"
+                "raw consume: {} partitions not read to their end after 600 s ({n} records read)",
+                open
             )));
         }
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            use rdkafka::Message;
-            // Touch the payload, as a real consumer would.
-            bytes += m.payload().map_or(0, <[u8]>::len);
-            n += 1;
+        use rdkafka::Message;
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                // Touch the payload, as a real consumer would.
+                bytes += m.payload().map_or(0, <[u8]>::len);
+                n += 1;
+                first.get_or_insert_with(Instant::now);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => open -= 1,
+            _ => {}
         }
     }
     std::hint::black_box(bytes);
-    Ok(started.elapsed())
+    Ok((first.map_or(started.elapsed(), |f| f.elapsed()), n))
+}
+
+/// The changelog topics of application `app_id` (name, partition count).
+fn changelog_topics(bootstrap: &str, app_id: &str) -> Result<Vec<(String, i32)>, BenchError> {
+    let consumer: BaseConsumer = restore_consumer_config(bootstrap, "bench-raw")
+        .create()
+        .map_err(step("consumer"))?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(step("metadata"))?;
+    let prefix = format!("{app_id}-");
+    let topics: Vec<(String, i32)> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name().starts_with(&prefix) && t.name().ends_with("-changelog"))
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect();
+    if topics.is_empty() {
+        return Err(BenchError::Step(format!("no changelog topic of {app_id}")));
+    }
+    Ok(topics)
 }
 
 fn raw_rocksdb(dir: &std::path::Path, events: u64) -> Result<Duration, BenchError> {
