@@ -17,7 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
 
 use crate::config::ProcessingGuarantee;
-use crate::kafka::admin::{ensure_topics, TopicSpec};
+use crate::kafka::admin::{delete_topics, ensure_topics, TopicSpec};
 use crate::kafka::client::restore_consumer_config;
 use crate::produce::{produce, GeneratorOptions, ProduceOptions};
 
@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub work_dir: PathBuf,
     /// What the measured instances run with.
     pub processing_guarantee: ProcessingGuarantee,
+    /// Keep the run's topics afterwards ([`run`] deletes them otherwise).
+    pub keep_topics: bool,
 }
 
 #[derive(Debug, Error)]
@@ -85,6 +87,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
     let generator = GeneratorOptions {
         orders: opts.orders,
         events: Some(opts.events),
+        order_spacing_ms: order_spacing_ms(opts.orders),
         ..Default::default()
     };
     let report = produce(&ProduceOptions::to_existing(
@@ -157,7 +160,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
     // 4. The limits: bare librdkafka consume (of the input, and of the changelogs the restore
     // read), bare RocksDB writes.
     let input = [(topic.clone(), opts.partitions)];
-    let (consumed, _) = raw_consume(&opts.bootstrap_servers, &input)?;
+    let consumed = raw_consume(&opts.bootstrap_servers, &input, opts.events)?;
     let raw_input = opts.events as f64 / consumed.as_secs_f64();
     push(Figure {
         name: "raw librdkafka consume (the limit)",
@@ -170,8 +173,9 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
         unit: "%",
     });
     let changelogs = changelog_topics(&opts.bootstrap_servers, &app_id)?;
-    let (consumed, records) = raw_consume(&opts.bootstrap_servers, &changelogs)?;
-    let raw_changelogs = records as f64 / consumed.as_secs_f64();
+    // The restore read every committed record of them; so does this consumer.
+    let consumed = raw_consume(&opts.bootstrap_servers, &changelogs, restore.count)?;
+    let raw_changelogs = restore.count as f64 / consumed.as_secs_f64();
     push(Figure {
         name: "raw librdkafka consume of the changelogs",
         value: raw_changelogs,
@@ -191,7 +195,23 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
         unit: "puts/s",
     });
     let _ = std::fs::remove_dir_all(&state_dir);
+    if !opts.keep_topics {
+        let topics = run_topics(&opts.bootstrap_servers, &app_id)?;
+        rt.block_on(delete_topics(&opts.bootstrap_servers, &topics))
+            .map_err(step("delete topics"))?;
+    }
     Ok(figures)
+}
+
+/// Event time between orders for `orders` orders: the generator's usual 37 ms, closer for runs
+/// so large that their event times would otherwise reach past now (the generator starts a day
+/// back, and a broker refuses timestamps more than an hour ahead): all orders within 20 hours.
+fn order_spacing_ms(orders: u64) -> i64 {
+    const SPAN_MS: u64 = 20 * 3_600_000;
+    let default = GeneratorOptions::default().order_spacing_ms;
+    i64::try_from(SPAN_MS / orders.max(1))
+        .unwrap_or(default)
+        .clamp(1, default)
 }
 
 #[derive(PartialEq)]
@@ -324,14 +344,18 @@ fn peak_rss_of(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Read `topics` (name, partition count) from the beginning to their ends with a bare
-/// librdkafka consumer configured as the restore's (`read_committed`, same prefetch): the time it
-/// took from its first record to the last (start-up excluded, as the ingest and restore figures
-/// exclude theirs) and the records it read.
-fn raw_consume(bootstrap: &str, topics: &[(String, i32)]) -> Result<(Duration, u64), BenchError> {
-    let mut cfg = restore_consumer_config(bootstrap, "bench-raw");
-    cfg.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = cfg.create().map_err(step("consumer"))?;
+/// Read `records` records of `topics` (name, partition count) from their beginning with a bare
+/// librdkafka consumer configured as the restore's (`read_committed`, same prefetch): the time
+/// from its first record to the last (start-up excluded, as the ingest and restore figures
+/// exclude theirs).
+fn raw_consume(
+    bootstrap: &str,
+    topics: &[(String, i32)],
+    records: u64,
+) -> Result<Duration, BenchError> {
+    let consumer: BaseConsumer = restore_consumer_config(bootstrap, "bench-raw")
+        .create()
+        .map_err(step("consumer"))?;
     let mut tpl = TopicPartitionList::new();
     for (topic, partitions) in topics {
         for p in 0..*partitions {
@@ -340,55 +364,69 @@ fn raw_consume(bootstrap: &str, topics: &[(String, i32)]) -> Result<(Duration, u
         }
     }
     consumer.assign(&tpl).map_err(step("assign"))?;
-    // Nothing writes to these topics any more, so each partition reports its end exactly once
-    // (the report names the partition, not the topic: count them).
-    let mut open: usize = topics.iter().map(|(_, n)| *n as usize).sum();
     let started = Instant::now();
     let mut first: Option<Instant> = None;
     let mut n = 0u64;
     let mut bytes = 0usize;
-    while open > 0 {
+    while n < records {
         if started.elapsed() > Duration::from_secs(600) {
             return Err(BenchError::Step(format!(
-                "raw consume: {} partitions not read to their end after 600 s ({n} records read)",
-                open
+                "raw consume read only {n} of {records} records in 600 s"
             )));
         }
-        use rdkafka::Message;
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                // Touch the payload, as a real consumer would.
-                bytes += m.payload().map_or(0, <[u8]>::len);
-                n += 1;
-                first.get_or_insert_with(Instant::now);
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => open -= 1,
-            _ => {}
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            use rdkafka::Message;
+            // Touch the payload, as a real consumer would.
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            n += 1;
+            first.get_or_insert_with(Instant::now);
         }
     }
     std::hint::black_box(bytes);
-    Ok((first.map_or(started.elapsed(), |f| f.elapsed()), n))
+    Ok(first.map_or(started.elapsed(), |f| f.elapsed()))
 }
 
 /// The changelog topics of application `app_id` (name, partition count).
 fn changelog_topics(bootstrap: &str, app_id: &str) -> Result<Vec<(String, i32)>, BenchError> {
+    let prefix = format!("{app_id}-");
+    let topics: Vec<(String, i32)> = topics_where(bootstrap, |name| {
+        name.starts_with(&prefix) && name.ends_with("-changelog")
+    })?;
+    if topics.is_empty() {
+        return Err(BenchError::Step(format!("no changelog topic of {app_id}")));
+    }
+    Ok(topics)
+}
+
+/// Every topic of the run named `app_id`: its input topic (same name), its changelogs
+/// (`app_id-...`) and its outputs (`app_id....`).
+fn run_topics(bootstrap: &str, app_id: &str) -> Result<Vec<String>, BenchError> {
+    let (dash, dot) = (format!("{app_id}-"), format!("{app_id}."));
+    Ok(topics_where(bootstrap, |name| {
+        name == app_id || name.starts_with(&dash) || name.starts_with(&dot)
+    })?
+    .into_iter()
+    .map(|(name, _)| name)
+    .collect())
+}
+
+/// The broker's topics whose name passes `keep` (name, partition count).
+fn topics_where(
+    bootstrap: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, i32)>, BenchError> {
     let consumer: BaseConsumer = restore_consumer_config(bootstrap, "bench-raw")
         .create()
         .map_err(step("consumer"))?;
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .map_err(step("metadata"))?;
-    let prefix = format!("{app_id}-");
-    let topics: Vec<(String, i32)> = metadata
+    Ok(metadata
         .topics()
         .iter()
-        .filter(|t| t.name().starts_with(&prefix) && t.name().ends_with("-changelog"))
+        .filter(|t| keep(t.name()))
         .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
-        .collect();
-    if topics.is_empty() {
-        return Err(BenchError::Step(format!("no changelog topic of {app_id}")));
-    }
-    Ok(topics)
+        .collect())
 }
 
 fn raw_rocksdb(dir: &std::path::Path, events: u64) -> Result<Duration, BenchError> {

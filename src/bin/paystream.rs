@@ -84,6 +84,10 @@ struct BenchArgs {
     /// Processing guarantee of the measured instances.
     #[arg(long, value_enum, default_value_t = ProcessingGuarantee::ExactlyOnceV2)]
     processing_guarantee: ProcessingGuarantee,
+    /// Keep the run's topics (input, changelogs, outputs) afterwards. By default the
+    /// single-instance run deletes them, so repeated runs do not fill the broker's disk.
+    #[arg(long)]
+    keep_topics: bool,
     /// Instead: measure query latency (local vs forwarded) on a 2-instance cluster, this many
     /// queries of each kind at --query-rate per second.
     #[arg(long, value_name = "QUERIES")]
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
                 partitions: a.partitions,
                 work_dir: a.work_dir,
                 processing_guarantee: a.processing_guarantee,
+                keep_topics: a.keep_topics,
             };
             let result = match (a.latency, a.instances) {
                 (Some(n), _) => paystream::bench::latency(&opts, a.query_rate, n),

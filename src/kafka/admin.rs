@@ -68,6 +68,35 @@ fn count_with(consumer: &BaseConsumer, topic: &str) -> Result<Option<i32>, Kafka
     }
 }
 
+/// Delete `topics`. A topic that is already gone is fine; any other refusal is an error naming
+/// the topic.
+pub async fn delete_topics(bootstrap: &str, topics: &[String]) -> Result<(), KafkaError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = admin_config(bootstrap)
+        .create()
+        .map_err(KafkaError::client("admin"))?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .delete_topics(&names, &opts)
+        .await
+        .map_err(KafkaError::client("delete topics"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::Topic {
+                    topic,
+                    message: format!("cannot delete: {code}"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Make sure every topic in `specs` exists with the required partition count. Missing topics are
 /// created; an existing topic with a different partition count is an error (a changelog whose
 /// partitions do not line up with the source would restore the wrong keys into a task).

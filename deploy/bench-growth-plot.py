@@ -1,0 +1,51 @@
+"""Draw deploy/bench-growth.sh's results: ingest rate and peak RSS against orders in state.
+
+Usage: bench-growth-plot.py RESULTS.csv RUN_ID OUT.png
+"""
+import csv
+import sys
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+INGEST = "ingest into the view (1 instance)"
+RSS = "peak RSS of the instance during ingest"
+RESTORE = "restore, first restored record -> ready"
+
+
+def main(path, run_id, out):
+    series = defaultdict(dict)  # (figure, partitions) -> {orders: value}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["run"] == run_id:
+                series[(row["figure"], int(row["partitions"]))][int(row["orders"])] = float(row["value"])
+    if not series:
+        sys.exit(f"no rows of run {run_id} in {path}")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, (figure, label) in zip(
+        axes,
+        [(INGEST, "ingest (events/s)"), (RESTORE, "restore (records/s)"), (RSS, "peak RSS during ingest (MiB)")],
+    ):
+        for (name, parts), points in sorted(series.items()):
+            if name != figure:
+                continue
+            xs = sorted(points)
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=f"{parts} partitions")
+            for x in xs:
+                ax.annotate(f"{points[x]:,.0f}", (x, points[x]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("distinct orders in state")
+        ax.set_title(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"paystream, default pipeline, exactly_once_v2, 1 instance (run {run_id})")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
