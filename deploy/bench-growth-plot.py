@@ -1,6 +1,8 @@
 """Draw deploy/bench-growth.sh's results: ingest rate and peak RSS against orders in state.
 
-Usage: bench-growth-plot.py RESULTS.csv RUN_ID OUT.png
+Usage: bench-growth-plot.py RESULTS.csv RUN_ID[,RUN_ID...] OUT.png
+
+Several run ids draw their points together (a later run's point replaces an earlier one's).
 """
 import csv
 import sys
@@ -16,14 +18,15 @@ RSS = "peak RSS of the instance during ingest"
 RESTORE = "restore, first restored record -> ready"
 
 
-def main(path, run_id, out):
+def main(path, run_ids, out):
+    runs = run_ids.split(",")
     series = defaultdict(dict)  # (figure, partitions) -> {orders: value}
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["run"] == run_id:
+        for row in sorted(csv.DictReader(f), key=lambda r: r["run"]):
+            if row["run"] in runs:
                 series[(row["figure"], int(row["partitions"]))][int(row["orders"])] = float(row["value"])
     if not series:
-        sys.exit(f"no rows of run {run_id} in {path}")
+        sys.exit(f"no rows of run(s) {run_ids} in {path}")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, (figure, label) in zip(
         axes,
@@ -42,7 +45,7 @@ def main(path, run_id, out):
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"paystream, default pipeline, exactly_once_v2, 1 instance (run {run_id})")
+    fig.suptitle(f"paystream, default pipeline, exactly_once_v2, 1 instance (run {run_ids})")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
 

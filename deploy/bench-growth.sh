@@ -10,7 +10,8 @@
 # $PAYSTREAM_CACHE/bench-growth/results.csv (run id, orders, events, partitions, figure, value,
 # unit) and draws the PNG (ingest events/s and peak RSS against orders in state, one line per
 # partition count) with matplotlib, installed into a virtualenv under $PAYSTREAM_CACHE the first
-# time. Each bench run deletes its topics afterwards.
+# time. Each bench run deletes its topics afterwards. To draw several runs' points together:
+#   ~/.cache/paystream/venv-plot/bin/python deploy/bench-growth-plot.py RESULTS.csv RUN1,RUN2 OUT.png
 #
 # Needs a running broker (deploy/kafka.sh start) and the paystream binary at $PAYSTREAM_BIN
 # (default ~/.cache/paystream/target/debug/paystream); this script never runs cargo. The largest
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     --partitions) partitions_list="${2:?--partitions needs a list such as \"12 48\"}"; shift 2 ;;
     --bootstrap-servers) bootstrap="${2:?--bootstrap-servers needs HOST:PORT}"; shift 2 ;;
     --out) png="${2:?--out needs a file name}"; shift 2 ;;
-    -h|--help|help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help|help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option: $1 (try --help)" ;;
   esac
 done

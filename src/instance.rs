@@ -43,6 +43,8 @@ pub enum RunError {
     StreamThread(#[from] StreamThreadError),
     #[error("stream thread panicked")]
     Panicked,
+    #[error("group membership task panicked")]
+    GroupPanicked,
     #[error("http server: {0}")]
     Http(#[source] std::io::Error),
     #[error("group membership: {0}")]
@@ -420,11 +422,24 @@ impl Instance {
             Err(_) => Err(RunError::Panicked),
         };
         shutdown.cancel();
-        match group_task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "group loop ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "group loop task failed"),
-        }
+        // A group loop that gave up (a refusal no retry can mend: another application's
+        // consumers in the group, no authorization, a bad configuration) closed the stream
+        // thread's command channel, so the thread stopped as if asked to: the run failed all the
+        // same, and must not exit 0.
+        let result = match (result, group_task.await) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Ok(Ok(()))) => Ok(()),
+            (Ok(()), Ok(Err(e))) => {
+                status.set(Status::Failed);
+                tracing::error!(error = %e, "group membership failed; stopping");
+                Err(RunError::Group(e))
+            }
+            (Ok(()), Err(e)) => {
+                status.set(Status::Failed);
+                tracing::error!(error = %e, "group loop task failed; stopping");
+                Err(RunError::GroupPanicked)
+            }
+        };
         match server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "http server error"),

@@ -189,3 +189,75 @@ async fn scale_out_from_one_to_three_under_load_fails_no_query() {
     }
     cluster.stop_all();
 }
+
+/// An instance that can never join its group has failed, and says so: another application's
+/// plain Kafka consumers hold the group (the same id, the standard `range` protocol, which
+/// paystream's members do not speak), so the coordinator refuses every join with
+/// INCONSISTENT_GROUP_PROTOCOL. The instance must exit non-zero naming the group membership (it
+/// used to stop "cleanly" with exit code 0 and a warning).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_refused_by_its_group_exits_non_zero_saying_why() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let topic = unique("refused-group");
+    create_topic(&topic, 4).await;
+    let app = unique("refused-app");
+
+    // The other application's consumer, kept polling (so it stays in the group) until the end.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (assigned_tx, assigned_rx) = std::sync::mpsc::channel();
+    let other = {
+        let (stop, topic, app) = (stop.clone(), topic.clone(), app.clone());
+        std::thread::spawn(move || {
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", bootstrap())
+                .set("group.id", &app)
+                .set("partition.assignment.strategy", "range")
+                .create()
+                .expect("consumer");
+            consumer.subscribe(&[&topic]).expect("subscribe");
+            let mut told = false;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = consumer.poll(Duration::from_millis(100));
+                if !told && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    told = assigned_tx.send(()).is_ok();
+                }
+            }
+        })
+    };
+    assigned_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the other application's consumer joined the group");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Proc::run(&app, &topic, &dir.path().join("state"), free_port(), &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            p.kill9();
+            panic!(
+                "the refused instance still runs after 90 s; log:\n{}",
+                p.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    other.join().unwrap();
+    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+    assert!(
+        !status.success(),
+        "a refused instance exited with {status}; log:\n{}",
+        p.log_tail()
+    );
+    assert!(
+        log.contains("group membership"),
+        "the error does not name the group membership; log:\n{}",
+        p.log_tail()
+    );
+}
