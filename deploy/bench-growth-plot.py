@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 INGEST = "ingest into the view (1 instance)"
 RSS = "peak RSS of the instance during ingest"
+RESTORE_RSS = "peak RSS of the instance during restore"
 RESTORE = "restore, first restored record -> ready"
 
 
@@ -27,10 +28,15 @@ def main(path, run_ids, out):
                 series[(row["figure"], int(row["partitions"]))][int(row["orders"])] = float(row["value"])
     if not series:
         sys.exit(f"no rows of run(s) {run_ids} in {path}")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     for ax, (figure, label) in zip(
         axes,
-        [(INGEST, "ingest (events/s)"), (RESTORE, "restore (records/s)"), (RSS, "peak RSS during ingest (MiB)")],
+        [
+            (INGEST, "ingest (events/s)"),
+            (RESTORE, "restore (records/s)"),
+            (RSS, "peak RSS during ingest (MiB)"),
+            (RESTORE_RSS, "peak RSS during restore (MiB)"),
+        ],
     ):
         for (name, parts), points in sorted(series.items()):
             if name != figure:

@@ -158,6 +158,13 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
         value: restore.count as f64,
         unit: "records",
     });
+    if let Some(rss) = restore.rss {
+        push(Figure {
+            name: "peak RSS of the instance during restore",
+            value: rss,
+            unit: "MiB",
+        });
+    }
     if let Some(d) = restore.from_first {
         push(Figure {
             name: "restore, first restored record -> ready",
