@@ -1,6 +1,9 @@
 package paystream.bench;
 
 import com.fasterxml.jackson.annotation.JsonIgnoreProperties;
+import com.fasterxml.jackson.core.JsonFactory;
+import com.fasterxml.jackson.core.JsonParser;
+import com.fasterxml.jackson.core.JsonToken;
 import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.JsonNode;
@@ -42,10 +45,12 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 import org.apache.kafka.common.serialization.ByteArraySerializer;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.common.utils.Bytes;
+import org.apache.kafka.common.utils.Utils;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.StreamsConfig;
 import org.apache.kafka.streams.Topology;
 import org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse;
+import org.apache.kafka.streams.processor.TimestampExtractor;
 import org.apache.kafka.streams.processor.api.Processor;
 import org.apache.kafka.streams.processor.api.ProcessorContext;
 import org.apache.kafka.streams.processor.api.Record;
@@ -87,6 +92,14 @@ public final class OrderViewBench {
   static final int SEEN_CAPACITY = 64;
   /** paystream's {@code codec::FORMAT_VERSION}. */
   static final byte FORMAT_VERSION = 1;
+  /** paystream's {@code MAX_ID_BYTES}, {@code MAX_TEXT_BYTES}, {@code MAX_EVENT_BYTES}. */
+  static final int MAX_ID_BYTES = 256;
+  static final int MAX_TEXT_BYTES = 256;
+  static final int MAX_EVENT_BYTES = 64 * 1024;
+  /** paystream's {@code DEFAULT_MAX_FUTURE_MS} ({@code --max-future-ms}). */
+  static final long MAX_FUTURE_MS = 3_600_000L;
+  /** The default pipeline's first node forwards valid records to this node. */
+  static final String NEXT_NODE = DefaultPipeline.SMS_NODE;
 
   // ---------------------------------------------------------------------------------------------
   // Progress shared by all stream threads: how many records were processed, and when.
@@ -221,6 +234,10 @@ public final class OrderViewBench {
     if (value == null) {
       throw new InvalidEvent("missing_value", "record has no value (a tombstone)");
     }
+    if (value.length > MAX_EVENT_BYTES) {
+      throw new InvalidEvent("record_too_large", "value is " + value.length
+          + " bytes; at most " + MAX_EVENT_BYTES + " are accepted");
+    }
     String keyStr;
     try {
       // new String(key, UTF_8) would replace bad bytes silently; paystream rejects them.
@@ -262,11 +279,28 @@ public final class OrderViewBench {
     if (event.event_id.isEmpty()) {
       throw new InvalidEvent("empty_id", "event_id is empty");
     }
+    checkLength("order_id", event.order_id, MAX_ID_BYTES);
+    checkLength("event_id", event.event_id, MAX_ID_BYTES);
+    checkLength("currency", event.currency, MAX_TEXT_BYTES);
+    checkLength("member_id", event.member_id, MAX_TEXT_BYTES);
+    checkLength("phone", event.phone, MAX_TEXT_BYTES);
     if (!keyStr.equals(event.order_id)) {
       throw new InvalidEvent("key_mismatch",
           "record key \"" + keyStr + "\" differs from order_id \"" + event.order_id + "\"");
     }
     return event;
+  }
+
+  /** {@code check_lengths}: {@code field_too_long} for a field over its bound (in UTF-8 bytes). */
+  static void checkLength(String name, String value, int max) throws InvalidEvent {
+    if (value == null || value.length() * 3 <= max) {
+      return; // a UTF-16 unit is at most 3 UTF-8 bytes: surely within the bound
+    }
+    int len = value.getBytes(StandardCharsets.UTF_8).length;
+    if (len > max) {
+      throw new InvalidEvent("field_too_long",
+          name + " is " + len + " bytes; at most " + max + " are accepted");
+    }
   }
 
   /** Rules 3 and 4 of {@code apply} ({@code may_follow}): null if allowed, else the reason. */
@@ -470,8 +504,93 @@ public final class OrderViewBench {
   // The processor: glue between parseEvent/apply and the store (OrderViewProcessor in order.rs).
   // ---------------------------------------------------------------------------------------------
 
-  static final class OrderViewProcessor implements Processor<byte[], byte[], byte[], byte[]> {
-    private ProcessorContext<byte[], byte[]> context;
+  /** No readable {@code ts} (see {@link #readTs}). */
+  static final long NO_TS = Long.MIN_VALUE;
+  static final JsonFactory TS_JSON = new JsonFactory();
+
+  /**
+   * The event's {@code ts} alone, as paystream's {@code EventTime} extractor reads it (serde into
+   * {@code struct Ts { ts: i64 }}: the whole value must be one JSON object, other fields are
+   * skipped but scanned), or {@link #NO_TS}.
+   */
+  static long readTs(byte[] value) {
+    if (value == null || value.length > MAX_EVENT_BYTES) {
+      return NO_TS;
+    }
+    try (JsonParser p = TS_JSON.createParser(value)) {
+      if (p.nextToken() != JsonToken.START_OBJECT) {
+        return NO_TS;
+      }
+      long ts = NO_TS;
+      boolean seen = false;
+      JsonToken t;
+      while ((t = p.nextToken()) == JsonToken.FIELD_NAME) {
+        String name = p.currentName();
+        JsonToken v = p.nextToken();
+        if (name.equals("ts")) {
+          if (seen || v != JsonToken.VALUE_NUMBER_INT
+              || p.getNumberType() == JsonParser.NumberType.BIG_INTEGER) {
+            return NO_TS; // duplicate field, null, not an integer, or beyond i64
+          }
+          seen = true;
+          ts = p.getLongValue();
+        } else {
+          p.skipChildren();
+        }
+      }
+      if (t != JsonToken.END_OBJECT || p.nextToken() != null) {
+        return NO_TS;
+      }
+      return seen ? ts : NO_TS;
+    } catch (IOException e) {
+      return NO_TS;
+    }
+  }
+
+  /**
+   * {@code TimePolicy::time_of} for a readable time: null if {@code ts} is usable at wall clock
+   * {@code now}, else {reason, detail}.
+   */
+  static String[] refusedTime(long ts, long now) {
+    if (ts < 0) {
+      return new String[] {"invalid_timestamp", "record time " + ts + " is negative"};
+    }
+    long ahead = DefaultPipeline.satSub(ts, now);
+    if (ahead > MAX_FUTURE_MS) {
+      return new String[] {"timestamp_in_future", "record time " + ts + " is " + ahead
+          + " ms ahead of the wall clock " + now + "; at most " + MAX_FUTURE_MS
+          + " ms are accepted (--max-future-ms)"};
+    }
+    return null;
+  }
+
+  /**
+   * The source's timestamp extractor: the event's JSON {@code ts} (paystream's default
+   * {@code --timestamp-source event}). Kafka Streams drops a record whose extracted time is
+   * negative without telling anyone; paystream dead-letters a record it cannot time and does not
+   * let it move stream time. So a record without a usable time gets the partition's current time
+   * here (it does not move stream time either), and the order-view node dead-letters it.
+   */
+  static final class EventTimeExtractor implements TimestampExtractor {
+    @Override
+    public long extract(ConsumerRecord<Object, Object> record, long partitionTime) {
+      long ts = readTs((byte[]) record.value());
+      if (ts == NO_TS || refusedTime(ts, System.currentTimeMillis()) != null) {
+        return Math.max(partitionTime, 0);
+      }
+      return ts;
+    }
+  }
+
+  /**
+   * The first node: the task's record checks (wrong partition, time policy), then
+   * {@code OrderViewProcessor} of order.rs. In the default pipeline it forwards each valid record,
+   * with its parsed event as the value, to the SMS node.
+   */
+  static final class OrderViewProcessor implements Processor<byte[], byte[], Object, Object> {
+    private final boolean forward;
+    private final int inputPartitions;
+    private ProcessorContext<Object, Object> context;
     private KeyValueStore<Bytes, byte[]> store;
     private final Encoder encoder = new Encoder();
     // One per processor instance; a processor runs on one stream thread at a time.
@@ -479,30 +598,65 @@ public final class OrderViewBench {
         .onMalformedInput(CodingErrorAction.REPORT)
         .onUnmappableCharacter(CodingErrorAction.REPORT);
 
+    OrderViewProcessor(boolean forward, int inputPartitions) {
+      this.forward = forward;
+      this.inputPartitions = inputPartitions;
+    }
+
     @Override
-    public void init(ProcessorContext<byte[], byte[]> context) {
+    public void init(ProcessorContext<Object, Object> context) {
       this.context = context;
       this.store = context.getStateStore(ORDERS_STORE);
     }
 
+    private void deadLetter(Record<byte[], byte[]> record, String reason, String detail) {
+      // Dead-letter with the reason in headers (paystream: paystream.dlq.reason / .detail).
+      Record<byte[], byte[]> dead = record.withHeaders(record.headers());
+      dead.headers().add("paystream.dlq.reason", reason.getBytes(StandardCharsets.UTF_8));
+      dead.headers().add("paystream.dlq.detail",
+          String.valueOf(detail).getBytes(StandardCharsets.UTF_8));
+      context.forward(dead, DLQ_SINK);
+      DEAD_LETTERED.incrementAndGet();
+      recordProcessed();
+    }
+
     @Override
     public void process(Record<byte[], byte[]> record) {
+      // The task's check (engine/task.rs): a key that hashes to another partition (murmur2, as
+      // the Java producer) is dead-lettered before any node sees it.
+      byte[] k = record.key();
+      if (k != null && k.length > 0) {
+        int expected = Utils.toPositive(Utils.murmur2(k)) % inputPartitions;
+        int actual = context.recordMetadata().map(m -> m.partition()).orElse(expected);
+        if (expected != actual) {
+          deadLetter(record, "wrong_partition", "the key hashes to partition " + expected
+              + " (murmur2, as Java's default partitioner) but the record is on partition "
+              + actual + ": queries look for it on " + expected);
+          return;
+        }
+      }
       OrderEvent event;
       try {
-        event = parseEvent(record.key(), record.value(), utf8);
+        event = parseEvent(k, record.value(), utf8);
       } catch (InvalidEvent invalid) {
-        // Dead-letter with the reason in headers (paystream: paystream.dlq.reason / .detail).
-        Record<byte[], byte[]> dead = record.withHeaders(record.headers());
-        dead.headers().add("paystream.dlq.reason", invalid.reason.getBytes(StandardCharsets.UTF_8));
-        dead.headers().add("paystream.dlq.detail",
-            String.valueOf(invalid.getMessage()).getBytes(StandardCharsets.UTF_8));
-        context.forward(dead, DLQ_SINK);
-        DEAD_LETTERED.incrementAndGet();
-        recordProcessed();
+        // paystream times the record first (TimePolicy, ts alone) and only then parses it: a
+        // readable but refused time is the reason even when the rest is invalid too.
+        long ts = readTs(record.value());
+        String[] refused = ts == NO_TS ? null : refusedTime(ts, System.currentTimeMillis());
+        if (refused != null) {
+          deadLetter(record, refused[0], refused[1]);
+        } else {
+          deadLetter(record, invalid.reason, invalid.getMessage());
+        }
+        return;
+      }
+      String[] refused = refusedTime(event.ts, System.currentTimeMillis());
+      if (refused != null) {
+        deadLetter(record, refused[0], refused[1]);
         return;
       }
       // The key is the record key's bytes, which equal order_id's UTF-8 (checked above).
-      Bytes key = Bytes.wrap(record.key());
+      Bytes key = Bytes.wrap(k);
       byte[] stored = store.get(key);
       if (stored == null) {
         store.put(key, encoder.encode(firstEvent(event)));
@@ -515,19 +669,19 @@ public final class OrderViewBench {
         if (outcome == null) {
           store.put(key, encoder.encode(current));
           APPLIED.incrementAndGet();
+        } else if (outcome.equals("duplicate")) {
+          // Duplicate or ignored: nothing to write (paystream since the exactly-once engine: the
+          // store only holds committed state, which its changelog holds too).
+          DUPLICATES.incrementAndGet();
         } else {
-          // Duplicate or ignored: paystream writes the unchanged value again so that the changelog
-          // is never behind the local store after a crash; do the same (same work per record).
-          store.put(key, stored);
-          if (outcome.equals("duplicate")) {
-            DUPLICATES.incrementAndGet();
-          } else {
-            IGNORED.incrementAndGet();
-          }
+          IGNORED.incrementAndGet();
         }
       }
-      // paystream forwards valid records to the windowed processors when they are on; the order
-      // view alone has no downstream node, so nothing is forwarded here.
+      if (forward) {
+        // The record time is the event's ts (the extractor read it; the checks above passed).
+        context.forward(new Record<Object, Object>(k, event, event.ts, record.headers()),
+            NEXT_NODE);
+      }
       recordProcessed();
     }
   }
@@ -536,10 +690,22 @@ public final class OrderViewBench {
   // Wiring and measurement.
   // ---------------------------------------------------------------------------------------------
 
-  static Topology topology(String inputTopic, String dlqTopic, boolean caching) {
+  /** Output topics of the default pipeline (paystream's SEND_SMS, SEND_SMS.SUPPRESSED, ...). */
+  record Outputs(String sms, String suppressed, String alerts) {}
+
+  /**
+   * The topology: order view alone ({@code outputs == null}), or paystream's default chain
+   * order view → SMS → missing-completion detector (topology/src/shipped.rs).
+   */
+  static Topology topology(String inputTopic, String dlqTopic, boolean caching,
+      int inputPartitions, Outputs outputs, DefaultPipeline.DetectorClock clock) {
     Topology t = new Topology();
-    t.addSource("source", new ByteArrayDeserializer(), new ByteArrayDeserializer(), inputTopic);
-    t.addProcessor("order-view", OrderViewProcessor::new, "source");
+    // The record time is the event's JSON ts, as paystream's default --timestamp-source event.
+    t.addSource(org.apache.kafka.streams.AutoOffsetReset.earliest(), "source",
+        new EventTimeExtractor(), new ByteArrayDeserializer(), new ByteArrayDeserializer(),
+        inputTopic);
+    boolean chain = outputs != null;
+    t.addProcessor("order-view", () -> new OrderViewProcessor(chain, inputPartitions), "source");
     // Default persistent (RocksDB) store; logging (changelog) is on by default. Caching is off by
     // default for Processor API stores, which matches paystream (every put reaches RocksDB and the
     // changelog). --caching turns on Kafka Streams' record cache (the DSL's default) for reference.
@@ -551,23 +717,57 @@ public final class OrderViewBench {
     t.addStateStore(store, "order-view");
     t.addSink(DLQ_SINK, dlqTopic, new ByteArraySerializer(), new ByteArraySerializer(),
         "order-view");
+    if (chain) {
+      t.addProcessor(DefaultPipeline.SMS_NODE, DefaultPipeline.SmsProcessor::new, "order-view");
+      t.addProcessor(DefaultPipeline.APPROVAL_NODE,
+          () -> new DefaultPipeline.ApprovalTimeoutProcessor(clock), DefaultPipeline.SMS_NODE);
+      for (var e : DefaultPipeline.stores()) {
+        StoreBuilder<?> b = e.getKey();
+        if (caching) {
+          b = e.getKey().withCachingEnabled();
+        }
+        t.addStateStore(b, e.getValue());
+      }
+      t.addSink(DefaultPipeline.SMS_SINK, outputs.sms(), new ByteArraySerializer(),
+          new ByteArraySerializer(), DefaultPipeline.SMS_NODE);
+      t.addSink(DefaultPipeline.SUPPRESSED_SINK, outputs.suppressed(), new ByteArraySerializer(),
+          new ByteArraySerializer(), DefaultPipeline.SMS_NODE);
+      t.addSink(DefaultPipeline.ALERTS_SINK, outputs.alerts(), new ByteArraySerializer(),
+          new ByteArraySerializer(), DefaultPipeline.APPROVAL_NODE);
+    }
     return t;
   }
 
-  /** The DLQ topic must exist: the broker has auto.create.topics.enable=false. */
-  static void ensureDlqTopic(String bootstrap, String input, String dlq) throws Exception {
+  /**
+   * Create the DLQ and the default pipeline's output topics with the input's partition count, as
+   * paystream does (src/instance.rs; the broker has auto.create.topics.enable=false): the outputs
+   * with {@code message.timestamp.type=LogAppendTime} (so their retention follows when they were
+   * written, not the event times they carry), the DLQ with the broker's default. Returns the
+   * input's partition count.
+   */
+  static int ensureTopics(String bootstrap, String input, String dlq, List<String> outputs)
+      throws Exception {
     Properties p = new Properties();
     p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
     try (Admin admin = Admin.create(p)) {
       int partitions = admin.describeTopics(List.of(input)).allTopicNames().get()
           .get(input).partitions().size();
-      try {
-        admin.createTopics(List.of(new NewTopic(dlq, partitions, (short) 1))).all().get();
-      } catch (ExecutionException e) {
-        if (!(e.getCause() instanceof TopicExistsException)) {
-          throw e;
+      List<NewTopic> wanted = new ArrayList<>();
+      wanted.add(new NewTopic(dlq, partitions, (short) 1));
+      for (String topic : outputs) {
+        wanted.add(new NewTopic(topic, partitions, (short) 1)
+            .configs(Map.of("message.timestamp.type", "LogAppendTime")));
+      }
+      for (NewTopic topic : wanted) {
+        try {
+          admin.createTopics(List.of(topic)).all().get();
+        } catch (ExecutionException e) {
+          if (!(e.getCause() instanceof TopicExistsException)) {
+            throw e;
+          }
         }
       }
+      return partitions;
     }
   }
 
@@ -697,17 +897,41 @@ public final class OrderViewBench {
     boolean caching = a.containsKey("caching");
     String compression = a.getOrDefault("compression", "lz4");
     long timeoutS = Long.parseLong(a.getOrDefault("timeout-s", "1800"));
-    String dlq = topic + ".DLQ";
+    String topologyName = a.getOrDefault("topology", "view");
+    boolean full;
+    switch (topologyName) {
+      case "view": full = false; break;
+      case "default": full = true; break;
+      default: throw new IllegalArgumentException("--topology is view or default");
+    }
+    String guarantee = a.getOrDefault("guarantee", StreamsConfig.AT_LEAST_ONCE);
+    // paystream's --commit-interval-ms defaults (src/config.rs): 100 ms under exactly_once_v2,
+    // 1000 ms under at_least_once. (Kafka Streams' own defaults: 100 and 30000.)
+    long commitMs;
+    switch (guarantee) {
+      case StreamsConfig.AT_LEAST_ONCE: commitMs = 1000; break;
+      case StreamsConfig.EXACTLY_ONCE_V2: commitMs = 100; break;
+      default: throw new IllegalArgumentException("--guarantee is at_least_once or exactly_once_v2");
+    }
+    commitMs = Long.parseLong(a.getOrDefault("commit-interval-ms", Long.toString(commitMs)));
+    DefaultPipeline.DetectorClock clock =
+        DefaultPipeline.DetectorClock.valueOf(a.getOrDefault("detector-clock", "record")
+            .toUpperCase(java.util.Locale.ROOT));
+    String outPrefix = a.getOrDefault("output-prefix", appId + "-");
+    String dlq = a.getOrDefault("dlq-topic", topic + ".DLQ");
+    Outputs outputs = full ? new Outputs(outPrefix + "SEND_SMS", outPrefix + "SEND_SMS.SUPPRESSED",
+        outPrefix + "APPROVAL_TIMEOUT") : null;
     target = events;
 
-    ensureDlqTopic(bootstrap, topic, dlq);
+    int partitions = ensureTopics(bootstrap, topic, dlq, full
+        ? List.of(outputs.sms(), outputs.suppressed(), outputs.alerts()) : List.of());
 
     Properties p = new Properties();
     p.put(StreamsConfig.APPLICATION_ID_CONFIG, appId);
     p.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
     p.put(StreamsConfig.STATE_DIR_CONFIG, stateDir);
-    p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.AT_LEAST_ONCE);
-    p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 1000); // paystream's default
+    p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, guarantee);
+    p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, commitMs);
     p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, threads);
     p.put(StreamsConfig.consumerPrefix(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG), "earliest");
     // paystream's producer compresses changelog batches with lz4 (src/kafka/client.rs); Kafka's
@@ -715,7 +939,7 @@ public final class OrderViewBench {
     // paystream. Everything else is Kafka Streams' default.
     p.put(StreamsConfig.producerPrefix(ProducerConfig.COMPRESSION_TYPE_CONFIG), compression);
 
-    Topology topology = topology(topic, dlq, caching);
+    Topology topology = topology(topic, dlq, caching, partitions, outputs, clock);
     KafkaStreams streams = new KafkaStreams(topology, p);
     streams.setUncaughtExceptionHandler(e -> {
       FAILURE.compareAndSet(null, "stream thread died: " + e);
@@ -729,9 +953,12 @@ public final class OrderViewBench {
       }
     });
 
-    System.err.printf("kstreams-bench: app %s, %d thread(s), topic %s, %d events, caching %s,"
-        + " compression %s, max heap %d MiB%n", appId, threads, topic, events, caching,
-        compression, Runtime.getRuntime().maxMemory() >> 20);
+    String what = full ? "default topology" : "order view";
+    System.err.printf("kstreams-bench: app %s, %s, %s (commit every %d ms), %d thread(s),"
+        + " topic %s, %d events, caching %s, compression %s%s, max heap %d MiB%n", appId, what,
+        guarantee, commitMs, threads, topic, events, caching, compression,
+        full ? ", detector clock " + clock.name().toLowerCase(java.util.Locale.ROOT) : "",
+        Runtime.getRuntime().maxMemory() >> 20);
     long startNanos = System.nanoTime();
     streams.start();
     boolean finished = DONE.await(timeoutS, TimeUnit.SECONDS);
@@ -749,22 +976,36 @@ public final class OrderViewBench {
     long closeStart = System.nanoTime();
     streams.close(Duration.ofSeconds(120));
     double closeS = (System.nanoTime() - closeStart) / 1e9;
+    long rssAfterClose = peakRssMiB();
 
     System.out.printf("start-up (start → first record processed): %.2f s%n",
         (first - startNanos) / 1e9);
     System.out.printf("processed %d records: applied %d, duplicate %d, ignored %d,"
         + " dead-lettered %d%n", PROCESSED.get(), APPLIED.get(), DUPLICATES.get(), IGNORED.get(),
         DEAD_LETTERED.get());
+    if (full) {
+      System.out.printf("sms: sent %d, suppressed %d, late %d; approval: TIMEOUT %d,"
+          + " RESOLVED %d, late %d, checks %d%n", DefaultPipeline.SMS_SENT.sum(),
+          DefaultPipeline.SMS_SUPPRESSED.sum(), DefaultPipeline.SMS_LATE.sum(),
+          DefaultPipeline.ALERTS_TIMEOUT.sum(), DefaultPipeline.ALERTS_RESOLVED.sum(),
+          DefaultPipeline.APPROVAL_LATE.sum(), DefaultPipeline.CHECKS.sum());
+    }
     System.out.printf("first → %d-th record: %.3f s%n", events, seconds);
     System.out.printf("close (final commit): %.2f s%n", closeS);
-    System.out.printf("peak RSS (VmHWM): %d MiB%n", rss);
+    System.out.printf("peak RSS (VmHWM) at the N-th record: %d MiB (after close: %d MiB)%n", rss,
+        rssAfterClose);
     long mismatches = 0;
     if (a.containsKey("verify-model")) {
       mismatches = verify(bootstrap, appId + "-" + ORDERS_STORE + "-changelog",
           Path.of(a.get("verify-model")));
     }
-    System.out.printf("kafka streams ingest (%d thread(s)): %.0f events/s%n", threads,
-        events / seconds);
+    if (full) {
+      System.out.printf("kafka streams ingest (default topology, %s, %d thread(s)): %.0f events/s,"
+          + " peak RSS %d MiB%n", guarantee, threads, events / seconds, rss);
+    } else {
+      System.out.printf("kafka streams ingest (%d thread(s)): %.0f events/s%n", threads,
+          events / seconds);
+    }
     System.exit(mismatches == 0 ? 0 : 2);
   }
 }
