@@ -228,6 +228,7 @@ if [ "$verify_ps" = 1 ]; then
     --pair "DLQ:dlq:$topic.DLQ:$papp-DLQ" "${ignore[@]}"
   rc=$?
   set -e
-  [ "$rc" = 0 ] || { log "the outputs differ"; exit 3; }
+  [ "$rc" = 0 ] || { log "the outputs differ (paystream's log: $BENCH/paystream-$stamp.log)"; exit 3; }
+  rm -f "$BENCH/paystream-$stamp.log"
   log "the outputs are equal"
 fi
