@@ -345,6 +345,14 @@ impl ApprovalTimeoutProcessor {
     ) -> Result<(), ProcessError> {
         let key = event.order_id.as_bytes();
         let due = self.due_after();
+        // A request older than the lookup below and not checked yet is overdue already: this
+        // completion moved stream time past its deadline (nothing else came in between, or the
+        // task restarted). Check first, so it is alerted now and resolved below, not alerted by
+        // the next check, after its completion, and left open.
+        if ts.saturating_sub(due) > self.checked_up_to {
+            let st = ctx.stream_time();
+            self.check(ctx, st)?;
+        }
         // Requests older than `due` were checked already (alerted, or stopped by the alert store);
         // up to `due` after the completion too, as services' clocks are not perfectly in step.
         let found = Self::entries(ctx, key, ts.saturating_sub(due), ts.saturating_add(due))?;

@@ -5,6 +5,8 @@
 //! The expected alerts and SMS come from the scenario itself (which orders complete, which do
 //! not), never from the processors' code.
 
+mod common;
+
 use std::collections::BTreeSet;
 
 use paystream_topology::approval::{AlertStatus, ApprovalAlert, ApprovalTimeoutConfig};
@@ -21,17 +23,9 @@ const NOW: i64 = 1_790_000_000_000;
 /// A year before `NOW`: the history being replayed.
 const THEN: i64 = NOW - 365 * DAY;
 
+/// An event of `order` whose phone number belongs to that order alone.
 fn ev(order: &str, id: &str, t: EventType, ts: i64) -> OrderEvent {
-    OrderEvent {
-        order_id: order.into(),
-        event_id: id.into(),
-        event_type: t,
-        amount: Some(12_000),
-        currency: Some("KRW".into()),
-        member_id: Some("M-42".into()),
-        phone: Some(format!("010-{order}")),
-        ts,
-    }
+    common::ev(order, id, t, ts, &format!("010-{order}"))
 }
 
 fn driver(source: TimestampSource) -> TestDriver {

@@ -825,6 +825,12 @@ final class DefaultPipeline {
     private void settled(OrderEvent event, long ts) {
       byte[] key = event.order_id.getBytes(StandardCharsets.UTF_8);
       long dueAfter = dueAfterMs();
+      // As paystream: a completion whose request is older than the lookup below, not yet
+      // checked, is overdue already (this record moved stream time past it): check first, so it
+      // is alerted now and resolved below, not alerted after its completion and left open.
+      if (satSub(ts, dueAfter) > checkedUpTo) {
+        check(streamTime());
+      }
       List<Map.Entry<Long, ApprovalState>> found =
           entries(key, satSub(ts, dueAfter), satAdd(ts, dueAfter));
       byte[] settled = null;
