@@ -47,14 +47,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A restoring store that has not moved for this long is reported in `/health`.
 const STALL_AFTER: Duration = Duration::from_secs(30);
-/// A consumer that delivered nothing for this long while a read is short of its end is replaced
-/// (see [`StateUpdater::reset_stalled`]).
+/// A read short of its end that has not moved for this long gets a new consumer (see
+/// [`StateUpdater::reset_stalled`]).
 const RESET_AFTER: Duration = Duration::from_secs(10);
-/// A read short of its end that has not moved for this long gets a new consumer even while the
-/// consumer delivers other partitions' records. Far longer than [`RESET_AFTER`]: one consumer
-/// fetches a few partitions at a time, rotating through all of them, so in a restore of many
-/// partitions each one waits its turn (seen: over 10 s with 72 changelog partitions).
-const RESET_READ_AFTER: Duration = Duration::from_secs(60);
 
 /// What the stream thread asks of the updater.
 pub enum UpdaterCommand {
@@ -132,7 +127,6 @@ impl StateUpdater {
         let mut held: BTreeMap<i32, Held> = BTreeMap::new();
         let mut opening: BTreeMap<i32, Opening> = BTreeMap::new();
         let mut last_progress = Instant::now();
-        let mut last_delivery = Instant::now();
         // After a round that read nothing, the next one waits a little for records instead of
         // spinning.
         let mut wait = Duration::ZERO;
@@ -146,15 +140,12 @@ impl StateUpdater {
                 std::thread::sleep(IDLE_WAIT);
             }
             let read = self.read_round(&mut held, &mut reader, wait)?;
-            if read > 0 || !reader.has_assignment() {
-                last_delivery = Instant::now();
-            }
             wait = if read == 0 { IDLE_WAIT } else { Duration::ZERO };
             self.hand_over_caught_up(&mut held, &mut reader)?;
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 self.report(&mut held);
-                self.reset_stalled(&mut held, &mut reader, last_delivery.elapsed())?;
+                self.reset_stalled(&mut held, &mut reader)?;
             }
         }
         for (p, mut h) in std::mem::take(&mut held) {
@@ -184,23 +175,16 @@ impl StateUpdater {
         })
     }
 
-    /// The consumer (at least [`RESET_AFTER`] old) is replaced by a new one, which resumes every
-    /// partition it read at what was applied, when a read is short of its end and either the
-    /// consumer delivered nothing for [`RESET_AFTER`] (`silent`: how long it has delivered
-    /// nothing) or that read has not moved for [`RESET_READ_AFTER`]. Seen after the broker was
-    /// unreachable for a minute: one changelog consumer of an instance never fetched again
-    /// while the others resumed, and its restores waited forever.
+    /// A consumer (at least [`RESET_AFTER`] old) with a read short of its end that delivered
+    /// nothing for [`RESET_AFTER`] is replaced by a new one, which resumes every partition it
+    /// read at what was applied. Seen after the broker was unreachable for a minute: one
+    /// changelog consumer of an instance never fetched again while the others resumed, and its
+    /// restores waited forever.
     fn reset_stalled(
         &self,
         held: &mut BTreeMap<i32, Held>,
         reader: &mut ChangelogReader,
-        silent: Duration,
     ) -> Result<(), UpdaterError> {
-        let after = if silent > RESET_AFTER {
-            RESET_AFTER
-        } else {
-            RESET_READ_AFTER
-        };
         let stalled: Vec<(&str, i32, i64)> = held
             .iter()
             .flat_map(|(&p, h)| {
@@ -212,7 +196,7 @@ impl StateUpdater {
                             end,
                             moved_at,
                             reached: false,
-                        } if moved_at.elapsed() > after => Some((i, p, end)),
+                        } if moved_at.elapsed() > RESET_AFTER => Some((i, p, end)),
                         _ => None,
                     })
             })
