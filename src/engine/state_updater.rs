@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paystream_topology::Topology;
-use rdkafka::error::KafkaError as RdError;
 use thiserror::Error;
 
 use super::changelog_reader::{ChangelogReader, LogEnds, Polled};
@@ -38,8 +37,8 @@ use super::task::{Task, TaskError, TaskState};
 use super::{lock, next_command, Next, SharedHeldTasks};
 use crate::telemetry::Metrics;
 
-/// Records taken per round, before commands and hand-overs get a turn.
-const ROUND: usize = 10_000;
+/// Records taken from one reader per round before the others get a turn.
+const ROUND: usize = 2_000;
 /// How long an idle round waits for records before looking at commands again.
 const IDLE_WAIT: Duration = Duration::from_millis(10);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -119,7 +118,9 @@ impl StateUpdater {
     }
 
     fn run_inner(self) -> Result<(), UpdaterError> {
-        let mut reader = self.new_reader()?;
+        let mut readers = (0..self.topology.stores().len())
+            .map(|i| self.new_reader(i))
+            .collect::<Result<Vec<_>, _>>()?;
         let ends = LogEnds::new(&self.bootstrap).map_err(|source| UpdaterError::Consumer {
             topic: "(log-end offsets)".into(),
             source,
@@ -127,93 +128,77 @@ impl StateUpdater {
         let mut held: BTreeMap<i32, Held> = BTreeMap::new();
         let mut opening: BTreeMap<i32, Opening> = BTreeMap::new();
         let mut last_progress = Instant::now();
-        // After a round that read nothing, the next one waits a little for records instead of
-        // spinning.
+        // After a round that read nothing, the next one waits a little on its first consumer
+        // instead of spinning.
         let mut wait = Duration::ZERO;
         loop {
-            if !self.handle_commands(&mut held, &mut opening, &mut reader)? {
+            if !self.handle_commands(&mut held, &mut opening, &mut readers)? {
                 break;
             }
             self.retry_opening(&mut held, &mut opening)?;
-            self.start_pending(&mut held, &mut reader, &ends)?;
-            if !held.is_empty() && !reader.has_assignment() {
+            self.start_pending(&mut held, &mut readers, &ends)?;
+            if !held.is_empty() && !readers.iter().any(ChangelogReader::has_assignment) {
                 std::thread::sleep(IDLE_WAIT);
             }
-            let read = self.read_round(&mut held, &mut reader, wait)?;
+            let read = self.read_round(&mut held, &mut readers, wait)?;
             wait = if read == 0 { IDLE_WAIT } else { Duration::ZERO };
-            self.hand_over_caught_up(&mut held, &mut reader)?;
+            self.hand_over_caught_up(&mut held, &mut readers)?;
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 self.report(&mut held);
-                self.reset_stalled(&mut held, &mut reader)?;
+                self.reset_stalled(&mut held, &mut readers)?;
             }
         }
         for (p, mut h) in std::mem::take(&mut held) {
-            self.close(p, &mut h, &mut reader)?;
+            self.close(p, &mut h, &mut readers)?;
         }
         Ok(())
     }
 
-    /// The consumer of every store's changelog.
-    fn new_reader(&self) -> Result<ChangelogReader, UpdaterError> {
+    /// The consumer of store `i`'s changelog.
+    fn new_reader(&self, i: usize) -> Result<ChangelogReader, UpdaterError> {
         let group = format!("{}-restore", self.application_id);
-        let topics: Vec<String> = self
-            .topology
-            .stores()
-            .iter()
-            .map(|s| s.changelog_topic(&self.application_id))
-            .collect();
-        ChangelogReader::new(
-            &self.bootstrap,
-            &group,
-            topics.clone(),
-            Some(self.metrics.clone()),
-        )
-        .map_err(|source| UpdaterError::Consumer {
-            topic: topics.join(","),
-            source,
-        })
+        let topic = self.topology.stores()[i].changelog_topic(&self.application_id);
+        let lag = (i == 0).then(|| self.metrics.clone());
+        ChangelogReader::new(&self.bootstrap, &group, &topic, lag)
+            .map_err(|source| UpdaterError::Consumer { topic, source })
     }
 
     /// A consumer (at least [`RESET_AFTER`] old) with a read short of its end that delivered
-    /// nothing for [`RESET_AFTER`] is replaced by a new one, which resumes every partition it
-    /// read at what was applied. Seen after the broker was unreachable for a minute: one
-    /// changelog consumer of an instance never fetched again while the others resumed, and its
-    /// restores waited forever.
+    /// nothing for [`RESET_AFTER`] is replaced by a new one, which resumes every partition it read at what was applied. Seen
+    /// after the broker was unreachable for a minute: one changelog consumer of an instance
+    /// never fetched again while the others resumed, and its restores waited forever.
     fn reset_stalled(
         &self,
         held: &mut BTreeMap<i32, Held>,
-        reader: &mut ChangelogReader,
+        readers: &mut [ChangelogReader],
     ) -> Result<(), UpdaterError> {
-        let stalled: Vec<(&str, i32, i64)> = held
-            .iter()
-            .flat_map(|(&p, h)| {
-                h.reads
-                    .iter()
-                    .enumerate()
-                    .filter_map(move |(i, r)| match *r {
-                        StoreRead::Reading {
-                            end,
-                            moved_at,
-                            reached: false,
-                        } if moved_at.elapsed() > RESET_AFTER => Some((i, p, end)),
-                        _ => None,
-                    })
-            })
-            .map(|(i, p, end)| (reader.topic(i), p, end))
-            .collect();
-        if stalled.is_empty() || reader.age() < RESET_AFTER {
-            return Ok(());
-        }
-        let positions = reader.positions().unwrap_or_default();
-        tracing::warn!(?stalled, ?positions, "changelog reads (topic, partition, end) made no progress (a transaction still open on the changelog, or a stuck consumer); replacing the consumer");
-        *reader = self.new_reader()?;
-        for (&p, h) in held.iter() {
-            for (i, read) in h.reads.iter().enumerate() {
-                if matches!(read, StoreRead::Reading { .. }) {
+        for (i, reader) in readers.iter_mut().enumerate() {
+            let stalled: Vec<(i32, i64)> = held
+                .iter()
+                .filter_map(|(&p, h)| match h.reads[i] {
+                    StoreRead::Reading {
+                        end,
+                        moved_at,
+                        reached: false,
+                    } if moved_at.elapsed() > RESET_AFTER => Some((p, end)),
+                    _ => None,
+                })
+                .collect();
+            if stalled.is_empty() || reader.age() < RESET_AFTER {
+                continue;
+            }
+            let positions = reader.positions().unwrap_or_default();
+            tracing::warn!(topic = %reader.topic, ?stalled, ?positions, "changelog reads (partition, end) made no progress (a transaction still open on the changelog, or a stuck consumer); replacing their consumer");
+            *reader = self.new_reader(i)?;
+            for (&p, h) in held.iter() {
+                if matches!(h.reads[i], StoreRead::Reading { .. }) {
                     reader
-                        .assign(i, p, h.task.stores[i].changelog_end)
-                        .map_err(|e| consumer_error(reader, i, e))?;
+                        .assign(p, h.task.stores[i].changelog_end)
+                        .map_err(|source| UpdaterError::Consumer {
+                            topic: reader.topic.clone(),
+                            source,
+                        })?;
                 }
             }
         }
@@ -225,7 +210,7 @@ impl StateUpdater {
         &self,
         held: &mut BTreeMap<i32, Held>,
         opening: &mut BTreeMap<i32, Opening>,
-        reader: &mut ChangelogReader,
+        readers: &mut [ChangelogReader],
     ) -> Result<bool, UpdaterError> {
         // Nothing held: wait for work instead of spinning.
         let mut wait = held.is_empty().then_some(Duration::from_millis(100));
@@ -251,7 +236,7 @@ impl StateUpdater {
                             held.insert(partition, h);
                             continue;
                         }
-                        self.unassign_all(partition, &mut h, reader)?;
+                        self.unassign_all(partition, &mut h, readers)?;
                         let next = if active {
                             TaskState::Restoring
                         } else {
@@ -268,7 +253,7 @@ impl StateUpdater {
                         self.status.task_gone(partition);
                     }
                     if let Some(mut h) = held.remove(&partition) {
-                        self.close(partition, &mut h, reader)?;
+                        self.close(partition, &mut h, readers)?;
                     }
                 }
                 UpdaterCommand::Shutdown => return Ok(false),
@@ -308,9 +293,9 @@ impl StateUpdater {
         &self,
         partition: i32,
         h: &mut Held,
-        reader: &mut ChangelogReader,
+        readers: &mut [ChangelogReader],
     ) -> Result<(), UpdaterError> {
-        self.unassign_all(partition, h, reader)?;
+        self.unassign_all(partition, h, readers)?;
         self.local.remove(partition);
         self.status.task_gone(partition);
         h.task.checkpoint()?;
@@ -327,13 +312,16 @@ impl StateUpdater {
         &self,
         partition: i32,
         h: &mut Held,
-        reader: &mut ChangelogReader,
+        readers: &mut [ChangelogReader],
     ) -> Result<(), UpdaterError> {
         for (i, read) in h.reads.iter_mut().enumerate() {
             if matches!(read, StoreRead::Reading { .. }) {
-                reader
-                    .unassign(i, partition)
-                    .map_err(|e| consumer_error(reader, i, e))?;
+                let r = &mut readers[i];
+                r.unassign(partition)
+                    .map_err(|source| UpdaterError::Consumer {
+                        topic: r.topic.clone(),
+                        source,
+                    })?;
             }
             *read = StoreRead::CaughtUp;
         }
@@ -344,22 +332,23 @@ impl StateUpdater {
     fn start_pending(
         &self,
         held: &mut BTreeMap<i32, Held>,
-        reader: &mut ChangelogReader,
+        readers: &mut [ChangelogReader],
         ends: &LogEnds,
     ) -> Result<(), UpdaterError> {
         let now = Instant::now();
         for (&p, h) in held.iter_mut() {
-            for i in 0..h.reads.len() {
+            // One reader per store, in the same order.
+            for (i, reader) in readers.iter_mut().enumerate() {
                 let StoreRead::Pending { retry_at, backoff } = h.reads[i] else {
                     continue;
                 };
                 if retry_at > now {
                     continue;
                 }
-                let (lo, hi) = match ends.watermarks(reader.topic(i), p) {
+                let (lo, hi) = match ends.watermarks(&reader.topic, p) {
                     Ok(w) => w,
                     Err(e) => {
-                        let why = format!("changelog {} unreadable: {e}", reader.topic(i));
+                        let why = format!("changelog {} unreadable: {e}", reader.topic);
                         tracing::warn!(partition = p, error = %why, retry_in = ?backoff, "cannot read changelog; retrying");
                         self.status.task_error(p, Some(why));
                         h.reads[i] = StoreRead::Pending {
@@ -396,8 +385,11 @@ impl StateUpdater {
                     tracing::info!(partition = p, store = %s.name, from = start, to = hi, "restoring from changelog");
                 }
                 reader
-                    .assign(i, p, start)
-                    .map_err(|e| consumer_error(reader, i, e))?;
+                    .assign(p, start)
+                    .map_err(|source| UpdaterError::Consumer {
+                        topic: reader.topic.clone(),
+                        source,
+                    })?;
                 h.reads[i] = StoreRead::Reading {
                     end: hi,
                     moved_at: now,
@@ -410,31 +402,36 @@ impl StateUpdater {
         Ok(())
     }
 
-    /// Read what the consumer has (up to [`ROUND`] records) and apply it in batches.
+    /// Read what every consumer has (up to [`ROUND`] records each) and apply it in batches.
     fn read_round(
         &self,
         held: &mut BTreeMap<i32, Held>,
-        reader: &mut ChangelogReader,
+        readers: &mut [ChangelogReader],
         mut wait: Duration,
     ) -> Result<usize, UpdaterError> {
         let mut batches: HashMap<(usize, i32), Batch> = HashMap::new();
+        let mut ended: Vec<(usize, i32)> = Vec::new();
         let mut total = 0;
-        if reader.has_assignment() {
+        for (i, reader) in readers.iter().enumerate() {
+            if !reader.has_assignment() {
+                continue;
+            }
             for _ in 0..ROUND {
                 let timeout = std::mem::take(&mut wait);
                 let got = reader.poll(timeout, |polled| match polled {
                     Polled::Record {
-                        store,
                         partition,
                         offset,
                         key,
                         value,
                     } => {
-                        let b = batches.entry((store, partition)).or_default();
                         if let Some(k) = key {
+                            let b = batches.entry((i, partition)).or_default();
                             b.entries.push((k.to_vec(), value.map(<[u8]>::to_vec)));
+                            b.last_offset = offset;
+                        } else {
+                            batches.entry((i, partition)).or_default().last_offset = offset;
                         }
-                        b.last_offset = offset;
                         true
                     }
                     Polled::Nothing => false,
@@ -468,30 +465,34 @@ impl StateUpdater {
         }
         // Reached the end: the position (past records, commit markers and aborted records)
         // got to the log-end offset the read started with.
-        let short = held.values().any(|h| {
-            h.reads
-                .iter()
-                .any(|r| matches!(r, StoreRead::Reading { reached: false, .. }))
-        });
-        if short {
+        for (i, reader) in readers.iter().enumerate() {
+            let short = held
+                .values()
+                .any(|h| matches!(h.reads[i], StoreRead::Reading { reached: false, .. }));
+            if !short {
+                continue;
+            }
             let positions = reader
                 .positions()
                 .map_err(|source| UpdaterError::Consumer {
-                    topic: "(changelog positions)".into(),
+                    topic: reader.topic.clone(),
                     source,
                 })?;
-            let ended = positions
-                .into_iter()
-                .filter(|&(i, p, position)| {
-                    matches!(
-                        held.get(&p).map(|h| h.reads[i]),
-                        Some(StoreRead::Reading { end, reached: false, .. }) if position >= end
-                    )
-                })
-                .map(|(i, p, _)| (i, p))
-                .collect();
-            mark_ended(held, reader, ended)?;
+            for (p, position) in positions {
+                let reading = held.get(&p).map(|h| h.reads[i]);
+                if let Some(StoreRead::Reading {
+                    end,
+                    reached: false,
+                    ..
+                }) = reading
+                {
+                    if position >= end {
+                        ended.push((i, p));
+                    }
+                }
+            }
         }
+        mark_ended(held, readers, ended)?;
         Ok(total)
     }
 
@@ -500,7 +501,7 @@ impl StateUpdater {
     fn hand_over_caught_up(
         &self,
         held: &mut BTreeMap<i32, Held>,
-        reader: &mut ChangelogReader,
+        readers: &mut [ChangelogReader],
     ) -> Result<(), UpdaterError> {
         for (&p, h) in held.iter_mut() {
             if !h.synced && h.at_end() {
@@ -521,7 +522,7 @@ impl StateUpdater {
             let Some(mut h) = held.remove(&p) else {
                 continue;
             };
-            self.unassign_all(p, &mut h, reader)?;
+            self.unassign_all(p, &mut h, readers)?;
             h.task.checkpoint()?;
             self.status.restore_progress(p, h.progress.0, h.progress.1);
             tracing::info!(
@@ -578,7 +579,7 @@ impl StateUpdater {
 /// queryable, see `Held::synced`), an active's store is caught up and leaves its consumer.
 fn mark_ended(
     held: &mut BTreeMap<i32, Held>,
-    reader: &mut ChangelogReader,
+    readers: &mut [ChangelogReader],
     ended: Vec<(usize, i32)>,
 ) -> Result<(), UpdaterError> {
     for (i, p) in ended {
@@ -587,19 +588,13 @@ fn mark_ended(
             *reached = true;
         }
         if h.is_active() && matches!(h.reads[i], StoreRead::Reading { .. }) {
-            reader
-                .unassign(i, p)
-                .map_err(|e| consumer_error(reader, i, e))?;
+            let r = &mut readers[i];
+            r.unassign(p).map_err(|source| UpdaterError::Consumer {
+                topic: r.topic.clone(),
+                source,
+            })?;
             h.reads[i] = StoreRead::CaughtUp;
         }
     }
     Ok(())
-}
-
-/// A consumer error about store `i`'s changelog.
-fn consumer_error(reader: &ChangelogReader, i: usize, source: RdError) -> UpdaterError {
-    UpdaterError::Consumer {
-        topic: reader.topic(i).to_owned(),
-        source,
-    }
 }

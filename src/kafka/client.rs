@@ -36,25 +36,15 @@ pub fn transactional_producer_config(bootstrap: &str, transactional_id: &str) ->
     c
 }
 
-/// Records a consumer (the source's, the restore's) fetches ahead, at most (librdkafka's default
-/// is 64 MiB per consumer): enough for several poll rounds of every partition, and part of the
-/// memory an instance holds besides `--state-memory-mb`.
-const PREFETCH_KBYTES: &str = "16384";
-/// Largest fetch response of a consumer (librdkafka's default is 50 MiB). Fetched
+/// Records the source consumer fetches ahead, at most (librdkafka's default is 64 MiB per
+/// consumer): enough for several poll rounds of every partition, and part of the memory an
+/// instance holds besides `--state-memory-mb`.
+const SOURCE_PREFETCH_KBYTES: &str = "16384";
+/// Largest fetch response of the source consumer (librdkafka's default is 50 MiB). Fetched
 /// records point into their response buffer, so a response stays in memory until its last
 /// record is processed: in the benchmark, 8 MiB took ~70 MiB off the peak RSS at the same
 /// ingest rate (BENCHMARKS.md, "Bounded memory").
-const FETCH_MAX_BYTES: &str = "8388608";
-/// How long librdkafka waits before fetching a partition again once the prefetch queue was over
-/// `queued.min.messages` or `queued.max.messages.kbytes` (its default: 1 s). A consumer whose
-/// application is slower than the broker (the stream thread, the restore) hits that limit all
-/// the time, and a second's pause drains a bounded queue. Measured (`paystream bench --events
-/// 4000000 --orders 1000000`): the one restore consumer with a 64 MiB queue restored 386k
-/// records/s with the default and 578k with 10 ms; with 10 ms and the source consumer's 16 MiB
-/// queue and 8 MiB fetches, 627k at a restore peak RSS of 337 MiB (six consumers at librdkafka's
-/// defaults before: 594k, 973 MiB). A bare consumer of the same topics went from ~1M to ~1.9M
-/// records/s.
-const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+const SOURCE_FETCH_MAX_BYTES: &str = "8388608";
 
 /// Consumer settings for the source topic: manual assignment, manual commits (offsets are
 /// committed only with the changelog writes they depend on). `read_committed`, as everything
@@ -71,9 +61,8 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "100")
         .set("queued.min.messages", "200000")
-        .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
-        .set("fetch.max.bytes", FETCH_MAX_BYTES)
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+        .set("queued.max.messages.kbytes", SOURCE_PREFETCH_KBYTES)
+        .set("fetch.max.bytes", SOURCE_FETCH_MAX_BYTES)
         .set("statistics.interval.ms", "1000");
     c
 }
@@ -81,8 +70,7 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
 /// Consumer settings for reading a changelog from a given offset to its end (restore, standby).
 /// It never commits: restore progress lives in the local checkpoint, not in the group. It reads
 /// committed records only (an open or aborted transaction is never restored); where its end is
-/// comes from [`log_end_client_config`]'s client. One such consumer reads every changelog of an
-/// instance, with the source consumer's prefetch bounds (see [`FETCH_QUEUE_BACKOFF_MS`]).
+/// comes from [`log_end_client_config`]'s client.
 pub fn restore_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
@@ -93,10 +81,7 @@ pub fn restore_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig 
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50")
-        .set("queued.min.messages", "200000")
-        .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
-        .set("fetch.max.bytes", FETCH_MAX_BYTES)
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+        .set("queued.min.messages", "200000");
     c
 }
 
