@@ -214,7 +214,7 @@ impl Ctx<'_> {
 
     pub async fn broker(&mut self) -> Result<RoundReport, DrillError> {
         let generation = self.cluster.generation().await;
-        let leader = leader_of_most(&self.opts.bootstrap_servers, self.topic).await?;
+        let leader = leader_of_most(&self.opts.bootstrap_servers, self.topic, self.timeout).await?;
         let mut r = Round::new(Fault::Broker, format!("broker {leader}"), generation);
         let since = self.facts.now();
         self.broker_command(&self.opts.broker_kill_cmd, leader)
@@ -238,8 +238,28 @@ impl Ctx<'_> {
     }
 }
 
-/// The broker id leading the most partitions of `topic`.
-async fn leader_of_most(bootstrap: &str, topic: &str) -> Result<i32, DrillError> {
+/// The broker id leading the most partitions of `topic`, asking again (every 500 ms, for up to
+/// `timeout`) while the brokers cannot answer or no partition has a leader: right after the
+/// previous round restarted a broker, a loaded cluster can take seconds to answer metadata
+/// requests and to elect leaders (seen in CI: "metadata: … timed out", "no partition leaders").
+async fn leader_of_most(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, DrillError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match leader_of_most_once(bootstrap, topic).await {
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "no partition leader yet; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn leader_of_most_once(bootstrap: &str, topic: &str) -> Result<i32, DrillError> {
     let (b, t) = (bootstrap.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let c: BaseConsumer = restore_consumer_config(&b, "paystream-drill-metadata")
