@@ -185,3 +185,74 @@ async fn malformed_records_go_to_the_dead_letter_topic_with_a_reason() {
         );
     }
 }
+
+/// A TCP proxy to `target` on a free local port that drops every connection for the first
+/// `outage` (a broker that does not answer: starting, overloaded), then forwards.
+fn flaky_proxy(target: &str, outage: Duration) -> String {
+    use std::io::copy;
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let addr = listener.local_addr().expect("proxy address").to_string();
+    let target = target
+        .split(',')
+        .next()
+        .expect("a bootstrap server")
+        .to_owned();
+    let opened = std::time::Instant::now();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            if opened.elapsed() < outage {
+                drop(client);
+                continue;
+            }
+            let Ok(broker) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (Ok(mut c2), Ok(mut b2)) = (client.try_clone(), broker.try_clone()) else {
+                continue;
+            };
+            let (mut c1, mut b1) = (client, broker);
+            std::thread::spawn(move || copy(&mut c1, &mut b1));
+            std::thread::spawn(move || copy(&mut b2, &mut c2));
+        }
+    });
+    addr
+}
+
+/// An instance started while its broker does not answer yet waits for it, as Kafka clients do
+/// (`default.api.timeout.ms`), instead of exiting on the first timed-out metadata request (seen
+/// in CI: a broker too busy to answer ApiVersion for 10 s made a starting instance exit). A read
+/// whose deadline ends before the broker answers still fails, naming the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_reads_wait_for_a_broker_that_does_not_answer_yet() {
+    use paystream::kafka::admin::partition_count_within;
+    let topic = unique("slow-broker");
+    create_topic(&topic, 3).await;
+    // Longer than one metadata request waits (10 s): only asking again gets through.
+    let outage = Duration::from_secs(12);
+
+    let proxy = flaky_proxy(&bootstrap(), outage);
+    let t = topic.clone();
+    let started = std::time::Instant::now();
+    let found = tokio::task::spawn_blocking(move || {
+        partition_count_within(&proxy, &t, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(found.unwrap(), Some(3));
+    assert!(
+        started.elapsed() >= outage,
+        "answered after {:?}, before the proxy let anything through",
+        started.elapsed()
+    );
+
+    let proxy = flaky_proxy(&bootstrap(), Duration::from_secs(600));
+    let t = topic.clone();
+    let err = tokio::task::spawn_blocking(move || {
+        partition_count_within(&proxy, &t, Duration::from_secs(2))
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(err.to_string().contains(&topic), "{err}");
+}

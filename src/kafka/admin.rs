@@ -1,6 +1,6 @@
 //! Topic administration: read partition counts from metadata, create the topics paystream owns.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -11,6 +11,10 @@ use super::client::{admin_config, restore_consumer_config};
 use super::KafkaError;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a metadata read keeps retrying a broker that does not answer (busy, restarting, not
+/// up yet) before the caller sees the error: Kafka clients' `default.api.timeout.ms`.
+pub const METADATA_DEADLINE: Duration = Duration::from_secs(60);
+const METADATA_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
 /// A topic paystream needs, with the settings it should be created with.
 #[derive(Debug, Clone)]
@@ -24,9 +28,22 @@ pub struct TopicSpec {
 
 /// Partition count of `topic`, or `None` if it does not exist. Blocking: call from a blocking
 /// context (`spawn_blocking` in async code).
+///
+/// A broker that cannot be reached or does not answer is retried for [`METADATA_DEADLINE`]: an
+/// instance started while its broker is overloaded or restarting waits for it, as Kafka
+/// clients do, instead of exiting on the first timeout.
 pub fn partition_count(bootstrap: &str, topic: &str) -> Result<Option<i32>, KafkaError> {
+    partition_count_within(bootstrap, topic, METADATA_DEADLINE)
+}
+
+/// [`partition_count`], retrying an unreachable broker for `deadline` instead.
+pub fn partition_count_within(
+    bootstrap: &str,
+    topic: &str,
+    deadline: Duration,
+) -> Result<Option<i32>, KafkaError> {
     let consumer = metadata_client(bootstrap)?;
-    count_with(&consumer, topic)
+    count_with(&consumer, topic, Instant::now() + deadline)
 }
 
 /// Partition counts of several topics through one client (`None`: the topic does not exist).
@@ -36,7 +53,11 @@ pub fn partition_counts(
     topics: &[String],
 ) -> Result<Vec<Option<i32>>, KafkaError> {
     let consumer = metadata_client(bootstrap)?;
-    topics.iter().map(|t| count_with(&consumer, t)).collect()
+    let deadline = Instant::now() + METADATA_DEADLINE;
+    topics
+        .iter()
+        .map(|t| count_with(&consumer, t, deadline))
+        .collect()
 }
 
 fn metadata_client(bootstrap: &str) -> Result<BaseConsumer, KafkaError> {
@@ -45,10 +66,42 @@ fn metadata_client(bootstrap: &str) -> Result<BaseConsumer, KafkaError> {
         .map_err(KafkaError::client("metadata"))
 }
 
-fn count_with(consumer: &BaseConsumer, topic: &str) -> Result<Option<i32>, KafkaError> {
-    let md = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(KafkaError::client(format!("metadata of {topic}")))?;
+/// Whether a failed metadata read may succeed if asked again: the broker was not reached or did
+/// not answer in time (as opposed to a refusal, which asking again does not change).
+pub fn is_unreachable(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::BrokerNotAvailable
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::Resolve
+        )
+    )
+}
+
+fn count_with(
+    consumer: &BaseConsumer,
+    topic: &str,
+    deadline: Instant,
+) -> Result<Option<i32>, KafkaError> {
+    let md = loop {
+        // Each request waits at most until the deadline (and at least a moment).
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = METADATA_TIMEOUT.min(left).max(METADATA_RETRY_BACKOFF);
+        match consumer.fetch_metadata(Some(topic), timeout) {
+            Ok(md) => break md,
+            Err(e) if is_unreachable(&e) && Instant::now() + METADATA_RETRY_BACKOFF < deadline => {
+                tracing::warn!(topic, error = %e, "broker did not answer a metadata request; retrying");
+                std::thread::sleep(METADATA_RETRY_BACKOFF);
+            }
+            Err(e) => return Err(KafkaError::client(format!("metadata of {topic}"))(e)),
+        }
+    };
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
         return Ok(None);
     };
