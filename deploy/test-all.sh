@@ -23,4 +23,5 @@ trap cleanup EXIT
 export PAYSTREAM_TEST_BOOTSTRAP="$(bash deploy/kafka.sh bootstrap)"
 
 cargo build --workspace --all-targets
-cargo test --workspace --all-targets "$@"
+# --no-fail-fast: a failing test binary must not hide the results of the ones after it.
+cargo test --workspace --all-targets --no-fail-fast "$@"
