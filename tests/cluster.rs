@@ -60,7 +60,7 @@ async fn produce_orders(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_answer_two_thousand_random_keys_on_any_instance() {
     let _one = ONE_CLUSTER.lock().await;
-    let work = tempfile::tempdir().unwrap();
+    let work = work_dir();
     let topic = unique("cluster");
     create_topic(&topic, 12).await;
     let opts = options(work.path(), 3);
@@ -127,7 +127,7 @@ async fn three_instances_answer_two_thousand_random_keys_on_any_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_from_one_to_three_under_load_fails_no_query() {
     let _one = ONE_CLUSTER.lock().await;
-    let work = tempfile::tempdir().unwrap();
+    let work = work_dir();
     let topic = unique("scale");
     create_topic(&topic, 12).await;
     let opts = options(work.path(), 3);

@@ -22,21 +22,6 @@ use paystream::produce::{GeneratorOptions, Traffic};
 /// One cluster at a time (see tests/cluster.rs).
 static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The drill's work dir (instance logs, state). Deleted afterwards unless `PAYSTREAM_DRILL_KEEP`
-/// is set, to read the instance logs of a failed run.
-fn work_dir() -> tempfile::TempDir {
-    let keep = std::env::var_os("PAYSTREAM_DRILL_KEEP").is_some();
-    let dir = tempfile::Builder::new()
-        .prefix("paystream-drill-")
-        .disable_cleanup(keep)
-        .tempdir()
-        .unwrap();
-    if keep {
-        eprintln!("drill work dir kept: {}", dir.path().display());
-    }
-    dir
-}
-
 fn options(work: &std::path::Path, fault: Fault) -> DrillOptions {
     let mut o = DrillOptions::new(
         &bootstrap(),

@@ -50,6 +50,21 @@ pub fn bootstrap() -> String {
         .clone()
 }
 
+/// A test's work dir (instance logs, state). Deleted afterwards unless `PAYSTREAM_DRILL_KEEP`
+/// is set, to read the instance logs of a failed run.
+pub fn work_dir() -> tempfile::TempDir {
+    let keep = std::env::var_os("PAYSTREAM_DRILL_KEEP").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix("paystream-test-")
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("create a work dir");
+    if keep {
+        eprintln!("work dir kept: {}", dir.path().display());
+    }
+    dir
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -305,7 +320,16 @@ pub struct ReadRecord {
 /// Every record of `topic` up to its current end, read as `isolation` (`read_committed` or
 /// `read_uncommitted`). The end of a partition is its end-of-partition event (under
 /// transactions the last offsets hold commit markers, which are never delivered).
+///
+/// `read_committed` reads stop at the last stable offset, behind any transaction still open:
+/// one left open by a killed instance holds back every record committed after it on that
+/// partition until the broker aborts it (`transaction.timeout.ms`). So a `read_committed` read
+/// first waits (bounded) until no partition has an open transaction, and then reads everything
+/// committed up to the log end, as a reader that waits would see it.
 pub fn read_topic(topic: &str, isolation: &str) -> Vec<ReadRecord> {
+    if isolation == "read_committed" {
+        wait_no_open_transaction(topic, Duration::from_secs(120));
+    }
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", unique("reader"))
@@ -356,6 +380,60 @@ pub fn read_topic(topic: &str, isolation: &str) -> Vec<ReadRecord> {
         }
     }
     out
+}
+
+/// Wait until every partition's last stable offset (what `read_committed` readers may read up
+/// to) is its log end: no transaction is open on `topic`. Panics at the deadline.
+fn wait_no_open_transaction(topic: &str, timeout: Duration) {
+    let client = |isolation: &str| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("ends"))
+            .set("isolation.level", isolation)
+            .create()
+            .expect("consumer")
+    };
+    let (stable, log_end) = (client("read_committed"), client("read_uncommitted"));
+    let partitions: Vec<i32> = log_end
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata")
+        .topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut told = false;
+    let high = |c: &BaseConsumer, p: i32| {
+        c.fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map(|(_, h)| h)
+    };
+    loop {
+        let open: Vec<(i32, i64, i64)> = partitions
+            .iter()
+            .filter_map(|&p| match (high(&stable, p), high(&log_end, p)) {
+                (Ok(s), Ok(e)) if s >= e => None,
+                (Ok(s), Ok(e)) => Some((p, s, e)),
+                _ => Some((p, -1, -1)),
+            })
+            .collect();
+        if open.is_empty() {
+            if told {
+                eprintln!("{topic}: no transaction open after {:?}", started.elapsed());
+            }
+            return;
+        }
+        if !told {
+            told = true;
+            eprintln!("{topic}: waiting for open transactions (partition, stable offset, log end): {open:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: transactions still open after {timeout:?} (partition, stable offset, log end): {open:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Sum of the group's committed offsets of `topic` and sum of its end offsets.
