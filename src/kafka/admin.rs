@@ -68,7 +68,7 @@ fn metadata_client(bootstrap: &str) -> Result<BaseConsumer, KafkaError> {
 
 /// Whether a failed metadata read may succeed if asked again: the broker was not reached or did
 /// not answer in time (as opposed to a refusal, which asking again does not change).
-pub fn is_unreachable(e: &rdkafka::error::KafkaError) -> bool {
+fn is_unreachable(e: &rdkafka::error::KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(
