@@ -8,6 +8,10 @@
 //!   with a broker; injected with the `PAYSTREAM_FAILPOINT_LOSE_COMMIT_ANSWER` failpoint, since
 //!   a broker cannot be made to lose one answer on cue) costs no event and sends no SMS twice:
 //!   the actives catch up from their changelogs before going on.
+//! - An instance frozen inside a commit (after its source offsets joined the transaction;
+//!   `PAYSTREAM_FAILPOINT_STOP_IN_COMMIT`) whose partitions another instance takes over, and
+//!   which then wakes up and commits that transaction (the broker does not check `EndTxn`
+//!   against the group): the new owner's views still hold every event its offsets skip.
 
 mod common;
 
@@ -17,7 +21,7 @@ use std::collections::BTreeMap;
 
 use common::model::{expected_sms, order_views};
 use common::{
-    assert_views_match, create_topic, free_port, produce_traffic, read_topic, sent, unique,
+    assert_views_match, create_topic, free_port, produce_traffic, read_topic, sent, signal, unique,
     wait_all_committed, Proc,
 };
 use paystream::produce::GeneratorOptions;
@@ -191,4 +195,113 @@ async fn a_commit_whose_answer_was_lost_costs_no_event_and_no_second_sms() {
     );
     p.assert_alive();
     p.terminate();
+}
+
+/// Whether the process is stopped (`T` in `/proc/<pid>/stat`).
+fn is_stopped(p: &Proc) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", p.child.id()))
+        .ok()
+        .and_then(|s| {
+            let after_name = s.rsplit_once(')')?.1.trim_start().to_owned();
+            after_name.chars().next()
+        })
+        == Some('T')
+}
+
+/// Whether `/health` shows every partition `0..n` as an active of this instance that has read
+/// its changelogs as far as it is going to read before it processes: restored and running, or
+/// stuck restoring (`error` says its reads made no progress for a while: a transaction still open
+/// on its changelog).
+fn read_all_it_can(health: &serde_json::Value, n: i32) -> bool {
+    (0..n).all(|p| {
+        let t = &health["tasks"][p.to_string()];
+        t["state"] == "running" || (t["state"] == "restoring" && t["error"].is_string())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_frozen_inside_a_commit_and_resumed_after_a_takeover_loses_no_event() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let topic = unique("frozen");
+    let app = unique("frozen-app");
+    create_topic(&topic, 4).await;
+    let work = common::work_dir();
+    let extra = [
+        "--session-timeout-ms",
+        "6000",
+        "--commit-interval-ms",
+        "100",
+        "--standby-replicas",
+        "0",
+    ];
+    // Instance a stops itself inside its 3rd transaction with offsets (the traffic flows); b
+    // never does.
+    let env = [("PAYSTREAM_FAILPOINT_STOP_IN_COMMIT", "3")];
+    let mut a = Proc::run_with_env(
+        &app,
+        &topic,
+        &work.path().join("a"),
+        free_port(),
+        &extra,
+        &env,
+    );
+    let mut b = Proc::run(&app, &topic, &work.path().join("b"), free_port(), &extra);
+    for p in [&mut a, &mut b] {
+        p.wait_health("ready", Duration::from_secs(120), |h| h["ready"] == true)
+            .await;
+    }
+    let g = GeneratorOptions {
+        orders: 6_000,
+        seed: 91,
+        ..Default::default()
+    };
+    let traffic = {
+        let topic = topic.clone();
+        tokio::spawn(async move { sent(&produce_traffic(&topic, 4, g, Some(800)).await) })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !is_stopped(&a) {
+        a.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "the failpoint never stopped instance a; log:\n{}",
+            a.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // b takes every partition over (session timeout) and reads its changelogs as far as it can
+    // while a sleeps: to their end, or up to a's transaction if a's records are in the log.
+    b.wait_health(
+        "b took every partition over",
+        Duration::from_secs(120),
+        |h| read_all_it_can(h, 4),
+    )
+    .await;
+    signal(&a, "-CONT");
+    // a finishes the frozen commit, then learns it lost its partitions.
+    a.wait_health("a fenced", Duration::from_secs(60), |h| {
+        h["self_fenced"].as_u64().unwrap_or(0) + h["commits_fenced"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    a.kill9();
+    let all = traffic.await.expect("traffic");
+    wait_all_committed(&app, &topic, &mut [&mut b], Duration::from_secs(180)).await;
+    assert_views_match(
+        &b.http,
+        &order_views(&all),
+        Duration::from_secs(60),
+        "the new owner after the frozen commit",
+    )
+    .await;
+    let want = expected_sms(&all);
+    let t = format!("{app}.SEND_SMS");
+    let counts = tokio::task::spawn_blocking(move || sms_counts(&t))
+        .await
+        .expect("join");
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "SMS sent twice: {twice:?}");
+    let got: std::collections::BTreeSet<_> = counts.into_keys().collect();
+    assert_eq!(got, want, "every SMS the events ask for, once");
+    b.assert_alive();
+    b.terminate();
 }

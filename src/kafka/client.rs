@@ -33,6 +33,12 @@ pub fn transactional_producer_config(bootstrap: &str, transactional_id: &str) ->
     c.set("transactional.id", transactional_id)
         .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
         .set("message.timeout.ms", TRANSACTION_TIMEOUT_MS);
+    if super::failpoint::stop_in_commit_armed() {
+        let open = super::failpoint::STOP_IN_COMMIT_TRANSACTION_TIMEOUT_MS;
+        c.set("linger.ms", super::failpoint::STOP_IN_COMMIT_LINGER_MS)
+            .set("transaction.timeout.ms", open)
+            .set("message.timeout.ms", open);
+    }
     c
 }
 

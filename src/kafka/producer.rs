@@ -2,9 +2,10 @@
 //! delivery tracking and, under exactly-once, one Kafka transaction per commit.
 //!
 //! ```text
-//!   exactly_once_v2:  send … send ─▶ commit(offsets, group) = send_offsets_to_transaction
-//!                     (a transaction        + commit_transaction      ─▶ all or nothing
-//!                      opens lazily)        abort() on failure        ─▶ nothing visible
+//!   exactly_once_v2:  send … send ─▶ commit(offsets, group) = flush (every record in the log)
+//!                     (a transaction        + send_offsets_to_transaction
+//!                      opens lazily)        + commit_transaction      ─▶ all or nothing
+//!                                           abort() on failure        ─▶ nothing visible
 //!   at_least_once:    send … send ─▶ commit(..) = flush: every record acknowledged, or an error
 //! ```
 //!
@@ -13,6 +14,18 @@
 //! incarnation's open transaction at start-up (`init_transactions`). Fencing of an instance that
 //! lost its partitions comes from the group generation sent with the offsets (KIP-447, see
 //! [`super::transaction`]).
+//!
+//! **Records before offsets.** The offsets join the transaction only once every record of it is
+//! in the log. The group coordinator checks the generation when the offsets join, but nothing
+//! checks the commit (`EndTxn`) that follows: an instance frozen between the two (SIGSTOP, a VM
+//! pause) that wakes after another instance took its partitions over still commits. The new
+//! owner's restore reads its changelogs up to their log end, and its committed-offset fetch
+//! (`require_stable`) waits for the frozen transaction. If the frozen transaction's records were
+//! still in this producer's buffer, the restore stopped before them while the offsets then
+//! skipped their events: views missing events (found by the pause drill; reproduced by
+//! `PAYSTREAM_FAILPOINT_STOP_IN_COMMIT`, see tests/commit_faults.rs). With the records in the log
+//! first, the restore waits for the frozen transaction like the offset fetch does, and sees its
+//! records if and only if its offsets count.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -270,12 +283,16 @@ impl OutputProducer {
         group: &GroupMetadata,
     ) -> Result<(), CommitError> {
         if !offsets.is_empty() {
+            // Records before offsets (module documentation).
+            self.flush(TXN_TIMEOUT)
+                .map_err(|e| CommitError::Aborted(e.to_string()))?;
             let mut tpl = TopicPartitionList::new();
             for (p, o) in offsets {
                 tpl.add_partition_offset(source_topic, *p, Offset::Offset(*o))
                     .map_err(|e| CommitError::Aborted(e.to_string()))?;
             }
             send_offsets_to_transaction(&self.inner, &tpl, group, TXN_TIMEOUT).map_err(classify)?;
+            super::failpoint::stop_in_commit();
         }
         let committed = transaction::commit_transaction(&self.inner, TXN_TIMEOUT);
         self.take_failures();

@@ -204,8 +204,10 @@ where
 {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        // SAFETY: a valid producer handle; a zero timeout only checks the queue.
-        let err = unsafe { sys::rd_kafka_flush(producer.client().native_ptr(), 0) };
+        // SAFETY: a valid producer handle. A 1 ms wait (not 0) keeps librdkafka's "flushing"
+        // flag raised while the broker threads wake up, so they send at once instead of
+        // waiting out `linger.ms`.
+        let err = unsafe { sys::rd_kafka_flush(producer.client().native_ptr(), 1) };
         if err == sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return true;
         }

@@ -436,8 +436,10 @@ fn wait_no_open_transaction(topic: &str, timeout: Duration) {
     }
 }
 
-/// Sum of the group's committed offsets of `topic` and sum of its end offsets.
-pub fn committed_and_end(group: &str, topic: &str) -> (i64, i64) {
+/// Sum of the group's committed offsets of `topic` and sum of its end offsets, or why the broker
+/// did not answer within 10 s (a commit still in an open transaction holds `read_committed`
+/// offset fetches back until that transaction ends).
+pub fn committed_and_end(group: &str, topic: &str) -> Result<(i64, i64), String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", group)
@@ -446,25 +448,25 @@ pub fn committed_and_end(group: &str, topic: &str) -> (i64, i64) {
         .expect("consumer");
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
+        .map_err(|e| format!("metadata: {e}"))?;
     let mut tpl = TopicPartitionList::new();
     let mut end = 0;
     for p in md.topics()[0].partitions() {
         tpl.add_partition(topic, p.id());
         end += consumer
             .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .expect("watermarks")
+            .map_err(|e| format!("watermarks: {e}"))?
             .1;
     }
     let committed = consumer
         .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed");
+        .map_err(|e| format!("committed offsets: {e}"))?;
     let sum = committed
         .elements()
         .iter()
         .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
         .sum();
-    (sum, end)
+    Ok((sum, end))
 }
 
 /// Poll until the group `app` has committed every record of `topic` (deadline), failing early
@@ -481,15 +483,17 @@ pub async fn wait_all_committed(
             p.assert_alive();
         }
         let (a, t) = (app.to_owned(), topic.to_owned());
-        let (committed, end) = tokio::task::spawn_blocking(move || committed_and_end(&a, &t))
+        let answer = tokio::task::spawn_blocking(move || committed_and_end(&a, &t))
             .await
             .expect("join");
-        if committed == end {
-            return;
+        if let Ok((committed, end)) = answer {
+            if committed == end {
+                return;
+            }
         }
         assert!(
             Instant::now() < deadline,
-            "group {app} committed {committed} of {end} records; log:\n{}",
+            "group {app} has not committed every record: {answer:?} (committed, end); log:\n{}",
             procs.first().map(|p| p.log_tail()).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
