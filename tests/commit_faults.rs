@@ -137,6 +137,25 @@ fn sms_counts(topic: &str) -> BTreeMap<(String, String), usize> {
     counts
 }
 
+/// `<app>.SEND_SMS`, read committed, holds each (order, template) of `want` once and nothing else.
+async fn assert_sms_exactly_once(app: &str, want: &std::collections::BTreeSet<(String, String)>) {
+    let t = format!("{app}.SEND_SMS");
+    let counts = tokio::task::spawn_blocking(move || sms_counts(&t))
+        .await
+        .expect("join");
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "SMS sent twice: {twice:?}");
+    let got: std::collections::BTreeSet<_> = counts.into_keys().collect();
+    let missing: Vec<_> = want.difference(&got).take(5).collect();
+    let extra: Vec<_> = got.difference(want).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} SMS expected, {} sent; missing e.g. {missing:?}, unexpected e.g. {extra:?}",
+        want.len(),
+        got.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_answer_was_lost_costs_no_event_and_no_second_sms() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -179,20 +198,7 @@ async fn a_commit_whose_answer_was_lost_costs_no_event_and_no_second_sms() {
     .await;
     let want = expected_sms(&all);
     assert!(want.len() > 1_000, "the traffic completes most orders");
-    let t = format!("{app}.SEND_SMS");
-    let counts = tokio::task::spawn_blocking(move || sms_counts(&t))
-        .await
-        .expect("join");
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(twice.is_empty(), "SMS sent twice: {twice:?}");
-    let got: std::collections::BTreeSet<_> = counts.into_keys().collect();
-    let missing: Vec<_> = want.difference(&got).take(5).collect();
-    assert!(
-        missing.is_empty() && got.len() == want.len(),
-        "{} SMS expected, {} sent; missing e.g. {missing:?}",
-        want.len(),
-        got.len()
-    );
+    assert_sms_exactly_once(&app, &want).await;
     p.assert_alive();
     p.terminate();
 }
@@ -293,15 +299,7 @@ async fn an_instance_frozen_inside_a_commit_and_resumed_after_a_takeover_loses_n
         "the new owner after the frozen commit",
     )
     .await;
-    let want = expected_sms(&all);
-    let t = format!("{app}.SEND_SMS");
-    let counts = tokio::task::spawn_blocking(move || sms_counts(&t))
-        .await
-        .expect("join");
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(twice.is_empty(), "SMS sent twice: {twice:?}");
-    let got: std::collections::BTreeSet<_> = counts.into_keys().collect();
-    assert_eq!(got, want, "every SMS the events ask for, once");
+    assert_sms_exactly_once(&app, &expected_sms(&all)).await;
     b.assert_alive();
     b.terminate();
 }
