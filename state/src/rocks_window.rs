@@ -43,6 +43,10 @@ use crate::open::{open_error, OpenFailure};
 use crate::rocks::backend;
 use crate::rocks_registry::{open_shared, WriterGuard};
 use crate::store::StoreError;
+use iterator_cache::IteratorCache;
+
+mod iterator_cache;
+
 use crate::window::{
     decode_window_key, encode_time, encode_window_key, oldest_retained, WindowStore, WindowVisitor,
 };
@@ -125,21 +129,35 @@ fn split_stored(raw: &[u8]) -> Option<(i64, &[u8], i64)> {
     Some((crate::window::decode_time(prefix), key, start))
 }
 
+/// What a read of `from..=to` visits: the live part of the range and its segments; `None` when
+/// nothing can be there.
+fn read_plan(shared: &Shared, from: i64, to: i64) -> Option<(i64, i64, Vec<i64>)> {
+    let (from, to) = shared.live_range(from, to)?;
+    let segments = shared.segments_between(from, to);
+    (!segments.is_empty()).then_some((from, to, segments))
+}
+
+/// `key`'s entries with `from <= window start <= to`, oldest first, with a fresh iterator.
 fn fetch(
     shared: &Shared,
     key: &[u8],
     from: i64,
     to: i64,
 ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-    let Some((from, to)) = shared.live_range(from, to) else {
-        return Ok(Vec::new());
-    };
-    let segments = shared.segments_between(from, to);
-    let mut out = Vec::new();
-    if segments.is_empty() {
-        return Ok(out);
+    match read_plan(shared, from, to) {
+        None => Ok(Vec::new()),
+        Some(plan) => scan_key(shared, &mut shared.iterator(), key, plan),
     }
-    let mut it = shared.iterator();
+}
+
+/// The entries of `key` in the planned segments and range, read with `it`.
+fn scan_key(
+    shared: &Shared,
+    it: &mut DBRawIterator<'_>,
+    key: &[u8],
+    (from, to, segments): (i64, i64, Vec<i64>),
+) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    let mut out = Vec::new();
     for segment in segments {
         let upper = stored_key(segment, key, to);
         it.seek(stored_key(segment, key, from));
@@ -205,6 +223,8 @@ pub struct RocksDbWindowStore {
     write_opts: WriteOptions,
     /// This handle is the directory's one writer while it lives.
     _writer: WriterGuard,
+    /// The iterator [`WindowStore::fetch`] reads with, dropped on every write.
+    reads: IteratorCache,
 }
 
 impl fmt::Debug for RocksDbWindowStore {
@@ -273,6 +293,7 @@ impl RocksDbWindowStore {
         );
         let store = Self {
             dir: dir.to_owned(),
+            reads: IteratorCache::new(Arc::clone(&shared)),
             shared,
             write_opts,
             _writer: writer,
@@ -415,6 +436,7 @@ impl WindowStore for RocksDbWindowStore {
     }
 
     fn put(&mut self, key: &[u8], window_start: i64, value: &[u8]) -> Result<bool, StoreError> {
+        self.reads.invalidate();
         let observed = self.shared.observed();
         if window_start < oldest_retained(observed, self.shared.retention_ms) {
             return Ok(false);
@@ -433,6 +455,7 @@ impl WindowStore for RocksDbWindowStore {
     }
 
     fn delete(&mut self, key: &[u8], window_start: i64) -> Result<(), StoreError> {
+        self.reads.invalidate();
         let id = self.shared.segment_id(window_start);
         if self.shared.read().contains(&id) {
             self.shared
@@ -447,10 +470,17 @@ impl WindowStore for RocksDbWindowStore {
         Ok(())
     }
 
+    /// Reads with the kept iterator ([`iterator_cache`]).
     fn fetch(&self, key: &[u8], from: i64, to: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        fetch(&self.shared, key, from, to)
+        match read_plan(&self.shared, from, to) {
+            None => Ok(Vec::new()),
+            Some(plan) => self
+                .reads
+                .with(|shared, it| scan_key(shared, it, key, plan)),
+        }
     }
 
+    /// Reads with a fresh iterator (rare: punctuation), so that `f` may read this store too.
     fn fetch_all(&self, from: i64, to: i64, f: &mut WindowVisitor<'_>) -> Result<(), StoreError> {
         fetch_all(&self.shared, from, to, f)
     }
@@ -476,6 +506,7 @@ impl WindowStore for RocksDbWindowStore {
 
     /// Same result as applying the records one by one with `put`/`delete`, in one `WriteBatch`.
     fn restore_batch(&mut self, entries: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        self.reads.invalidate();
         let retention = self.shared.retention_ms;
         let mut observed = self.shared.observed();
         let mut touched = BTreeSet::new();

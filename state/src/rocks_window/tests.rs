@@ -380,10 +380,17 @@ proptest! {
                 mem.delete(KEYS[k], t).unwrap();
             }
             log.push((encode_window_key(KEYS[k], t), value.map(|v| vec![v])));
+            // Reads between writes: a read after a write sees it (the store keeps its
+            // iterator between reads and must renew it on every write).
+            prop_assert_eq!(rocks.fetch(KEYS[k], i64::MIN, i64::MAX).unwrap(), mem.fetch(KEYS[k], i64::MIN, i64::MAX).unwrap());
         }
-        // Two batches, so that the second one also meets segments that already exist.
+        // Two batches, so that the second one also meets segments that already exist, with
+        // reads in between.
         let (first, second) = log.split_at(split.min(log.len()));
         restored.restore_batch(first).unwrap();
+        for key in KEYS {
+            restored.fetch(key, i64::MIN, i64::MAX).unwrap();
+        }
         restored.restore_batch(second).unwrap();
         for store in [&rocks, &restored] {
             prop_assert_eq!(store.observed_time(), mem.observed_time());
