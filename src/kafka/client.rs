@@ -51,6 +51,12 @@ const SOURCE_PREFETCH_KBYTES: &str = "16384";
 /// record is processed: in the benchmark, 8 MiB took ~70 MiB off the peak RSS at the same
 /// ingest rate (BENCHMARKS.md, "Bounded memory").
 const SOURCE_FETCH_MAX_BYTES: &str = "8388608";
+/// How long the source consumer waits before fetching a partition again once its prefetch
+/// queue is full. librdkafka's default (1 s since 2.1) throttles any application faster than
+/// a second's worth of [`SOURCE_PREFETCH_KBYTES`]: the order view waited for input more than it
+/// worked (BENCHMARKS.md, "Default pipeline vs Kafka Streams"). Java's consumer has no such
+/// pause; 10 ms only matters while the queue is full, so an idle or slow instance is unchanged.
+const SOURCE_FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// Consumer settings for the source topic: manual assignment, manual commits (offsets are
 /// committed only with the changelog writes they depend on). `read_committed`, as everything
@@ -69,6 +75,7 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
         .set("queued.min.messages", "200000")
         .set("queued.max.messages.kbytes", SOURCE_PREFETCH_KBYTES)
         .set("fetch.max.bytes", SOURCE_FETCH_MAX_BYTES)
+        .set("fetch.queue.backoff.ms", SOURCE_FETCH_QUEUE_BACKOFF_MS)
         .set("statistics.interval.ms", "1000");
     c
 }
