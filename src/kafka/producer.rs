@@ -283,9 +283,15 @@ impl OutputProducer {
         group: &GroupMetadata,
     ) -> Result<(), CommitError> {
         if !offsets.is_empty() {
-            // Records before offsets (module documentation).
-            self.flush(TXN_TIMEOUT)
-                .map_err(|e| CommitError::Aborted(e.to_string()))?;
+            // Records before offsets (module documentation). Only waiting: a delivery that
+            // failed puts the transaction in an abortable state, which the calls below report
+            // (the failure count may still hold purged deliveries of an earlier aborted
+            // transaction, which must not fail this one).
+            if !transaction::flush(&self.inner, TXN_TIMEOUT) {
+                return Err(CommitError::Aborted(format!(
+                    "records not delivered within {TXN_TIMEOUT:?} of the commit"
+                )));
+            }
             let mut tpl = TopicPartitionList::new();
             for (p, o) in offsets {
                 tpl.add_partition_offset(source_topic, *p, Offset::Offset(*o))
