@@ -289,6 +289,14 @@ async fn an_instance_frozen_inside_a_commit_and_resumed_after_a_takeover_loses_n
         h["self_fenced"].as_u64().unwrap_or(0) + h["commits_fenced"].as_u64().unwrap_or(0) > 0
     })
     .await;
+    // The case this test is about happened: the frozen transaction committed after the
+    // takeover (had the broker aborted it, or its commit failed, there would be nothing to see).
+    let h = a.health().await.unwrap_or_default();
+    assert!(
+        h["commits_aborted"] == 0 && h["commits_unknown_outcome"] == 0,
+        "the frozen commit did not commit when a woke up: {h}; warnings:\n{}",
+        a.log_warnings()
+    );
     a.kill9();
     let all = traffic.await.expect("traffic");
     wait_all_committed(&app, &topic, &mut [&mut b], Duration::from_secs(180)).await;
