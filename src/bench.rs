@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use paystream_state::rocks::RocksDbStore;
 use paystream_state::store::KeyValueStore;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use thiserror::Error;
 
 use crate::config::ProcessingGuarantee;
 use crate::kafka::admin::{delete_topics, ensure_topics, TopicSpec};
-use crate::kafka::client::restore_consumer_config;
+use crate::kafka::client::{restore_consumer_config, source_consumer_config};
 use crate::produce::{produce, GeneratorOptions, ProduceOptions};
 
 /// Options of `paystream bench`.
@@ -176,7 +176,8 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
     // 4. The limits: bare librdkafka consume (of the input, and of the changelogs the restore
     // read), bare RocksDB writes.
     let input = [(topic.clone(), opts.partitions)];
-    let consumed = raw_consume(&opts.bootstrap_servers, &input, opts.events)?;
+    let source = source_consumer_config(&opts.bootstrap_servers, "bench-raw");
+    let consumed = raw_consume(source, &input, opts.events)?;
     let raw_input = opts.events as f64 / consumed.as_secs_f64();
     push(Figure {
         name: "raw librdkafka consume (the limit)",
@@ -190,7 +191,8 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
     });
     let changelogs = changelog_topics(&opts.bootstrap_servers, &app_id)?;
     // The restore read every committed record of them; so does this consumer.
-    let consumed = raw_consume(&opts.bootstrap_servers, &changelogs, restore.count)?;
+    let restore_config = restore_consumer_config(&opts.bootstrap_servers, "bench-raw");
+    let consumed = raw_consume(restore_config, &changelogs, restore.count)?;
     let raw_changelogs = restore.count as f64 / consumed.as_secs_f64();
     push(Figure {
         name: "raw librdkafka consume of the changelogs",
@@ -385,17 +387,16 @@ fn peak_rss_of(pid: u32) -> Option<f64> {
 }
 
 /// Read `records` records of `topics` (name, partition count) from their beginning with a bare
-/// librdkafka consumer configured as the restore's (`read_committed`, same prefetch): the time
-/// from its first record to the last (start-up excluded, as the ingest and restore figures
-/// exclude theirs).
+/// librdkafka consumer with `config` (the source consumer's settings for the input, the
+/// restore's for the changelogs, so that each limit is measured with the settings of what it
+/// limits): the time from its first record to the last (start-up excluded, as the ingest and
+/// restore figures exclude theirs).
 fn raw_consume(
-    bootstrap: &str,
+    config: ClientConfig,
     topics: &[(String, i32)],
     records: u64,
 ) -> Result<Duration, BenchError> {
-    let consumer: BaseConsumer = restore_consumer_config(bootstrap, "bench-raw")
-        .create()
-        .map_err(step("consumer"))?;
+    let consumer: BaseConsumer = config.create().map_err(step("consumer"))?;
     let mut tpl = TopicPartitionList::new();
     for (topic, partitions) in topics {
         for p in 0..*partitions {
