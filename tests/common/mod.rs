@@ -50,9 +50,9 @@ pub fn bootstrap() -> String {
         .clone()
 }
 
-/// A test's work dir (instance logs, state). Deleted afterwards unless `PAYSTREAM_DRILL_KEEP`
-/// is set, to read the instance logs of a failed run.
-pub fn work_dir() -> tempfile::TempDir {
+/// A test's work dir (instance logs, state). Deleted afterwards, unless `PAYSTREAM_DRILL_KEEP`
+/// is set or the test fails (panics): then it stays, to read the instance logs of the run.
+pub fn work_dir() -> WorkDir {
     let keep = std::env::var_os("PAYSTREAM_DRILL_KEEP").is_some();
     let dir = tempfile::Builder::new()
         .prefix("paystream-test-")
@@ -62,7 +62,49 @@ pub fn work_dir() -> tempfile::TempDir {
     if keep {
         eprintln!("work dir kept: {}", dir.path().display());
     }
-    dir
+    WorkDir(Some(dir))
+}
+
+/// See [`work_dir`].
+pub struct WorkDir(Option<tempfile::TempDir>);
+
+impl WorkDir {
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("the work dir lives").path()
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.0.take() {
+                eprintln!("work dir of the failed test kept: {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_work_dir_of_a_failed_test_is_kept_and_of_a_passed_one_deleted() {
+    let failed = work_dir();
+    let kept = failed.path().to_owned();
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _dir = failed;
+        panic!("a failing test (on purpose)");
+    }));
+    let passed = work_dir();
+    let gone = passed.path().to_owned();
+    drop(passed);
+    let keep_all = std::env::var_os("PAYSTREAM_DRILL_KEEP").is_some();
+    assert!(kept.is_dir(), "the failed test's work dir is kept");
+    assert_eq!(
+        gone.is_dir(),
+        keep_all,
+        "the passed test's work dir is deleted"
+    );
+    for d in [kept, gone] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
 
 /// A name no other test (or earlier run) uses.
