@@ -12,6 +12,9 @@
 //!   `PAYSTREAM_FAILPOINT_STOP_IN_COMMIT`) whose partitions another instance takes over, and
 //!   which then wakes up and commits that transaction (the broker does not check `EndTxn`
 //!   against the group): the new owner's views still hold every event its offsets skip.
+//! - A `send_offsets_to_transaction` that never returns (librdkafka#5456;
+//!   `PAYSTREAM_FAILPOINT_HANG_SEND_OFFSETS`) is given up after the watchdog's limit: the
+//!   producer is replaced and the actives catch up from their changelogs, losing nothing.
 
 mod common;
 
@@ -156,22 +159,26 @@ async fn assert_sms_exactly_once(app: &str, want: &std::collections::BTreeSet<(S
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_whose_answer_was_lost_costs_no_event_and_no_second_sms() {
+/// One instance with the failpoint `env` under 4,000 orders at a steady rate: once every event is
+/// committed, `check` looks at the instance (did the fault happen?), then its views must match
+/// the model and `SEND_SMS` must hold each expected SMS once.
+async fn one_instance_under_a_failpoint(
+    name: &str,
+    env: &[(&str, &str)],
+    check: impl AsyncFnOnce(&Proc),
+) {
     let _one = ONE_AT_A_TIME.lock().await;
-    let topic = unique("lostanswer");
-    let app = unique("lostanswer-app");
+    let topic = unique(name);
+    let app = unique(&format!("{name}-app"));
     create_topic(&topic, 4).await;
     let work = tempfile::tempdir().expect("tempdir");
-    // Every 3rd committed transaction is reported to the engine as a fatal producer error.
-    let env = [("PAYSTREAM_FAILPOINT_LOSE_COMMIT_ANSWER", "3")];
     let mut p = Proc::run_with_env(
         &app,
         &topic,
         &work.path().join("a"),
         free_port(),
         &["--commit-interval-ms", "50"],
-        &env,
+        env,
     );
     p.wait_health("ready", Duration::from_secs(120), |h| h["ready"] == true)
         .await;
@@ -180,20 +187,15 @@ async fn a_commit_whose_answer_was_lost_costs_no_event_and_no_second_sms() {
         seed: 73,
         ..Default::default()
     };
-    // A steady rate, so that many commits (and lost answers) fall inside the traffic.
+    // A steady rate, so that many commits (and the faults) fall inside the traffic.
     let all = sent(&produce_traffic(&topic, 4, g, Some(1_000)).await);
     wait_all_committed(&app, &topic, &mut [&mut p], Duration::from_secs(180)).await;
-    let lost = p.health_count("commits_unknown_outcome").await;
-    assert!(
-        lost >= 2,
-        "the failpoint fired during the traffic: {lost} times; warnings:\n{}",
-        p.log_warnings()
-    );
+    check(&p).await;
     assert_views_match(
         &p.http,
         &order_views(&all),
         Duration::from_secs(60),
-        "after lost commit answers",
+        &format!("after {name}"),
     )
     .await;
     let want = expected_sms(&all);
@@ -201,6 +203,42 @@ async fn a_commit_whose_answer_was_lost_costs_no_event_and_no_second_sms() {
     assert_sms_exactly_once(&app, &want).await;
     p.assert_alive();
     p.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_was_lost_costs_no_event_and_no_second_sms() {
+    // Every 3rd committed transaction is reported to the engine as a fatal producer error.
+    let env = [("PAYSTREAM_FAILPOINT_LOSE_COMMIT_ANSWER", "3")];
+    one_instance_under_a_failpoint("lostanswer", &env, async |p: &Proc| {
+        let lost = p.health_count("commits_unknown_outcome").await;
+        assert!(
+            lost >= 2,
+            "the failpoint fired during the traffic: {lost} times; warnings:\n{}",
+            p.log_warnings()
+        );
+    })
+    .await;
+}
+
+/// librdkafka's `send_offsets_to_transaction` can block for good (seen after a coordinator
+/// restart in the broker drill); the 3rd one here never returns. The commit is given up after
+/// the watchdog's limit, the producer replaced, the actives caught up from their changelogs: no
+/// event lost, no SMS twice, and processing goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_offsets_call_that_never_returns_is_given_up_and_costs_no_event() {
+    let env = [("PAYSTREAM_FAILPOINT_HANG_SEND_OFFSETS", "3")];
+    one_instance_under_a_failpoint("hungoffsets", &env, async |p: &Proc| {
+        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+        let hung = log.find("transactional call hung");
+        let replaced = hung.and_then(|at| log[at..].find("producer replaced"));
+        assert!(
+            hung.is_some() && replaced.is_some(),
+            "the call hung, was given up and the producer replaced; warnings:\n{}",
+            p.log_warnings()
+        );
+        assert!(p.health_count("commits_unknown_outcome").await >= 1);
+    })
+    .await;
 }
 
 /// Whether the process is stopped (`T` in `/proc/<pid>/stat`).

@@ -14,12 +14,16 @@
 //!   as a real one landing within `linger.ms` finds the last ones), and transactions may stay
 //!   open 60 s (instead of 10), so that the frozen one outlives another instance's takeover of
 //!   its partitions.
+//! - `PAYSTREAM_FAILPOINT_HANG_SEND_OFFSETS=N`: the N-th `send_offsets_to_transaction` never
+//!   returns (its thread parks for good before reaching librdkafka), as librdkafka's call did
+//!   after the coordinator's broker restarted (see [`super::watchdog`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 const LOSE_COMMIT_ANSWER: &str = "PAYSTREAM_FAILPOINT_LOSE_COMMIT_ANSWER";
 const STOP_IN_COMMIT: &str = "PAYSTREAM_FAILPOINT_STOP_IN_COMMIT";
+const HANG_SEND_OFFSETS: &str = "PAYSTREAM_FAILPOINT_HANG_SEND_OFFSETS";
 
 /// `linger.ms` of transactional producers while [`STOP_IN_COMMIT`] is set.
 pub const STOP_IN_COMMIT_LINGER_MS: &str = "30000";
@@ -31,6 +35,8 @@ static LOSE_EVERY: OnceLock<u64> = OnceLock::new();
 static COMMITS: AtomicU64 = AtomicU64::new(0);
 static STOP_AT: OnceLock<u64> = OnceLock::new();
 static OFFSET_COMMITS: AtomicU64 = AtomicU64::new(0);
+static HANG_AT: OnceLock<u64> = OnceLock::new();
+static SEND_OFFSETS: AtomicU64 = AtomicU64::new(0);
 
 /// The failpoint's `N` from the environment (0: off), warned about once when set.
 fn armed(cell: &OnceLock<u64>, var: &str, what: &str) -> u64 {
@@ -80,4 +86,23 @@ pub fn stop_in_commit() {
         .args(["-STOP", &std::process::id().to_string()])
         .status();
     tracing::warn!(?stopped, "failpoint {STOP_IN_COMMIT}: resumed");
+}
+
+/// Called on the thread of a `send_offsets_to_transaction` call, before it reaches librdkafka: on
+/// the N-th call, never return.
+pub fn hang_send_offsets() {
+    let n = armed(
+        &HANG_AT,
+        HANG_SEND_OFFSETS,
+        "the n-th send_offsets_to_transaction will never return",
+    );
+    if n == 0 || SEND_OFFSETS.fetch_add(1, Ordering::Relaxed) + 1 != n {
+        return;
+    }
+    tracing::warn!(
+        "failpoint {HANG_SEND_OFFSETS}: this send_offsets_to_transaction hangs for good"
+    );
+    loop {
+        std::thread::park();
+    }
 }

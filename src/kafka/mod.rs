@@ -8,6 +8,7 @@ pub mod client;
 pub mod failpoint;
 pub mod producer;
 pub mod transaction;
+pub mod watchdog;
 
 use thiserror::Error;
 

@@ -26,6 +26,13 @@
 //! `PAYSTREAM_FAILPOINT_STOP_IN_COMMIT`, see tests/commit_faults.rs). With the records in the log
 //! first, the restore waits for the frozen transaction like the offset fetch does, and sees its
 //! records if and only if its offsets count.
+//!
+//! **A call that never returns.** librdkafka can leave `send_offsets_to_transaction` blocked for
+//! good when the coordinator's broker restarts (see [`super::watchdog`]). Both calls of a commit
+//! run under a deadline ([`WATCHDOG_LIMIT`]); past it the producer is *wedged*: the commit fails
+//! as [`CommitError::Fatal`] (its outcome unknown, so the engine catches its tasks up from their
+//! changelogs), every later transactional call fails at once, and the engine replaces the
+//! producer, whose `init_transactions` fences the wedged one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -40,13 +47,17 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::client::{producer_config, transactional_producer_config};
-use super::transaction::{self, send_offsets_to_transaction, GroupMetadata};
+use super::transaction::{self, send_offsets_to_transaction, GroupMetadata, TxnError};
+use super::watchdog::{self, WatchdogError};
 use super::KafkaError;
 
 /// How long `send` waits for room in librdkafka's queue before giving up (back-pressure).
 const QUEUE_FULL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on one transactional call (init, offsets, commit, abort).
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a commit's call may take before the producer is given up as wedged: the call's own
+/// timeout and a margin (librdkafka caps that timeout to the transaction's, 10 s).
+pub const WATCHDOG_LIMIT: Duration = Duration::from_secs(35);
 
 /// Delivery bookkeeping, updated from librdkafka's delivery callbacks.
 pub struct DeliveryTracker {
@@ -121,10 +132,13 @@ pub enum CommitError {
 
 /// The instance's producer. Cheap to share (`Arc`); `send` never blocks on the network.
 pub struct OutputProducer {
-    inner: ThreadedProducer<DeliveryTracker>,
+    /// Shared with a commit's call threads (see [`super::watchdog`]).
+    inner: Arc<ThreadedProducer<DeliveryTracker>>,
     transactional: bool,
     /// A transaction is open (begun lazily by the first send after a commit or abort).
     in_transaction: AtomicBool,
+    /// A transactional call never returned: the producer must be replaced (module doc).
+    wedged: AtomicBool,
 }
 
 impl OutputProducer {
@@ -160,9 +174,10 @@ impl OutputProducer {
                 .map_err(KafkaError::client("init_transactions"))?;
         }
         Ok(Arc::new(Self {
-            inner,
+            inner: Arc::new(inner),
             transactional,
             in_transaction: AtomicBool::new(false),
+            wedged: AtomicBool::new(false),
         }))
     }
 
@@ -260,6 +275,9 @@ impl OutputProducer {
         if offsets.is_empty() && !self.in_transaction.load(Ordering::Acquire) {
             return Ok(());
         }
+        if self.wedged.load(Ordering::Acquire) {
+            return Err(CommitError::Fatal(WEDGED.into()));
+        }
         self.begin()
             .map_err(|e| CommitError::Fatal(e.to_string()))?;
         let result = self.commit_transaction(source_topic, offsets, group);
@@ -287,7 +305,7 @@ impl OutputProducer {
             // failed puts the transaction in an abortable state, which the calls below report
             // (the failure count may still hold purged deliveries of an earlier aborted
             // transaction, which must not fail this one).
-            if !transaction::flush(&self.inner, TXN_TIMEOUT) {
+            if !transaction::flush(&*self.inner, TXN_TIMEOUT) {
                 return Err(CommitError::Aborted(format!(
                     "records not delivered within {TXN_TIMEOUT:?} of the commit"
                 )));
@@ -297,12 +315,19 @@ impl OutputProducer {
                 tpl.add_partition_offset(source_topic, *p, Offset::Offset(*o))
                     .map_err(|e| CommitError::Aborted(e.to_string()))?;
             }
-            send_offsets_to_transaction(&self.inner, &tpl, group, TXN_TIMEOUT).map_err(classify)?;
+            let (inner, group) = (Arc::clone(&self.inner), group.clone());
+            self.bounded("send_offsets_to_transaction", move || {
+                super::failpoint::hang_send_offsets();
+                send_offsets_to_transaction(&*inner, &tpl, &group, TXN_TIMEOUT)
+            })?;
             super::failpoint::stop_in_commit();
         }
-        let committed = transaction::commit_transaction(&self.inner, TXN_TIMEOUT);
+        let inner = Arc::clone(&self.inner);
+        let committed = self.bounded("commit_transaction", move || {
+            transaction::commit_transaction(&*inner, TXN_TIMEOUT)
+        });
         self.take_failures();
-        committed.map_err(classify)?;
+        committed?;
         self.in_transaction.store(false, Ordering::Release);
         if super::failpoint::lose_commit_answer() {
             return Err(CommitError::Fatal(
@@ -312,12 +337,37 @@ impl OutputProducer {
         Ok(())
     }
 
+    /// A transactional call under [`WATCHDOG_LIMIT`]; a call that never answers wedges the
+    /// producer.
+    fn bounded(
+        &self,
+        call: &'static str,
+        f: impl FnOnce() -> Result<(), TxnError> + Send + 'static,
+    ) -> Result<(), CommitError> {
+        match watchdog::call(call, WATCHDOG_LIMIT, f) {
+            Ok(answer) => answer.map_err(classify),
+            Err(e @ WatchdogError::Hung { .. }) => {
+                self.wedged.store(true, Ordering::Release);
+                tracing::error!(error = %e, "transactional call hung: giving the producer up (its thread is left behind)");
+                Err(CommitError::Fatal(e.to_string()))
+            }
+            Err(e @ WatchdogError::Spawn { .. }) => Err(CommitError::Aborted(e.to_string())),
+        }
+    }
+
     /// Abort the open transaction (exactly-once; nothing of it becomes visible), or forget
-    /// delivery failures since the last commit (at-least-once).
+    /// delivery failures since the last commit (at-least-once). A wedged producer refuses: it
+    /// must be replaced, which aborts its transaction.
     pub fn abort(&self) -> Result<(), KafkaError> {
         self.take_failures();
         if !self.transactional || !self.in_transaction.load(Ordering::Acquire) {
             return Ok(());
+        }
+        if self.wedged.load(Ordering::Acquire) {
+            return Err(KafkaError::Timeout {
+                what: WEDGED.into(),
+                seconds: WATCHDOG_LIMIT.as_secs(),
+            });
         }
         self.inner
             .abort_transaction(TXN_TIMEOUT)
@@ -329,7 +379,7 @@ impl OutputProducer {
     /// Wait until every enqueued record is acknowledged; fail if any delivery failed since the
     /// last successful flush (the caller must then not commit).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        if !transaction::flush(&self.inner, timeout) {
+        if !transaction::flush(&*self.inner, timeout) {
             return Err(KafkaError::Timeout {
                 what: "producer flush".into(),
                 seconds: timeout.as_secs(),
@@ -366,6 +416,10 @@ impl OutputProducer {
             .map_or(-1, |a| a.load(Ordering::Acquire))
     }
 }
+
+/// Why a wedged producer refuses transactional calls.
+const WEDGED: &str =
+    "an earlier transactional call of this producer never returned; it must be replaced";
 
 /// Sort a failed transactional call into what the caller does next.
 fn classify(e: transaction::TxnError) -> CommitError {
