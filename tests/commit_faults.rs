@@ -237,6 +237,11 @@ async fn a_send_offsets_call_that_never_returns_is_given_up_and_costs_no_event()
             p.log_warnings()
         );
         assert!(p.health_count("commits_unknown_outcome").await >= 1);
+        assert_eq!(
+            p.health_count("transactional_calls_hung").await,
+            1,
+            "/health counts the one hung call"
+        );
     })
     .await;
 }

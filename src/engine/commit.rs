@@ -137,7 +137,9 @@ impl Committer {
     fn count_failure(&self, e: &CommitError) {
         let counter = match e {
             CommitError::Fenced(_) => &self.metrics.commits_fenced,
-            CommitError::Aborted(_) | CommitError::Fatal(_) => &self.metrics.commits_aborted,
+            CommitError::Aborted(_) | CommitError::Fatal(_) | CommitError::Hung(_) => {
+                &self.metrics.commits_aborted
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

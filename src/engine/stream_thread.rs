@@ -378,6 +378,12 @@ impl StreamThread {
                 self.fence(l, Fence::Refused)?;
             }
             CommitError::Fatal(_) => self.catch_up_from_changelogs(l)?,
+            CommitError::Hung(_) => {
+                self.metrics
+                    .transactional_calls_hung
+                    .fetch_add(1, Ordering::Relaxed);
+                self.catch_up_from_changelogs(l)?;
+            }
             CommitError::Aborted(_) => self.rewind(l)?,
         }
         Ok(())

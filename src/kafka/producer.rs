@@ -30,7 +30,7 @@
 //! **A call that never returns.** librdkafka can leave `send_offsets_to_transaction` blocked for
 //! good when the coordinator's broker restarts (see [`super::watchdog`]). Both calls of a commit
 //! run under a deadline ([`WATCHDOG_LIMIT`]); past it the producer is *wedged*: the commit fails
-//! as [`CommitError::Fatal`] (its outcome unknown, so the engine catches its tasks up from their
+//! as [`CommitError::Hung`] (its outcome unknown, so the engine catches its tasks up from their
 //! changelogs), every later transactional call fails at once, and the engine replaces the
 //! producer, whose `init_transactions` fences the wedged one.
 
@@ -57,7 +57,7 @@ const QUEUE_FULL_TIMEOUT: Duration = Duration::from_secs(60);
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a commit's call may take before the producer is given up as wedged: the call's own
 /// timeout and a margin (librdkafka caps that timeout to the transaction's, 10 s).
-pub const WATCHDOG_LIMIT: Duration = Duration::from_secs(35);
+const WATCHDOG_LIMIT: Duration = Duration::from_secs(35);
 
 /// Delivery bookkeeping, updated from librdkafka's delivery callbacks.
 pub struct DeliveryTracker {
@@ -128,6 +128,10 @@ pub enum CommitError {
     /// create a new one.
     #[error("producer failed: {0}")]
     Fatal(String),
+    /// A transactional call never returned (module doc): the producer is wedged and the
+    /// commit's outcome unknown; create a new one, as for [`CommitError::Fatal`].
+    #[error("producer wedged: {0}")]
+    Hung(String),
 }
 
 /// The instance's producer. Cheap to share (`Arc`); `send` never blocks on the network.
@@ -276,14 +280,14 @@ impl OutputProducer {
             return Ok(());
         }
         if self.wedged.load(Ordering::Acquire) {
-            return Err(CommitError::Fatal(WEDGED.into()));
+            return Err(CommitError::Hung(WEDGED.into()));
         }
         self.begin()
             .map_err(|e| CommitError::Fatal(e.to_string()))?;
         let result = self.commit_transaction(source_topic, offsets, group);
         if let Err(e) = &result {
             tracing::warn!(error = %e, "transaction failed; aborting it");
-            if !matches!(e, CommitError::Fatal(_)) {
+            if !matches!(e, CommitError::Fatal(_) | CommitError::Hung(_)) {
                 if let Err(abort) = self.abort() {
                     return Err(CommitError::Fatal(format!(
                         "{e}; then the abort failed: {abort}"
@@ -349,7 +353,7 @@ impl OutputProducer {
             Err(e @ WatchdogError::Hung { .. }) => {
                 self.wedged.store(true, Ordering::Release);
                 tracing::error!(error = %e, "transactional call hung: giving the producer up (its thread is left behind)");
-                Err(CommitError::Fatal(e.to_string()))
+                Err(CommitError::Hung(e.to_string()))
             }
             Err(e @ WatchdogError::Spawn { .. }) => Err(CommitError::Aborted(e.to_string())),
         }

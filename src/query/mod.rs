@@ -241,6 +241,8 @@ struct Health {
     /// Commits whose outcome was unknown (the producer failed mid-commit): the actives caught
     /// up from their changelogs before processing again.
     commits_unknown_outcome: u64,
+    /// Transactional calls that never returned: each replaced the producer (librdkafka#5456).
+    transactional_calls_hung: u64,
     /// Times this instance stopped itself after losing contact with the group.
     self_fenced: u64,
 }
@@ -275,6 +277,7 @@ async fn get_health(State(st): State<QueryState>) -> Response {
         commits_aborted: st.metrics.commits_aborted.load(Ordering::Relaxed),
         commits_fenced: st.metrics.commits_fenced.load(Ordering::Relaxed),
         commits_unknown_outcome: st.metrics.commits_unknown.load(Ordering::Relaxed),
+        transactional_calls_hung: st.metrics.transactional_calls_hung.load(Ordering::Relaxed),
         self_fenced: st.metrics.self_fenced.load(Ordering::Relaxed),
     };
     let code = if body.ready {

@@ -56,6 +56,9 @@ pub struct Metrics {
     /// Commits whose outcome was unknown (the producer failed once the transaction may have
     /// committed): the actives caught up from their changelogs before processing again.
     pub commits_unknown: AtomicU64,
+    /// Transactional calls that never returned (librdkafka#5456): each wedged a producer,
+    /// which was replaced (also counted in `commits_unknown`).
+    pub transactional_calls_hung: AtomicU64,
     /// Times the instance stopped processing after losing contact with the group.
     pub self_fenced: AtomicU64,
     /// HTTP queries answered, by outcome.
@@ -120,6 +123,10 @@ impl Metrics {
             (
                 "paystream_commits_unknown_outcome_total",
                 &self.commits_unknown,
+            ),
+            (
+                "paystream_transactional_calls_hung_total",
+                &self.transactional_calls_hung,
             ),
             ("paystream_self_fenced_total", &self.self_fenced),
         ] {
