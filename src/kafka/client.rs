@@ -49,7 +49,7 @@ const SOURCE_PREFETCH_KBYTES: &str = "16384";
 /// Records the source consumer tries to keep fetched ahead (librdkafka's default is 100,000).
 /// With the 10 ms fetch backoff a queue that runs low refills within a poll round, so a small
 /// one costs no speed: 20,000 instead of 200,000 took 40 MiB off the peak RSS at the same ingest
-/// rate (BENCHMARKS.md, "A smaller source prefetch"). It was 200,000 while the backoff was
+/// rate (BENCHMARKS.md, "A smaller source prefetch, bounded restore consumers"). It was 200,000 while the backoff was
 /// librdkafka's 1 s, when 50,000 cost 15% of the rate.
 const SOURCE_QUEUED_MIN_MESSAGES: &str = "20000";
 /// Largest fetch response of the source consumer (librdkafka's default is 50 MiB). Fetched
@@ -90,8 +90,9 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
 /// An instance has one such consumer per changelog topic (six with every topology on), each
 /// with the source consumer's prefetch bounds and fetch backoff: at librdkafka's defaults (64 MiB
 /// queues, 50 MiB responses) a restore of 2M records peaked at 725 MiB of RSS with 80 MiB of it
-/// in RocksDB (BENCHMARKS.md, "Bounded restore consumers"). It never commits: restore progress lives in the local checkpoint, not in the group. It reads
-/// committed records only (an open or aborted transaction is never restored); where its end is
+/// in RocksDB, 670 MiB with the bounds (BENCHMARKS.md, "A smaller source prefetch, bounded
+/// restore consumers"). It never commits: restore progress lives in the local checkpoint, not
+/// in the group. It reads committed records only (an open or aborted transaction is never restored); where its end is
 /// comes from [`log_end_client_config`]'s client.
 pub fn restore_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
