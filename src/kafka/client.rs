@@ -49,8 +49,8 @@ const SOURCE_PREFETCH_KBYTES: &str = "16384";
 /// Records the source consumer tries to keep fetched ahead (librdkafka's default is 100,000).
 /// With the 10 ms fetch backoff a queue that runs low refills within a poll round, so a small
 /// one costs no speed: 20,000 instead of 200,000 took 40 MiB off the peak RSS at the same ingest
-/// rate (BENCHMARKS.md, "A smaller source prefetch, bounded restore consumers"). It was 200,000 while the backoff was
-/// librdkafka's 1 s, when 50,000 cost 15% of the rate.
+/// rate (BENCHMARKS.md, "A smaller source prefetch, bounded restore consumers"). It was 200,000
+/// while the backoff was librdkafka's 1 s, when 50,000 cost 15% of the rate.
 const SOURCE_QUEUED_MIN_MESSAGES: &str = "20000";
 /// Largest fetch response of the source consumer (librdkafka's default is 50 MiB). Fetched
 /// records point into their response buffer, so a response stays in memory until its last
