@@ -15,23 +15,33 @@
 //! - A `send_offsets_to_transaction` that never returns (librdkafka#5456;
 //!   `PAYSTREAM_FAILPOINT_HANG_SEND_OFFSETS`) is given up after the watchdog's limit: the
 //!   producer is replaced and the actives catch up from their changelogs, losing nothing.
+//! - A commit slow to write its batch into the local stores
+//!   (`PAYSTREAM_FAILPOINT_SLOW_LOCAL_APPLY_MS`): an `active` answer still holds every event
+//!   whose offset the group committed before the query.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
-
-use common::model::{expected_sms, order_views};
+use common::model::{expected_sms, order_views, view_matches};
 use common::{
-    assert_views_match, create_topic, free_port, produce_traffic, read_topic, sent, signal, unique,
-    wait_all_committed, Proc,
+    assert_views_match, bootstrap, create_topic, free_port, produce_traffic, read_topic, sent,
+    signal, unique, wait_all_committed, Proc,
 };
+use paystream::partition_for_key;
 use paystream::produce::GeneratorOptions;
 use paystream_topology::sms::SmsRequest;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, TopicPartitionList};
 
 /// One instance at a time: on 2 cores, two starve each other's commits.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PARTITIONS: i32 = 4;
 
 /// `/health`'s `tasks.0.error`, polled until `want` holds (deadline).
 async fn wait_task_error(p: &mut Proc, what: &str, want: impl Fn(Option<&str>) -> bool) {
@@ -159,18 +169,15 @@ async fn assert_sms_exactly_once(app: &str, want: &std::collections::BTreeSet<(S
     );
 }
 
-/// One instance with the failpoint `env` under 4,000 orders at a steady rate: once every event is
-/// committed, `check` looks at the instance (did the fault happen?), then its views must match
-/// the model and `SEND_SMS` must hold each expected SMS once.
-async fn one_instance_under_a_failpoint(
+/// A fresh topic and application, and one instance of it with the failpoint `env` (commits
+/// every 50 ms), ready: (topic, application id, its work directory, the instance).
+async fn one_ready_instance(
     name: &str,
     env: &[(&str, &str)],
-    check: impl AsyncFnOnce(&Proc),
-) {
-    let _one = ONE_AT_A_TIME.lock().await;
+) -> (String, String, tempfile::TempDir, Proc) {
     let topic = unique(name);
     let app = unique(&format!("{name}-app"));
-    create_topic(&topic, 4).await;
+    create_topic(&topic, PARTITIONS).await;
     let work = tempfile::tempdir().expect("tempdir");
     let mut p = Proc::run_with_env(
         &app,
@@ -182,13 +189,26 @@ async fn one_instance_under_a_failpoint(
     );
     p.wait_health("ready", Duration::from_secs(120), |h| h["ready"] == true)
         .await;
+    (topic, app, work, p)
+}
+
+/// One instance with the failpoint `env` under 4,000 orders at a steady rate: once every event is
+/// committed, `check` looks at the instance (did the fault happen?), then its views must match
+/// the model and `SEND_SMS` must hold each expected SMS once.
+async fn one_instance_under_a_failpoint(
+    name: &str,
+    env: &[(&str, &str)],
+    check: impl AsyncFnOnce(&Proc),
+) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (topic, app, _work, mut p) = one_ready_instance(name, env).await;
     let g = GeneratorOptions {
         orders: 4_000,
         seed: 73,
         ..Default::default()
     };
     // A steady rate, so that many commits (and the faults) fall inside the traffic.
-    let all = sent(&produce_traffic(&topic, 4, g, Some(1_000)).await);
+    let all = sent(&produce_traffic(&topic, PARTITIONS, g, Some(1_000)).await);
     wait_all_committed(&app, &topic, &mut [&mut p], Duration::from_secs(180)).await;
     check(&p).await;
     assert_views_match(
@@ -273,7 +293,7 @@ async fn an_instance_frozen_inside_a_commit_and_resumed_after_a_takeover_loses_n
     let _one = ONE_AT_A_TIME.lock().await;
     let topic = unique("frozen");
     let app = unique("frozen-app");
-    create_topic(&topic, 4).await;
+    create_topic(&topic, PARTITIONS).await;
     let work = common::work_dir();
     let extra = [
         "--session-timeout-ms",
@@ -306,7 +326,7 @@ async fn an_instance_frozen_inside_a_commit_and_resumed_after_a_takeover_loses_n
     };
     let traffic = {
         let topic = topic.clone();
-        tokio::spawn(async move { sent(&produce_traffic(&topic, 4, g, Some(800)).await) })
+        tokio::spawn(async move { sent(&produce_traffic(&topic, PARTITIONS, g, Some(800)).await) })
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     while !is_stopped(&a) {
@@ -353,4 +373,107 @@ async fn an_instance_frozen_inside_a_commit_and_resumed_after_a_takeover_loses_n
     assert_sms_exactly_once(&app, &expected_sms(&all)).await;
     b.assert_alive();
     b.terminate();
+}
+
+/// Under exactly-once a commit's batch reaches the local stores only after its transaction
+/// committed; the failpoint stretches that step to 300 ms. A client that sees the group's
+/// committed offset pass its event and then asks must get an answer holding the event, or one
+/// labelled standby: never an `active` answer missing it (the rolling drill caught one once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_answer_holds_every_event_the_group_committed_while_the_commit_settles() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let env = [("PAYSTREAM_FAILPOINT_SLOW_LOCAL_APPLY_MS", "300")];
+    let (topic, app, _work, mut p) = one_ready_instance("settle", &env).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("producer");
+    let offsets: Arc<BaseConsumer> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", &app)
+            .set("isolation.level", "read_committed")
+            .create()
+            .expect("consumer"),
+    );
+    let client = reqwest::Client::new();
+    let (mut active, mut standby) = (0, 0);
+    for i in 0..20 {
+        let order = format!("S-{i}");
+        let json = format!(
+            r#"{{"order_id":"{order}","event_id":"r","type":"APPROVAL_REQUESTED","phone":"010-{i}","amount":{},"currency":"KRW","ts":{}}}"#,
+            1_000 + i * 100,
+            1_700_000_000_000i64 + i
+        );
+        let want = &order_views(&[(Some(order.clone()), json.clone())])[&order];
+        let partition = partition_for_key(order.as_bytes(), PARTITIONS);
+        let rec = FutureRecord::<str, str>::to(&topic)
+            .key(&order)
+            .payload(&json)
+            .partition(partition);
+        let delivered = producer
+            .send(rec, Timeout::After(Duration::from_secs(30)))
+            .await
+            .expect("produce");
+        wait_committed_past(&offsets, &topic, partition, delivered.offset, &p).await;
+        let r = client
+            .get(format!("http://{}/orders/{order}", p.http))
+            .send()
+            .await
+            .expect("query");
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.expect("json body");
+        match body["role"].as_str() {
+            Some("active") => {
+                active += 1;
+                assert!(
+                    status == 200 && view_matches(&body["order"], want),
+                    "{order} (offset {} of partition {partition}) was committed before the \
+                     query, yet the active answered {status} {body}",
+                    delivered.offset
+                );
+            }
+            Some("standby") => standby += 1,
+            _ => panic!("{order}: unexpected answer {status} {body}"),
+        }
+    }
+    assert!(
+        active >= 15,
+        "most answers come from the active: {active} active, {standby} standby"
+    );
+    p.assert_alive();
+    p.terminate();
+}
+
+/// Poll (every 5 ms, 60 s deadline) until the group's committed offset of `partition` is past
+/// `offset`.
+async fn wait_committed_past(
+    consumer: &Arc<BaseConsumer>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    p: &Proc,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (c, t) = (consumer.clone(), topic.to_owned());
+        let committed = tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&t, partition);
+            c.committed_offsets(tpl, Duration::from_secs(10))
+                .ok()
+                .and_then(|l| l.elements().first().and_then(|e| e.offset().to_raw()))
+        })
+        .await
+        .expect("join");
+        if committed.is_some_and(|c| c > offset) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offset {offset} of partition {partition} never committed ({committed:?}); log:\n{}",
+            p.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

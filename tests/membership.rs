@@ -875,7 +875,7 @@ async fn transactional_offsets_carry_our_generation_and_a_stale_one_is_fenced() 
     let refused = tokio::task::spawn_blocking(move || {
         p.send(&top, 0, Some(b"k"), Some(b"zombie"), None, None)
             .expect("send");
-        p.commit(&top, &[(0, 7)], &stale)
+        p.commit(&top, &[(0, 7)], &stale, &|| {})
     })
     .await
     .unwrap();
@@ -888,7 +888,7 @@ async fn transactional_offsets_carry_our_generation_and_a_stale_one_is_fenced() 
     tokio::task::spawn_blocking(move || {
         p.send(&top, 1, Some(b"k"), Some(b"current"), None, None)
             .expect("send");
-        p.commit(&top, &[(1, 5)], &current)
+        p.commit(&top, &[(1, 5)], &current, &|| {})
     })
     .await
     .unwrap()

@@ -112,7 +112,7 @@ async fn a_record_that_breaks_processing_is_rolled_back_then_dead_lettered() {
         );
         let group = GroupMetadata::standalone("poison-test");
         producer
-            .commit(&input_c, &[(0, 5)], &group)
+            .commit(&input_c, &[(0, 5)], &group, &|| {})
             .expect("commit");
         task.mark_committed();
     })

@@ -53,6 +53,8 @@ pub struct Answer {
     /// The `order` object of a 200; `None` for a 404 (`order_not_found`).
     pub view: Option<Value>,
     pub role: Role,
+    /// `served_by` of the answer (`HOST:PORT`), for the report.
+    pub served_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,8 +248,13 @@ impl Checker {
         match a.role {
             Role::Active if k < must_have => Verdict::Wrong(format!(
                 "{}: an active answer reflects {k} events, but {must_have} were committed \
-                 (partition {} committed to offset {committed}) before the query was sent",
-                a.order, t.partition
+                 (partition {} committed to offset {committed}) before the query was sent \
+                 (served by {}, asked at +{:.3} s, answered at +{:.3} s)",
+                a.order,
+                t.partition,
+                a.served_by,
+                a.sent_at as f64 / 1e6,
+                a.received_at as f64 / 1e6
             )),
             Role::Standby if a.active_only => Verdict::Wrong(format!(
                 "{}: a standby answered a consistency=active query",
@@ -296,6 +303,7 @@ mod tests {
             active_only: false,
             view,
             role,
+            served_by: "127.0.0.1:1".to_owned(),
         }
     }
 

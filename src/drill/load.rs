@@ -128,6 +128,7 @@ impl Query<'_> {
                 active_only,
                 view,
                 role,
+                served_by: body["served_by"].as_str().unwrap_or("?").to_owned(),
             }),
             None => Attempt::Bad(format!("{url}: {status} without a role: {body}")),
         }

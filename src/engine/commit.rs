@@ -63,11 +63,14 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Commit every running task of `tasks` through `producer`.
+    /// Commit every running task of `tasks` through `producer`. `ending` is called once the
+    /// transaction is about to commit (exactly-once only): from then until this returns, Kafka
+    /// may show offsets whose records the local stores do not hold yet.
     pub fn commit(
         &mut self,
         producer: &OutputProducer,
         tasks: &mut BTreeMap<i32, Task>,
+        ending: &dyn Fn(),
     ) -> Result<Committed, CommitFailure> {
         let started = Instant::now();
         let mut done = Committed::default();
@@ -88,11 +91,12 @@ impl Committer {
         } else {
             &[]
         };
-        if let Err(e) = producer.commit(&self.source_topic, in_txn, &self.group) {
+        if let Err(e) = producer.commit(&self.source_topic, in_txn, &self.group, ending) {
             self.count_failure(&e);
             return Err(e.into());
         }
         let kafka = started.elapsed();
+        crate::kafka::failpoint::slow_local_apply();
         for t in tasks.values_mut() {
             if t.state() == TaskState::Running {
                 t.post_commit(producer).map_err(CommitFailure::Local)?;

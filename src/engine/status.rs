@@ -4,8 +4,10 @@
 //! Written by the stream thread and the state updater, read by the query layer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
+
+use tokio::sync::Notify;
 
 use serde::Serialize;
 
@@ -49,6 +51,22 @@ pub struct SharedStatus {
     tasks: Mutex<BTreeMap<i32, TaskView>>,
     /// Epoch ms at which the commit in flight started; 0 when none is.
     commit_started_ms: AtomicI64,
+    /// The commit in flight asked Kafka to commit its transaction.
+    commit_ending: AtomicBool,
+    /// Commits ended so far (committed or rolled back).
+    commits_ended: AtomicU64,
+    /// Woken at the end of every commit.
+    commit_end: Notify,
+}
+
+/// A commit that was in flight when [`SharedStatus::commit_in_flight`] looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlightCommit {
+    /// Epoch ms it started at.
+    pub started_ms: i64,
+    /// [`SharedStatus::commits_ended`] when it was seen running: it has ended once that count
+    /// is higher.
+    ended_before: u64,
 }
 
 impl SharedStatus {
@@ -103,9 +121,59 @@ impl SharedStatus {
             .store(now_ms.max(1), Ordering::Release);
     }
 
+    /// The commit in flight is about to ask Kafka to commit its transaction: from now until it
+    /// ends, Kafka may show offsets whose records the local stores do not hold yet.
+    pub fn commit_ending(&self) {
+        self.commit_ending.store(true, Ordering::Release);
+    }
+
     /// The commit finished: committed, or rolled back and its tasks rewound or suspended.
     pub fn commit_ended(&self) {
+        self.commit_ending.store(false, Ordering::Release);
         self.commit_started_ms.store(0, Ordering::Release);
+        self.commits_ended.fetch_add(1, Ordering::AcqRel);
+        self.commit_end.notify_waiters();
+    }
+
+    /// The commit running now, if it asked Kafka to commit its transaction. Under exactly-once
+    /// the local stores are written only after the transaction committed, so from the moment
+    /// Kafka may show its offsets until the commit ends the stores lag what the group
+    /// committed: an answer that must hold every committed event waits for this commit to end
+    /// ([`Self::wait_commit_end`]). Earlier in a commit (writing changelogs, flushing) nothing of
+    /// it can be visible, and at-least-once writes the stores before it commits offsets: no
+    /// wait.
+    pub fn commit_in_flight(&self) -> Option<InFlightCommit> {
+        // The count first: a commit that starts after it was read is waited for at most once.
+        let ended_before = self.commits_ended.load(Ordering::Acquire);
+        if !self.commit_ending.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.commit_started_ms.load(Ordering::Acquire) {
+            0 => None,
+            started_ms => Some(InFlightCommit {
+                started_ms,
+                ended_before,
+            }),
+        }
+    }
+
+    /// Wait until `commit` ended, or at most `limit`; whether it ended.
+    pub async fn wait_commit_end(
+        &self,
+        commit: InFlightCommit,
+        limit: std::time::Duration,
+    ) -> bool {
+        let ended = || self.commits_ended.load(Ordering::Acquire) > commit.ended_before;
+        let wait = async {
+            loop {
+                let woken = self.commit_end.notified();
+                if ended() {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok() || ended()
     }
 
     /// How long the commit in flight has been running at `now_ms`; `None` when none is. A

@@ -352,7 +352,10 @@ impl StreamThread {
     }
 
     fn commit_or_recover(&self, l: &mut Loop) -> Result<(), StreamThreadError> {
-        let result = l.committer.commit(&l.producer, &mut l.manager.tasks);
+        let ending = || self.status.commit_ending();
+        let result = l
+            .committer
+            .commit(&l.producer, &mut l.manager.tasks, &ending);
         l.last_commit = Instant::now();
         l.dirty = false;
         let failure = match result {

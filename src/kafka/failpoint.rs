@@ -17,6 +17,9 @@
 //! - `PAYSTREAM_FAILPOINT_HANG_SEND_OFFSETS=N`: the N-th `send_offsets_to_transaction` never
 //!   returns (its thread parks for good before reaching librdkafka), as librdkafka's call did
 //!   after the coordinator's broker restarted (see [`super::watchdog`]).
+//! - `PAYSTREAM_FAILPOINT_SLOW_LOCAL_APPLY_MS=N`: every commit waits N ms between the Kafka
+//!   transaction's commit and writing its batch into the local stores, as a loaded machine or a
+//!   slow disk stretches that step, so that queries fall into it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -24,6 +27,7 @@ use std::sync::OnceLock;
 const LOSE_COMMIT_ANSWER: &str = "PAYSTREAM_FAILPOINT_LOSE_COMMIT_ANSWER";
 const STOP_IN_COMMIT: &str = "PAYSTREAM_FAILPOINT_STOP_IN_COMMIT";
 const HANG_SEND_OFFSETS: &str = "PAYSTREAM_FAILPOINT_HANG_SEND_OFFSETS";
+const SLOW_LOCAL_APPLY_MS: &str = "PAYSTREAM_FAILPOINT_SLOW_LOCAL_APPLY_MS";
 
 /// `linger.ms` of transactional producers while [`STOP_IN_COMMIT`] is set.
 pub const STOP_IN_COMMIT_LINGER_MS: &str = "30000";
@@ -37,6 +41,7 @@ static STOP_AT: OnceLock<u64> = OnceLock::new();
 static OFFSET_COMMITS: AtomicU64 = AtomicU64::new(0);
 static HANG_AT: OnceLock<u64> = OnceLock::new();
 static SEND_OFFSETS: AtomicU64 = AtomicU64::new(0);
+static SLOW_APPLY: OnceLock<u64> = OnceLock::new();
 
 /// The failpoint's `N` from the environment (0: off), warned about once when set.
 fn armed(cell: &OnceLock<u64>, var: &str, what: &str) -> u64 {
@@ -104,5 +109,18 @@ pub fn hang_send_offsets() {
     );
     loop {
         std::thread::park();
+    }
+}
+
+/// Called after a transaction committed, before its batch is written into the local stores:
+/// sleep the failpoint's N ms.
+pub fn slow_local_apply() {
+    let ms = armed(
+        &SLOW_APPLY,
+        SLOW_LOCAL_APPLY_MS,
+        "every commit waits n ms before writing the local stores",
+    );
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }

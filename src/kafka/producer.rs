@@ -265,11 +265,15 @@ impl OutputProducer {
     ///   transaction is aborted before this returns.
     /// - at-least-once: waits until every record is acknowledged; the caller commits the offsets
     ///   through the group afterwards.
+    ///
+    /// `ending` is called right before the transaction is asked to commit (exactly-once only):
+    /// from then on its offsets may be visible in Kafka.
     pub fn commit(
         &self,
         source_topic: &str,
         offsets: &[(i32, i64)],
         group: &GroupMetadata,
+        ending: &dyn Fn(),
     ) -> Result<(), CommitError> {
         if !self.transactional {
             return self
@@ -284,7 +288,7 @@ impl OutputProducer {
         }
         self.begin()
             .map_err(|e| CommitError::Fatal(e.to_string()))?;
-        let result = self.commit_transaction(source_topic, offsets, group);
+        let result = self.commit_transaction(source_topic, offsets, group, ending);
         if let Err(e) = &result {
             tracing::warn!(error = %e, "transaction failed; aborting it");
             if !matches!(e, CommitError::Fatal(_) | CommitError::Hung(_)) {
@@ -303,6 +307,7 @@ impl OutputProducer {
         source_topic: &str,
         offsets: &[(i32, i64)],
         group: &GroupMetadata,
+        ending: &dyn Fn(),
     ) -> Result<(), CommitError> {
         if !offsets.is_empty() {
             // Records before offsets (module documentation). Only waiting: a delivery that
@@ -326,6 +331,7 @@ impl OutputProducer {
             })?;
             super::failpoint::stop_in_commit();
         }
+        ending();
         let inner = Arc::clone(&self.inner);
         let committed = self.bounded("commit_transaction", move || {
             transaction::commit_transaction(&*inner, TXN_TIMEOUT)

@@ -341,14 +341,21 @@ async fn a_copy_whose_partition_moved_away_or_whose_instance_is_fenced_answers_a
 }
 
 #[tokio::test]
-async fn an_active_whose_commit_runs_too_long_answers_as_standby_until_it_ends() {
+async fn an_active_answers_once_its_commit_ended_and_as_standby_while_one_runs_too_long() {
     let f = fixture(Role::Active, true);
     let p = partition_for_key(b"O-000001", 12);
     f.state.metrics.task(p).lag.store(0, Ordering::Relaxed);
     let now = crate::engine::now_ms();
-    // A commit of ordinary length: still the active.
+    // A commit in flight may already be visible in Kafka while the local stores do not hold
+    // its batch yet: the answer waits for it to end, then comes from the active.
     f.state.status.commit_started(now);
-    let (_, b) = get(&f.state, "/orders/O-000001", false).await;
+    f.state.status.commit_ending();
+    let state = f.state.clone();
+    let asked = tokio::spawn(async move { get(&state, "/orders/O-000001", false).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!asked.is_finished(), "the answer waits for the commit");
+    f.state.status.commit_ended();
+    let (_, b) = asked.await.expect("join");
     assert_eq!(b["role"], "active", "{b}");
     // One running past the limit may be visible in Kafka before it is in the local stores.
     f.state

@@ -49,6 +49,22 @@ impl Served {
 /// A commit takes tens of milliseconds; one running longer than this is in doubt.
 pub const COMMIT_IN_DOUBT_MS: i64 = 1_000;
 
+/// Before a local active copy answers. Under exactly-once a commit's batch reaches the local
+/// stores only after its transaction committed, so while a commit runs the group may already
+/// show offsets the stores do not hold yet (for the few milliseconds of the local write; seen
+/// once in the rolling drill). Wait for the commit in flight to end: at most until it is in
+/// doubt (then [`served_as`] calls the copy a standby) and within the request's deadline.
+/// Whether no commit is in flight any more that was when the query arrived.
+pub async fn settle_commit(st: &QueryState, deadline: Deadline) -> bool {
+    let Some(commit) = st.status.commit_in_flight() else {
+        return true;
+    };
+    let in_doubt_at = commit.started_ms + COMMIT_IN_DOUBT_MS + 1;
+    let ms = u64::try_from(in_doubt_at - crate::engine::now_ms()).unwrap_or(0);
+    let limit = std::time::Duration::from_millis(ms).min(deadline.remaining());
+    st.status.wait_commit_end(commit, limit).await
+}
+
 /// The honest role and lag of `local`, a copy of `partition` on this instance.
 pub fn served_as(st: &QueryState, partition: i32, local: &LocalPartition) -> Served {
     let raw = local.metrics.lag.load(std::sync::atomic::Ordering::Relaxed);
@@ -199,10 +215,24 @@ impl<'a> Route<'a> {
     {
         let (st, partition) = (self.ask.st, self.ask.partition);
         let unavailable = QueryError::PartitionUnavailable { partition };
-        let local = st
-            .local
-            .get(partition)
-            .map(|l| (served_as(st, partition, &l), l));
+        let copy = || {
+            st.local
+                .get(partition)
+                .map(|l| (served_as(st, partition, &l), l))
+        };
+        let mut local = copy();
+        if local.as_ref().is_some_and(|(s, _)| s.role == Role::Active) {
+            let settled = settle_commit(st, self.ask.deadline).await;
+            // Looked at again: the commit may have ended in a fence or a suspension.
+            local = copy();
+            if let Some((served, _)) = local.as_mut().filter(|_| !settled) {
+                // Its commit did not end within the wait: the stores may lag the group.
+                *served = Served {
+                    role: Role::Standby,
+                    lag: None,
+                };
+            }
+        }
         if let Some((served, l)) = &local {
             let allowed = self.ask.forwarded && self.ask.allow_standby && !self.ask.active_only;
             if served.role == Role::Active || (allowed && self.lag_ok(*served)) {

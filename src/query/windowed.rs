@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::deadline::Deadline;
 use super::forward::{forward, Forwarded, Hop, FORWARDED};
 use super::orders::{ask, retry_until_deadline, KeyedParams};
-use super::route::{served_as, Route, Served};
+use super::route::{served_as, settle_commit, Route, Served};
 use super::{percent_encode, validate_id, QueryError, QueryState};
 use crate::engine::store::StoreReader;
 use crate::engine::{LocalPartition, Role};
@@ -187,7 +187,7 @@ pub(super) async fn get_alerts(
 ) -> Result<Json<AlertsResponse>, QueryError> {
     let params = alert_params(params)?;
     let all = params.status == AlertFilter::All;
-    let mut answers = local_alerts(&st, params.since, all).await?;
+    let mut answers = local_alerts(&st, params.since, all, deadline).await?;
     let local_only = params.local || headers.contains_key(FORWARDED);
     if !local_only {
         let mut peers: BTreeSet<String> = BTreeSet::new();
@@ -290,13 +290,19 @@ async fn local_alerts(
     st: &QueryState,
     since: i64,
     all: bool,
+    deadline: Deadline,
 ) -> Result<Vec<PartitionAlerts>, QueryError> {
+    let settled = settle_commit(st, deadline).await;
     let copies: Vec<(i32, Role, StoreReader)> = st
         .local
         .snapshot()
         .into_iter()
         .filter_map(|(p, l)| {
-            let role = served_as(st, p, &l).role;
+            let role = match served_as(st, p, &l).role {
+                // Its commit did not end within the wait: the stores may lag the group.
+                Role::Active if !settled => Role::Standby,
+                role => role,
+            };
             Some((p, role, l.readers.get(APPROVAL_ALERTS_STORE)?.clone()))
         })
         .collect();
