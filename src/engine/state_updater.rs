@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paystream_topology::Topology;
+use rdkafka::error::KafkaError as RdError;
 use thiserror::Error;
 
 use super::changelog_reader::{ChangelogReader, LogEnds, Polled};
@@ -37,8 +38,8 @@ use super::task::{Task, TaskError, TaskState};
 use super::{lock, next_command, Next, SharedHeldTasks};
 use crate::telemetry::Metrics;
 
-/// Records taken from one reader per round before the others get a turn.
-const ROUND: usize = 2_000;
+/// Records taken per round, before commands and hand-overs get a turn.
+const ROUND: usize = 10_000;
 /// How long an idle round waits for records before looking at commands again.
 const IDLE_WAIT: Duration = Duration::from_millis(10);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -46,9 +47,14 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A restoring store that has not moved for this long is reported in `/health`.
 const STALL_AFTER: Duration = Duration::from_secs(30);
-/// A read short of its end that has not moved for this long gets a new consumer (see
-/// [`StateUpdater::reset_stalled`]).
+/// A consumer that delivered nothing for this long while a read is short of its end is replaced
+/// (see [`StateUpdater::reset_stalled`]).
 const RESET_AFTER: Duration = Duration::from_secs(10);
+/// A read short of its end that has not moved for this long gets a new consumer even while the
+/// consumer delivers other partitions' records. Far longer than [`RESET_AFTER`]: one consumer
+/// fetches a few partitions at a time, rotating through all of them, so in a restore of many
+/// partitions each one waits its turn (seen: over 10 s with 72 changelog partitions).
+const RESET_READ_AFTER: Duration = Duration::from_secs(60);
 
 /// What the stream thread asks of the updater.
 pub enum UpdaterCommand {
@@ -118,9 +124,7 @@ impl StateUpdater {
     }
 
     fn run_inner(self) -> Result<(), UpdaterError> {
-        let mut readers = (0..self.topology.stores().len())
-            .map(|i| self.new_reader(i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut reader = self.new_reader()?;
         let ends = LogEnds::new(&self.bootstrap).map_err(|source| UpdaterError::Consumer {
             topic: "(log-end offsets)".into(),
             source,
@@ -128,77 +132,104 @@ impl StateUpdater {
         let mut held: BTreeMap<i32, Held> = BTreeMap::new();
         let mut opening: BTreeMap<i32, Opening> = BTreeMap::new();
         let mut last_progress = Instant::now();
-        // After a round that read nothing, the next one waits a little on its first consumer
-        // instead of spinning.
+        let mut last_delivery = Instant::now();
+        // After a round that read nothing, the next one waits a little for records instead of
+        // spinning.
         let mut wait = Duration::ZERO;
         loop {
-            if !self.handle_commands(&mut held, &mut opening, &mut readers)? {
+            if !self.handle_commands(&mut held, &mut opening, &mut reader)? {
                 break;
             }
             self.retry_opening(&mut held, &mut opening)?;
-            self.start_pending(&mut held, &mut readers, &ends)?;
-            if !held.is_empty() && !readers.iter().any(ChangelogReader::has_assignment) {
+            self.start_pending(&mut held, &mut reader, &ends)?;
+            if !held.is_empty() && !reader.has_assignment() {
                 std::thread::sleep(IDLE_WAIT);
             }
-            let read = self.read_round(&mut held, &mut readers, wait)?;
+            let read = self.read_round(&mut held, &mut reader, wait)?;
+            if read > 0 || !reader.has_assignment() {
+                last_delivery = Instant::now();
+            }
             wait = if read == 0 { IDLE_WAIT } else { Duration::ZERO };
-            self.hand_over_caught_up(&mut held, &mut readers)?;
+            self.hand_over_caught_up(&mut held, &mut reader)?;
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 self.report(&mut held);
-                self.reset_stalled(&mut held, &mut readers)?;
+                self.reset_stalled(&mut held, &mut reader, last_delivery.elapsed())?;
             }
         }
         for (p, mut h) in std::mem::take(&mut held) {
-            self.close(p, &mut h, &mut readers)?;
+            self.close(p, &mut h, &mut reader)?;
         }
         Ok(())
     }
 
-    /// The consumer of store `i`'s changelog.
-    fn new_reader(&self, i: usize) -> Result<ChangelogReader, UpdaterError> {
+    /// The consumer of every store's changelog.
+    fn new_reader(&self) -> Result<ChangelogReader, UpdaterError> {
         let group = format!("{}-restore", self.application_id);
-        let topic = self.topology.stores()[i].changelog_topic(&self.application_id);
-        let lag = (i == 0).then(|| self.metrics.clone());
-        ChangelogReader::new(&self.bootstrap, &group, &topic, lag)
-            .map_err(|source| UpdaterError::Consumer { topic, source })
+        let topics: Vec<String> = self
+            .topology
+            .stores()
+            .iter()
+            .map(|s| s.changelog_topic(&self.application_id))
+            .collect();
+        ChangelogReader::new(
+            &self.bootstrap,
+            &group,
+            topics.clone(),
+            Some(self.metrics.clone()),
+        )
+        .map_err(|source| UpdaterError::Consumer {
+            topic: topics.join(","),
+            source,
+        })
     }
 
-    /// A consumer (at least [`RESET_AFTER`] old) with a read short of its end that delivered
-    /// nothing for [`RESET_AFTER`] is replaced by a new one, which resumes every partition it read at what was applied. Seen
-    /// after the broker was unreachable for a minute: one changelog consumer of an instance
-    /// never fetched again while the others resumed, and its restores waited forever.
+    /// The consumer (at least [`RESET_AFTER`] old) is replaced by a new one, which resumes every
+    /// partition it read at what was applied, when a read is short of its end and either the
+    /// consumer delivered nothing for [`RESET_AFTER`] (`silent`: how long it has delivered
+    /// nothing) or that read has not moved for [`RESET_READ_AFTER`]. Seen after the broker was
+    /// unreachable for a minute: one changelog consumer of an instance never fetched again
+    /// while the others resumed, and its restores waited forever.
     fn reset_stalled(
         &self,
         held: &mut BTreeMap<i32, Held>,
-        readers: &mut [ChangelogReader],
+        reader: &mut ChangelogReader,
+        silent: Duration,
     ) -> Result<(), UpdaterError> {
-        for (i, reader) in readers.iter_mut().enumerate() {
-            let stalled: Vec<(i32, i64)> = held
-                .iter()
-                .filter_map(|(&p, h)| match h.reads[i] {
-                    StoreRead::Reading {
-                        end,
-                        moved_at,
-                        reached: false,
-                    } if moved_at.elapsed() > RESET_AFTER => Some((p, end)),
-                    _ => None,
-                })
-                .collect();
-            if stalled.is_empty() || reader.age() < RESET_AFTER {
-                continue;
-            }
-            let positions = reader.positions().unwrap_or_default();
-            tracing::warn!(topic = %reader.topic, ?stalled, ?positions, "changelog reads (partition, end) made no progress (a transaction still open on the changelog, or a stuck consumer); replacing their consumer");
-            *reader = self.new_reader(i)?;
-            for (&p, h) in held.iter() {
-                if matches!(h.reads[i], StoreRead::Reading { .. }) {
+        let after = if silent > RESET_AFTER {
+            RESET_AFTER
+        } else {
+            RESET_READ_AFTER
+        };
+        let stalled: Vec<(&str, i32, i64)> = held
+            .iter()
+            .flat_map(|(&p, h)| {
+                h.reads
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, r)| match *r {
+                        StoreRead::Reading {
+                            end,
+                            moved_at,
+                            reached: false,
+                        } if moved_at.elapsed() > after => Some((i, p, end)),
+                        _ => None,
+                    })
+            })
+            .map(|(i, p, end)| (reader.topic(i), p, end))
+            .collect();
+        if stalled.is_empty() || reader.age() < RESET_AFTER {
+            return Ok(());
+        }
+        let positions = reader.positions().unwrap_or_default();
+        tracing::warn!(?stalled, ?positions, "changelog reads (topic, partition, end) made no progress (a transaction still open on the changelog, or a stuck consumer); replacing the consumer");
+        *reader = self.new_reader()?;
+        for (&p, h) in held.iter() {
+            for (i, read) in h.reads.iter().enumerate() {
+                if matches!(read, StoreRead::Reading { .. }) {
                     reader
-                        .assign(p, h.task.stores[i].changelog_end)
-                        .map_err(|source| UpdaterError::Consumer {
-                            topic: reader.topic.clone(),
-                            source,
-                        })?;
+                        .assign(i, p, h.task.stores[i].changelog_end)
+                        .map_err(|e| consumer_error(reader, i, e))?;
                 }
             }
         }
@@ -210,7 +241,7 @@ impl StateUpdater {
         &self,
         held: &mut BTreeMap<i32, Held>,
         opening: &mut BTreeMap<i32, Opening>,
-        readers: &mut [ChangelogReader],
+        reader: &mut ChangelogReader,
     ) -> Result<bool, UpdaterError> {
         // Nothing held: wait for work instead of spinning.
         let mut wait = held.is_empty().then_some(Duration::from_millis(100));
@@ -236,7 +267,7 @@ impl StateUpdater {
                             held.insert(partition, h);
                             continue;
                         }
-                        self.unassign_all(partition, &mut h, readers)?;
+                        self.unassign_all(partition, &mut h, reader)?;
                         let next = if active {
                             TaskState::Restoring
                         } else {
@@ -253,7 +284,7 @@ impl StateUpdater {
                         self.status.task_gone(partition);
                     }
                     if let Some(mut h) = held.remove(&partition) {
-                        self.close(partition, &mut h, readers)?;
+                        self.close(partition, &mut h, reader)?;
                     }
                 }
                 UpdaterCommand::Shutdown => return Ok(false),
@@ -293,9 +324,9 @@ impl StateUpdater {
         &self,
         partition: i32,
         h: &mut Held,
-        readers: &mut [ChangelogReader],
+        reader: &mut ChangelogReader,
     ) -> Result<(), UpdaterError> {
-        self.unassign_all(partition, h, readers)?;
+        self.unassign_all(partition, h, reader)?;
         self.local.remove(partition);
         self.status.task_gone(partition);
         h.task.checkpoint()?;
@@ -312,16 +343,13 @@ impl StateUpdater {
         &self,
         partition: i32,
         h: &mut Held,
-        readers: &mut [ChangelogReader],
+        reader: &mut ChangelogReader,
     ) -> Result<(), UpdaterError> {
         for (i, read) in h.reads.iter_mut().enumerate() {
             if matches!(read, StoreRead::Reading { .. }) {
-                let r = &mut readers[i];
-                r.unassign(partition)
-                    .map_err(|source| UpdaterError::Consumer {
-                        topic: r.topic.clone(),
-                        source,
-                    })?;
+                reader
+                    .unassign(i, partition)
+                    .map_err(|e| consumer_error(reader, i, e))?;
             }
             *read = StoreRead::CaughtUp;
         }
@@ -332,23 +360,22 @@ impl StateUpdater {
     fn start_pending(
         &self,
         held: &mut BTreeMap<i32, Held>,
-        readers: &mut [ChangelogReader],
+        reader: &mut ChangelogReader,
         ends: &LogEnds,
     ) -> Result<(), UpdaterError> {
         let now = Instant::now();
         for (&p, h) in held.iter_mut() {
-            // One reader per store, in the same order.
-            for (i, reader) in readers.iter_mut().enumerate() {
+            for i in 0..h.reads.len() {
                 let StoreRead::Pending { retry_at, backoff } = h.reads[i] else {
                     continue;
                 };
                 if retry_at > now {
                     continue;
                 }
-                let (lo, hi) = match ends.watermarks(&reader.topic, p) {
+                let (lo, hi) = match ends.watermarks(reader.topic(i), p) {
                     Ok(w) => w,
                     Err(e) => {
-                        let why = format!("changelog {} unreadable: {e}", reader.topic);
+                        let why = format!("changelog {} unreadable: {e}", reader.topic(i));
                         tracing::warn!(partition = p, error = %why, retry_in = ?backoff, "cannot read changelog; retrying");
                         self.status.task_error(p, Some(why));
                         h.reads[i] = StoreRead::Pending {
@@ -385,11 +412,8 @@ impl StateUpdater {
                     tracing::info!(partition = p, store = %s.name, from = start, to = hi, "restoring from changelog");
                 }
                 reader
-                    .assign(p, start)
-                    .map_err(|source| UpdaterError::Consumer {
-                        topic: reader.topic.clone(),
-                        source,
-                    })?;
+                    .assign(i, p, start)
+                    .map_err(|e| consumer_error(reader, i, e))?;
                 h.reads[i] = StoreRead::Reading {
                     end: hi,
                     moved_at: now,
@@ -402,36 +426,31 @@ impl StateUpdater {
         Ok(())
     }
 
-    /// Read what every consumer has (up to [`ROUND`] records each) and apply it in batches.
+    /// Read what the consumer has (up to [`ROUND`] records) and apply it in batches.
     fn read_round(
         &self,
         held: &mut BTreeMap<i32, Held>,
-        readers: &mut [ChangelogReader],
+        reader: &mut ChangelogReader,
         mut wait: Duration,
     ) -> Result<usize, UpdaterError> {
         let mut batches: HashMap<(usize, i32), Batch> = HashMap::new();
-        let mut ended: Vec<(usize, i32)> = Vec::new();
         let mut total = 0;
-        for (i, reader) in readers.iter().enumerate() {
-            if !reader.has_assignment() {
-                continue;
-            }
+        if reader.has_assignment() {
             for _ in 0..ROUND {
                 let timeout = std::mem::take(&mut wait);
                 let got = reader.poll(timeout, |polled| match polled {
                     Polled::Record {
+                        store,
                         partition,
                         offset,
                         key,
                         value,
                     } => {
+                        let b = batches.entry((store, partition)).or_default();
                         if let Some(k) = key {
-                            let b = batches.entry((i, partition)).or_default();
                             b.entries.push((k.to_vec(), value.map(<[u8]>::to_vec)));
-                            b.last_offset = offset;
-                        } else {
-                            batches.entry((i, partition)).or_default().last_offset = offset;
                         }
+                        b.last_offset = offset;
                         true
                     }
                     Polled::Nothing => false,
@@ -465,34 +484,30 @@ impl StateUpdater {
         }
         // Reached the end: the position (past records, commit markers and aborted records)
         // got to the log-end offset the read started with.
-        for (i, reader) in readers.iter().enumerate() {
-            let short = held
-                .values()
-                .any(|h| matches!(h.reads[i], StoreRead::Reading { reached: false, .. }));
-            if !short {
-                continue;
-            }
+        let short = held.values().any(|h| {
+            h.reads
+                .iter()
+                .any(|r| matches!(r, StoreRead::Reading { reached: false, .. }))
+        });
+        if short {
             let positions = reader
                 .positions()
                 .map_err(|source| UpdaterError::Consumer {
-                    topic: reader.topic.clone(),
+                    topic: "(changelog positions)".into(),
                     source,
                 })?;
-            for (p, position) in positions {
-                let reading = held.get(&p).map(|h| h.reads[i]);
-                if let Some(StoreRead::Reading {
-                    end,
-                    reached: false,
-                    ..
-                }) = reading
-                {
-                    if position >= end {
-                        ended.push((i, p));
-                    }
-                }
-            }
+            let ended = positions
+                .into_iter()
+                .filter(|&(i, p, position)| {
+                    matches!(
+                        held.get(&p).map(|h| h.reads[i]),
+                        Some(StoreRead::Reading { end, reached: false, .. }) if position >= end
+                    )
+                })
+                .map(|(i, p, _)| (i, p))
+                .collect();
+            mark_ended(held, reader, ended)?;
         }
-        mark_ended(held, readers, ended)?;
         Ok(total)
     }
 
@@ -501,7 +516,7 @@ impl StateUpdater {
     fn hand_over_caught_up(
         &self,
         held: &mut BTreeMap<i32, Held>,
-        readers: &mut [ChangelogReader],
+        reader: &mut ChangelogReader,
     ) -> Result<(), UpdaterError> {
         for (&p, h) in held.iter_mut() {
             if !h.synced && h.at_end() {
@@ -522,7 +537,7 @@ impl StateUpdater {
             let Some(mut h) = held.remove(&p) else {
                 continue;
             };
-            self.unassign_all(p, &mut h, readers)?;
+            self.unassign_all(p, &mut h, reader)?;
             h.task.checkpoint()?;
             self.status.restore_progress(p, h.progress.0, h.progress.1);
             tracing::info!(
@@ -579,7 +594,7 @@ impl StateUpdater {
 /// queryable, see `Held::synced`), an active's store is caught up and leaves its consumer.
 fn mark_ended(
     held: &mut BTreeMap<i32, Held>,
-    readers: &mut [ChangelogReader],
+    reader: &mut ChangelogReader,
     ended: Vec<(usize, i32)>,
 ) -> Result<(), UpdaterError> {
     for (i, p) in ended {
@@ -588,13 +603,19 @@ fn mark_ended(
             *reached = true;
         }
         if h.is_active() && matches!(h.reads[i], StoreRead::Reading { .. }) {
-            let r = &mut readers[i];
-            r.unassign(p).map_err(|source| UpdaterError::Consumer {
-                topic: r.topic.clone(),
-                source,
-            })?;
+            reader
+                .unassign(i, p)
+                .map_err(|e| consumer_error(reader, i, e))?;
             h.reads[i] = StoreRead::CaughtUp;
         }
     }
     Ok(())
+}
+
+/// A consumer error about store `i`'s changelog.
+fn consumer_error(reader: &ChangelogReader, i: usize, source: RdError) -> UpdaterError {
+    UpdaterError::Consumer {
+        topic: reader.topic(i).to_owned(),
+        source,
+    }
 }

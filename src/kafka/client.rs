@@ -87,13 +87,14 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
 }
 
 /// Consumer settings for reading a changelog from a given offset to its end (restore, standby).
-/// An instance has one such consumer per changelog topic (six with every topology on), each
-/// with the source consumer's prefetch bounds and fetch backoff: at librdkafka's defaults (64 MiB
-/// queues, 50 MiB responses) a restore of 2M records peaked at 725 MiB of RSS with 80 MiB of it
-/// in RocksDB, 670 MiB with the bounds (BENCHMARKS.md, "A smaller source prefetch, bounded
-/// restore consumers"). It never commits: restore progress lives in the local checkpoint, not
-/// in the group. It reads committed records only (an open or aborted transaction is never restored); where its end is
-/// comes from [`log_end_client_config`]'s client.
+/// An instance has one such consumer for every changelog topic (six with every topology on),
+/// with the source consumer's prefetch bounds and fetch backoff: one prefetch budget. Six
+/// consumers, one per changelog, peaked at 725 MiB of RSS in a restore of 2M records at
+/// librdkafka's defaults and 670 MiB with these bounds, 80 MiB of it in RocksDB (BENCHMARKS.md,
+/// "A smaller source prefetch, bounded restore consumers"). It never commits: restore progress
+/// lives in the local checkpoint, not in the group. It reads committed records only (an open or
+/// aborted transaction is never restored); where its end is comes from
+/// [`log_end_client_config`]'s client.
 pub fn restore_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
