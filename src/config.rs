@@ -19,11 +19,13 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod membership;
+mod memory;
 mod query;
 mod windowed;
 
 pub use membership::MembershipArgs;
 use membership::MembershipFile;
+pub use memory::{DEFAULT_HEAP_TRIM_INTERVAL_MS, DEFAULT_STATE_MEMORY_MB};
 use query::QueryFile;
 pub use query::{QueryArgs, QuerySettings};
 use windowed::WindowedFile;
@@ -123,6 +125,12 @@ pub struct RunArgs {
     #[arg(long, env = "PAYSTREAM_STATE_MEMORY_MB", value_name = "MIB")]
     pub state_memory_mb: Option<u64>,
 
+    /// How often, in ms, the C heap (librdkafka's and RocksDB's allocations) gives its free
+    /// pages back to the system; 0: never. Without it the RSS stays near its high-water mark
+    /// after a burst (a restore, large fetches). At most 60000. [default: 200]
+    #[arg(long, env = "PAYSTREAM_HEAP_TRIM_INTERVAL_MS", value_name = "MS")]
+    pub heap_trim_interval_ms: Option<u64>,
+
     /// Topic for records that cannot be processed (reason in headers). [default: <input-topic>.DLQ]
     #[arg(long, env = "PAYSTREAM_DLQ_TOPIC", value_name = "TOPIC")]
     pub dlq_topic: Option<String>,
@@ -186,6 +194,7 @@ struct FileConfig {
     commit_interval_ms: Option<u64>,
     max_uncommitted_bytes: Option<usize>,
     state_memory_mb: Option<u64>,
+    heap_trim_interval_ms: Option<u64>,
     dlq_topic: Option<String>,
     replication_factor: Option<i32>,
     session_timeout_ms: Option<u64>,
@@ -234,6 +243,8 @@ pub struct RunSettings {
     pub max_uncommitted_bytes: usize,
     /// The bound of all RocksDB memory (see `paystream_state::rocks_memory`).
     pub state_memory_bytes: usize,
+    /// How often the C heap is trimmed (see [`crate::heap_trim`]); `None`: never.
+    pub heap_trim_interval: Option<Duration>,
     pub dlq_topic: String,
     pub replication_factor: i32,
     pub session_timeout: Duration,
@@ -266,8 +277,6 @@ pub const DEFAULT_EOS_COMMIT_INTERVAL_MS: u64 = 100;
 pub const DEFAULT_ALOS_COMMIT_INTERVAL_MS: u64 = 1000;
 /// 64 MiB of buffered store writes per instance before an early commit.
 pub const DEFAULT_MAX_UNCOMMITTED_BYTES: usize = 64 << 20;
-/// `--state-memory-mb`'s default.
-pub const DEFAULT_STATE_MEMORY_MB: u64 = 256;
 
 /// The processing guarantee (`--processing-guarantee`), named as in Kafka Streams.
 #[derive(
@@ -303,6 +312,7 @@ impl RunArgs {
         let (processing_guarantee, commit_interval, max_uncommitted_bytes) =
             self.commit_settings(&file)?;
         let state_memory_bytes = self.state_memory(&file)?;
+        let heap_trim_interval = self.heap_trim_interval(&file)?;
         let query = self.query.build(&QueryFile {
             query_timeout_ms: file.query_timeout_ms,
             peer_timeout_ms: file.peer_timeout_ms,
@@ -459,6 +469,7 @@ impl RunArgs {
             commit_interval,
             max_uncommitted_bytes,
             state_memory_bytes,
+            heap_trim_interval,
             dlq_topic,
             replication_factor,
             session_timeout: Duration::from_millis(session_ms),
@@ -512,27 +523,6 @@ impl RunArgs {
             Duration::from_millis(commit_ms),
             max_uncommitted_bytes,
         ))
-    }
-}
-
-impl RunArgs {
-    fn state_memory(&self, file: &FileConfig) -> Result<usize, ConfigError> {
-        let mb = self
-            .state_memory_mb
-            .or(file.state_memory_mb)
-            .unwrap_or(DEFAULT_STATE_MEMORY_MB);
-        if !(16..=1 << 20).contains(&mb) {
-            return Err(invalid(
-                "state-memory-mb",
-                format!("{mb} is outside 16..=1048576 (16 MiB to 1 TiB)"),
-            ));
-        }
-        usize::try_from(mb << 20).map_err(|_| {
-            invalid(
-                "state-memory-mb",
-                format!("{mb} MiB does not fit in memory"),
-            )
-        })
     }
 }
 

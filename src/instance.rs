@@ -349,6 +349,7 @@ impl Instance {
         shutdown: CancellationToken,
     ) -> Result<(), RunError> {
         let p = prepare(&settings).await?;
+        crate::heap_trim::start(settings.heap_trim_interval, shutdown.clone());
         let shared = Shared::new(&settings, &p);
         let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
         let (committer, commits) = commit_channel();

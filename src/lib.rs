@@ -25,6 +25,7 @@
 //! - [`drill`]: `paystream drill`, failover rehearsals on a cluster of child processes.
 //! - [`bench`]: `paystream bench`, the measurements behind BENCHMARKS.md.
 //! - [`telemetry`]: logging set-up and typed metric events.
+//! - [`heap_trim`]: gives the C heap's (librdkafka's, RocksDB's) freed pages back to the system.
 //!
 //! The topology (what happens to a record) lives in `paystream-topology`; the stores in
 //! `paystream-state`. Dependencies run one way: state ← topology ← this crate.
@@ -37,6 +38,7 @@ pub mod coordination;
 pub mod demo;
 pub mod drill;
 pub mod engine;
+pub mod heap_trim;
 pub mod instance;
 pub mod kafka;
 pub mod produce;

@@ -82,6 +82,34 @@ fn state_memory_comes_from_the_flag_the_file_or_the_default() {
 }
 
 #[test]
+fn heap_trimming_comes_from_the_flag_the_file_or_the_default_and_0_turns_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        "heap-trim-interval-ms = 0
+",
+    )
+    .unwrap();
+    let with_file = |flag: Option<u64>| RunArgs {
+        config: Some(path.clone()),
+        heap_trim_interval_ms: flag,
+        ..Default::default()
+    };
+    assert_eq!(with_file(None).build().unwrap().heap_trim_interval, None);
+    assert_eq!(
+        with_file(Some(1_000)).build().unwrap().heap_trim_interval,
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(
+        RunArgs::default().build().unwrap().heap_trim_interval,
+        Some(Duration::from_millis(200))
+    );
+    let err = with_file(Some(600_000)).build().unwrap_err().to_string();
+    assert!(err.contains("heap-trim-interval-ms"), "{err}");
+}
+
+#[test]
 fn flags_win_over_file_and_file_over_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.toml");
