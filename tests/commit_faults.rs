@@ -398,6 +398,7 @@ async fn an_active_answer_holds_every_event_the_group_committed_while_the_commit
     );
     let client = reqwest::Client::new();
     let (mut active, mut standby) = (0, 0);
+    let mut longest_wait = Duration::ZERO;
     for i in 0..20 {
         let order = format!("S-{i}");
         let json = format!(
@@ -416,11 +417,13 @@ async fn an_active_answer_holds_every_event_the_group_committed_while_the_commit
             .await
             .expect("produce");
         wait_committed_past(&offsets, &topic, partition, delivered.offset, &p).await;
+        let asked = Instant::now();
         let r = client
             .get(format!("http://{}/orders/{order}", p.http))
             .send()
             .await
             .expect("query");
+        longest_wait = longest_wait.max(asked.elapsed());
         let status = r.status().as_u16();
         let body: serde_json::Value = r.json().await.expect("json body");
         match body["role"].as_str() {
@@ -440,6 +443,18 @@ async fn an_active_answer_holds_every_event_the_group_committed_while_the_commit
     assert!(
         active >= 15,
         "most answers come from the active: {active} active, {standby} standby"
+    );
+    // The fault happened: commits went through the failpoint, and queries landed inside the
+    // stretched window (an answer outside it takes milliseconds).
+    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+    assert!(
+        log.contains("PAYSTREAM_FAILPOINT_SLOW_LOCAL_APPLY_MS is set"),
+        "the failpoint was armed; warnings:\n{}",
+        p.log_warnings()
+    );
+    assert!(
+        longest_wait >= Duration::from_millis(100),
+        "some query arrived while a commit wrote its batch (longest answer {longest_wait:?})"
     );
     p.assert_alive();
     p.terminate();
