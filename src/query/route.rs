@@ -54,7 +54,7 @@ pub const COMMIT_IN_DOUBT_MS: i64 = 1_000;
 /// show offsets the stores do not hold yet (for the few milliseconds of the local write; seen
 /// once in the rolling drill). Wait for the commit in flight to end: at most until it is in
 /// doubt (then [`served_as`] calls the copy a standby) and within the request's deadline.
-/// Whether no commit is in flight any more that was when the query arrived.
+/// Returns whether the commit in flight when the query arrived (if any) has ended.
 pub async fn settle_commit(st: &QueryState, deadline: Deadline) -> bool {
     let Some(commit) = st.status.commit_in_flight() else {
         return true;
