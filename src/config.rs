@@ -19,17 +19,15 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod membership;
+mod memory;
 mod query;
-mod resources;
 mod windowed;
 
 pub use membership::MembershipArgs;
 use membership::MembershipFile;
+pub use memory::{DEFAULT_HEAP_TRIM_INTERVAL_MS, DEFAULT_STATE_MEMORY_MB};
 use query::QueryFile;
 pub use query::{QueryArgs, QuerySettings};
-pub use resources::{
-    default_processing_threads, DEFAULT_HEAP_TRIM_INTERVAL_MS, DEFAULT_STATE_MEMORY_MB,
-};
 use windowed::WindowedFile;
 pub use windowed::{TimestampSourceArg, WindowedArgs};
 
@@ -133,13 +131,6 @@ pub struct RunArgs {
     #[arg(long, env = "PAYSTREAM_HEAP_TRIM_INTERVAL_MS", value_name = "MS")]
     pub heap_trim_interval_ms: Option<u64>,
 
-    /// Threads that process records. Each poll round's partitions are spread over them (one
-    /// partition on one thread, in offset order), so more threads help when the instance runs
-    /// several partitions; 1 processes everything on the stream thread. At most 64. [default:
-    /// one per core, at most 8]
-    #[arg(long, env = "PAYSTREAM_PROCESSING_THREADS", value_name = "N")]
-    pub processing_threads: Option<usize>,
-
     /// Topic for records that cannot be processed (reason in headers). [default: <input-topic>.DLQ]
     #[arg(long, env = "PAYSTREAM_DLQ_TOPIC", value_name = "TOPIC")]
     pub dlq_topic: Option<String>,
@@ -204,7 +195,6 @@ struct FileConfig {
     max_uncommitted_bytes: Option<usize>,
     state_memory_mb: Option<u64>,
     heap_trim_interval_ms: Option<u64>,
-    processing_threads: Option<usize>,
     dlq_topic: Option<String>,
     replication_factor: Option<i32>,
     session_timeout_ms: Option<u64>,
@@ -255,8 +245,6 @@ pub struct RunSettings {
     pub state_memory_bytes: usize,
     /// How often the C heap is trimmed (see [`crate::heap_trim`]); `None`: never.
     pub heap_trim_interval: Option<Duration>,
-    /// Threads a poll round's partitions are spread over (see [`crate::engine::batch`]).
-    pub processing_threads: usize,
     pub dlq_topic: String,
     pub replication_factor: i32,
     pub session_timeout: Duration,
@@ -325,7 +313,6 @@ impl RunArgs {
             self.commit_settings(&file)?;
         let state_memory_bytes = self.state_memory(&file)?;
         let heap_trim_interval = self.heap_trim_interval(&file)?;
-        let processing_threads = self.processing_threads(&file)?;
         let query = self.query.build(&QueryFile {
             query_timeout_ms: file.query_timeout_ms,
             peer_timeout_ms: file.peer_timeout_ms,
@@ -483,7 +470,6 @@ impl RunArgs {
             max_uncommitted_bytes,
             state_memory_bytes,
             heap_trim_interval,
-            processing_threads,
             dlq_topic,
             replication_factor,
             session_timeout: Duration::from_millis(session_ms),

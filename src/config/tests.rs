@@ -194,26 +194,3 @@ fn bad_values_name_their_key() {
         assert!(err.contains(key), "{err} should name {key}");
     }
 }
-
-#[test]
-fn processing_threads_come_from_the_flag_the_file_or_the_cores_and_must_be_1_to_64() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.toml");
-    std::fs::write(&path, "processing-threads = 3\n").unwrap();
-    let with_file = |flag: Option<usize>| RunArgs {
-        config: Some(path.clone()),
-        processing_threads: flag,
-        ..Default::default()
-    };
-    assert_eq!(with_file(None).build().unwrap().processing_threads, 3);
-    assert_eq!(with_file(Some(1)).build().unwrap().processing_threads, 1);
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    assert_eq!(
-        RunArgs::default().build().unwrap().processing_threads,
-        cores.clamp(1, 8)
-    );
-    for bad in [0, 65] {
-        let err = with_file(Some(bad)).build().unwrap_err().to_string();
-        assert!(err.contains("processing-threads"), "{err}");
-    }
-}

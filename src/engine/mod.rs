@@ -23,7 +23,6 @@
 //! - [`state_updater`]: the thread that restores actives and keeps standbys up to date.
 //! - [`commit`]: one commit under `exactly_once_v2` (a Kafka transaction) or `at_least_once`.
 //! - [`stream_thread`]: the loop.
-//! - [`batch`]: one poll round's records, processed task by task on several threads.
 //! - [`source`]: the running tasks' input partitions, each started at its committed offset.
 //! - [`local`]: [`local::LocalStores`], the read handles the query layer uses.
 //! - [`status`]: what `/health` shows: the instance's status, each task's state and restore
@@ -31,7 +30,6 @@
 //!
 //! Nothing here imports the query or cluster layers; they read from (and drive) the engine.
 
-pub mod batch;
 mod changelog_reader;
 pub mod commit;
 pub mod fault;

@@ -16,19 +16,12 @@
 //!        transaction still open)    → stays pending; retried after a back-off
 //!  unassign(p): pending or fetching → gone
 //! ```
-//!
-//! Each fetching partition has its own queue (librdkafka's partition queue, split off the
-//! consumer's), which the lanes of [`super::batch`] read side by side, a chunk from each in
-//! turn. From the one consumer queue a round would mostly hold one partition: librdkafka
-//! queues a partition's fetched records together (a whole producer batch, thousands of
-//! records).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::BorrowedMessage;
@@ -89,16 +82,9 @@ impl ClientContext for LagContext {
 
 impl ConsumerContext for LagContext {}
 
-/// A source partition's own queue.
-pub type SourceQueue = PartitionQueue<LagContext>;
-
 /// The input partitions of the running tasks.
 pub struct Source {
-    consumer: Arc<BaseConsumer<LagContext>>,
-    /// The fetching partitions' own queues.
-    queues: BTreeMap<i32, SourceQueue>,
-    /// Set when a partition queue turns non-empty (wakes a round waiting for records).
-    ready: Arc<Ready>,
+    consumer: BaseConsumer<LagContext>,
     topic: String,
     /// Assigned, but its start offset is not known yet; since when.
     pending: BTreeSet<i32>,
@@ -121,9 +107,7 @@ impl Source {
                 topic: topic.to_string(),
             })?;
         Ok(Self {
-            consumer: Arc::new(consumer),
-            queues: BTreeMap::new(),
-            ready: Arc::default(),
+            consumer,
             topic: topic.to_string(),
             pending: BTreeSet::new(),
             pending_since: None,
@@ -147,7 +131,6 @@ impl Source {
     pub fn unassign(&mut self, partitions: &[i32]) -> KafkaResult<()> {
         for p in partitions {
             self.pending.remove(p);
-            self.queues.remove(p);
         }
         if self.pending.is_empty() {
             self.pending_since = None;
@@ -208,9 +191,6 @@ impl Source {
         }
         if start.count() > 0 {
             self.consumer.incremental_assign(&start)?;
-            for p in &started {
-                self.split_queue(*p);
-            }
             for (p, offset) in started
                 .iter()
                 .zip(start.elements().iter().map(|e| e.offset()))
@@ -249,80 +229,9 @@ impl Source {
         }
     }
 
-    /// Give `partition` its own queue (see the module's doc). Records fetched before the split
-    /// (there should be none: it happens right after the assignment, before the first fetch)
-    /// still come through the consumer's queue ([`Self::poll_stray`]).
-    fn split_queue(&mut self, partition: i32) {
-        match self.consumer.split_partition_queue(&self.topic, partition) {
-            Some(mut queue) => {
-                let ready = self.ready.clone();
-                queue.set_nonempty_callback(move || ready.notify());
-                self.queues.insert(partition, queue);
-            }
-            // Its records keep coming through the consumer's queue.
-            None => tracing::warn!(partition, "no partition queue for a source partition"),
-        }
-    }
-
-    /// The own queue of fetching partition `partition` (see the module's doc).
-    pub fn queue(&self, partition: i32) -> Option<&SourceQueue> {
-        self.queues.get(&partition)
-    }
-
-    /// Up to `max` records from the consumer's own queue, handed to `take`, which also serves
-    /// the consumer's events (statistics, errors). Records show up here only if fetched before
-    /// their partition's queue was split, so they come before anything in that queue. Returns
-    /// whether the queue is empty now (`false`: `max` were taken and more may wait).
-    pub fn poll_stray(&self, max: usize, mut take: impl FnMut(&BorrowedMessage<'_>)) -> bool {
-        for _ in 0..max {
-            match self.consumer.poll(Duration::ZERO) {
-                None => return true,
-                Some(Ok(m)) => take(&m),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "source consumer error (librdkafka retries)");
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
-    /// Start watching for records: a partition queue that turns non-empty from now on ends
-    /// the next [`Self::wait_for_records`] at once. Call before looking at the queues.
-    pub fn arm_wakeup(&self) {
-        self.ready.clear();
-    }
-
-    /// Wait until a partition queue turned non-empty since [`Self::arm_wakeup`], at most
-    /// `timeout` (records of the consumer's own queue do not wake it: they are rare).
-    pub fn wait_for_records(&self, timeout: Duration) {
-        self.ready.wait(timeout);
-    }
-}
-
-/// "A partition queue turned non-empty", for a round waiting for records.
-#[derive(Default)]
-struct Ready {
-    set: Mutex<bool>,
-    changed: Condvar,
-}
-
-impl Ready {
-    fn notify(&self) {
-        *self.set.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.changed.notify_one();
-    }
-
-    fn clear(&self) {
-        *self.set.lock().unwrap_or_else(|p| p.into_inner()) = false;
-    }
-
-    /// Until notified (since the last clear) or `timeout`.
-    fn wait(&self, timeout: Duration) {
-        let set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        if !*set {
-            let _ = self.changed.wait_timeout(set, timeout);
-        }
+    /// The next record (or error) of the fetching partitions.
+    pub fn poll(&self, timeout: Duration) -> Option<KafkaResult<BorrowedMessage<'_>>> {
+        self.consumer.poll(timeout)
     }
 }
 

@@ -6,8 +6,7 @@
 //!   command? (Assign → commit, TaskManager::handle_assignment; Revoke → commit + suspend)
 //!   updater event? (Restored(task) → running: assign its source partition at the committed offset)
 //!   heartbeat older than the session timeout? → self-fence: abort, suspend every active
-//!   poll a round ─▶ batch::process: tasks on --processing-threads lanes, Task::process
-//!                   (topology → store buffers, outputs into the transaction)
+//!   poll source ─▶ Task::process (topology → store buffers, outputs into the transaction)
 //!   every commit interval, or when the buffers hold --max-uncommitted-bytes: commit
 //!     failure → abort: tasks drop their uncommitted writes and restart at the committed offset;
 //!     fenced → also suspend until the next assignment; outcome unknown (the producer failed
@@ -20,11 +19,12 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use paystream_topology::processor::Record;
 use paystream_topology::Topology;
+use rdkafka::Message;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use super::batch;
 use super::commit::{CommitFailure, Committer};
 use super::fault::Fault;
 use super::local::LocalStores;
@@ -42,11 +42,8 @@ use crate::kafka::transaction::GroupMetadata;
 use crate::kafka::KafkaError;
 use crate::telemetry::Metrics;
 
-/// Records handled per round (all lanes together) before commands, the updater and commits get
-/// a turn.
-const ROUND: usize = 8_000;
-/// How long a round waits for its first record.
-const POLL_WAIT: Duration = Duration::from_millis(20);
+/// Records handled per poll round before commands, the updater and commits get a turn.
+const ROUND: usize = 2_000;
 /// Wait between attempts to create a producer after a fatal producer error.
 const PRODUCER_RETRY: Duration = Duration::from_secs(1);
 
@@ -112,8 +109,6 @@ struct Loop {
     fault: Option<Fault>,
     last_commit: Instant,
     dirty: bool,
-    /// Records the last round processed (see [`batch::MIN_PARALLEL_RECORDS`]).
-    last_round: usize,
 }
 
 impl StreamThread {
@@ -167,7 +162,6 @@ impl StreamThread {
             fault: None,
             last_commit: Instant::now(),
             dirty: false,
-            last_round: 0,
         };
         let result = self.run_loop(&mut l);
         let finished = match result {
@@ -316,32 +310,36 @@ impl StreamThread {
         for task in l.manager.tasks.values_mut() {
             task.punctuate_wall_clock(wall_clock, &outputs)?;
         }
-        let input = batch::RoundInput {
-            source: &l.source,
-            outputs: &outputs,
-            topic: &self.settings.input_topic,
-            wall_clock,
-            // A trickle of records is not worth a thread: parallel after a busy round only.
-            threads: if l.last_round >= batch::MIN_PARALLEL_RECORDS {
-                self.settings.processing_threads
-            } else {
-                1
-            },
-            budget: ROUND,
-            metrics: &self.metrics,
-        };
-        match batch::process(&mut l.manager.tasks, &input, POLL_WAIT) {
-            Ok(processed) => {
-                l.last_round = processed;
-                l.dirty |= processed > 0;
-                Ok(())
+        for _ in 0..ROUND {
+            match l.source.poll(Duration::from_millis(20)) {
+                None => break,
+                Some(Ok(msg)) => {
+                    let Some(task) = l.manager.tasks.get_mut(&msg.partition()) else {
+                        continue;
+                    };
+                    let record = Record {
+                        key: msg.key().map(<[u8]>::to_vec),
+                        value: msg.payload().map(<[u8]>::to_vec),
+                        timestamp: msg.timestamp().to_millis().unwrap_or(0),
+                        headers: Vec::new(),
+                        decoded: Default::default(),
+                    };
+                    match task.process(msg.topic(), msg.offset(), record, &outputs, wall_clock) {
+                        Ok(()) => l.dirty = true,
+                        // The record's own fault: whatever it half did is in the open
+                        // transaction and the store buffers. Roll everything back to the last
+                        // commit; the task dead-letters the record when it comes again.
+                        Err(TaskError::Poisoned { .. }) => return self.roll_back(l),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "source consumer error (librdkafka retries)");
+                    break;
+                }
             }
-            // A record's own fault: whatever the round half did is in the open transaction and
-            // the store buffers. Roll everything back to the last commit; the task dead-letters
-            // the record when it comes again.
-            Err(TaskError::Poisoned { .. }) => self.roll_back(l),
-            Err(e) => Err(e.into()),
         }
+        Ok(())
     }
 
     /// Commit the running tasks. A failed commit rolls them back to their last commit; a fenced

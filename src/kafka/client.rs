@@ -42,20 +42,16 @@ pub fn transactional_producer_config(bootstrap: &str, transactional_id: &str) ->
     c
 }
 
-/// Records the restore consumer fetches ahead, at most, for all its partitions together
-/// (librdkafka's default is 64 MiB per consumer queue): part of the memory an instance holds
-/// besides `--state-memory-mb`. (The source consumer's bound is per partition, below.)
+/// Records the source consumer fetches ahead, at most (librdkafka's default is 64 MiB per
+/// consumer): enough for several poll rounds of every partition, and part of the memory an
+/// instance holds besides `--state-memory-mb`.
 const SOURCE_PREFETCH_KBYTES: &str = "16384";
-/// What the source consumer fetches ahead *per partition*: each source partition has its own
-/// queue (`engine::source`), and librdkafka applies `queued.max.messages.kbytes` and
-/// `queued.min.messages` to each queue. 16 MiB per partition (the consumer-wide figure above)
-/// raised the view's peak RSS from ~195 to ~320 MiB; 2 MiB and 4,000 records (about one
-/// producer batch of 1 MB plus the next fetch) brought it back to ~230 at the same rate
-/// (BENCHMARKS.md, "Processing lanes"). With 48 partitions: at most 96 MiB. With the 10 ms
-/// fetch backoff a queue that runs low refills within a round (librdkafka's default minimum is
-/// 100,000 records).
-const SOURCE_PARTITION_PREFETCH_KBYTES: &str = "2048";
-const SOURCE_PARTITION_QUEUED_MIN_MESSAGES: &str = "4000";
+/// Records the source consumer tries to keep fetched ahead (librdkafka's default is 100,000).
+/// With the 10 ms fetch backoff a queue that runs low refills within a poll round, so a small
+/// one costs no speed: 20,000 instead of 200,000 took 40 MiB off the peak RSS at the same ingest
+/// rate (BENCHMARKS.md, "A smaller source prefetch, bounded restore consumers"). It was 200,000
+/// while the backoff was librdkafka's 1 s, when 50,000 cost 15% of the rate.
+const SOURCE_QUEUED_MIN_MESSAGES: &str = "20000";
 /// Largest fetch response of the source consumer (librdkafka's default is 50 MiB). Fetched
 /// records point into their response buffer, so a response stays in memory until its last
 /// record is processed: in the benchmark, 8 MiB took ~70 MiB off the peak RSS at the same
@@ -82,11 +78,8 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "100")
-        .set("queued.min.messages", SOURCE_PARTITION_QUEUED_MIN_MESSAGES)
-        .set(
-            "queued.max.messages.kbytes",
-            SOURCE_PARTITION_PREFETCH_KBYTES,
-        )
+        .set("queued.min.messages", SOURCE_QUEUED_MIN_MESSAGES)
+        .set("queued.max.messages.kbytes", SOURCE_PREFETCH_KBYTES)
         .set("fetch.max.bytes", SOURCE_FETCH_MAX_BYTES)
         .set("fetch.queue.backoff.ms", SOURCE_FETCH_QUEUE_BACKOFF_MS)
         .set("statistics.interval.ms", "1000");

@@ -141,9 +141,6 @@ pub struct OutputProducer {
     transactional: bool,
     /// A transaction is open (begun lazily by the first send after a commit or abort).
     in_transaction: AtomicBool,
-    /// Held while a transaction begins: the processing lanes send concurrently, and librdkafka
-    /// refuses a second `begin_transaction` while one runs.
-    beginning: Mutex<()>,
     /// A transactional call never returned: the producer must be replaced (module doc).
     wedged: AtomicBool,
 }
@@ -184,7 +181,6 @@ impl OutputProducer {
             inner: Arc::new(inner),
             transactional,
             in_transaction: AtomicBool::new(false),
-            beginning: Mutex::new(()),
             wedged: AtomicBool::new(false),
         }))
     }
@@ -251,15 +247,8 @@ impl OutputProducer {
         }
     }
 
-    /// Open a transaction unless one is open. Senders on several threads may race here; one
-    /// begins it, the others wait for that and find it open. (Commit and abort run on the
-    /// stream thread while no lane runs, so they never race with a send.)
     fn begin(&self) -> Result<(), KafkaError> {
         if !self.transactional || self.in_transaction.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let _only_one = self.beginning.lock().unwrap_or_else(|p| p.into_inner());
-        if self.in_transaction.load(Ordering::Acquire) {
             return Ok(());
         }
         self.inner

@@ -245,8 +245,6 @@ struct Health {
     transactional_calls_hung: u64,
     /// Times this instance stopped itself after losing contact with the group.
     self_fenced: u64,
-    /// Processing rounds whose partitions ran on several threads (`--processing-threads`).
-    rounds_parallel: u64,
 }
 
 /// 200 once the instance serves its partitions, 503 while starting or restoring.
@@ -281,7 +279,6 @@ async fn get_health(State(st): State<QueryState>) -> Response {
         commits_unknown_outcome: st.metrics.commits_unknown.load(Ordering::Relaxed),
         transactional_calls_hung: st.metrics.transactional_calls_hung.load(Ordering::Relaxed),
         self_fenced: st.metrics.self_fenced.load(Ordering::Relaxed),
-        rounds_parallel: st.metrics.rounds_parallel.load(Ordering::Relaxed),
     };
     let code = if body.ready {
         StatusCode::OK

@@ -61,8 +61,6 @@ pub struct Metrics {
     pub transactional_calls_hung: AtomicU64,
     /// Times the instance stopped processing after losing contact with the group.
     pub self_fenced: AtomicU64,
-    /// Processing rounds run on more than one lane (`engine::batch`).
-    pub rounds_parallel: AtomicU64,
     /// HTTP queries answered, by outcome.
     pub queries_ok: AtomicU64,
     pub queries_not_found: AtomicU64,
@@ -131,7 +129,6 @@ impl Metrics {
                 &self.transactional_calls_hung,
             ),
             ("paystream_self_fenced_total", &self.self_fenced),
-            ("paystream_rounds_parallel_total", &self.rounds_parallel),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", g(v));

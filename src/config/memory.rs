@@ -1,6 +1,5 @@
-//! Resource settings of `paystream run`: the RocksDB budget (`--state-memory-mb`), how often the
-//! C heap is trimmed (`--heap-trim-interval-ms`) and how many threads process records
-//! (`--processing-threads`).
+//! Memory settings of `paystream run`: the RocksDB budget (`--state-memory-mb`) and how often the
+//! C heap is trimmed (`--heap-trim-interval-ms`).
 
 use std::time::Duration;
 
@@ -13,17 +12,6 @@ pub const DEFAULT_STATE_MEMORY_MB: u64 = 256;
 pub const DEFAULT_HEAP_TRIM_INTERVAL_MS: u64 = 200;
 /// Longest `--heap-trim-interval-ms`.
 const MAX_HEAP_TRIM_INTERVAL_MS: u64 = 60_000;
-/// Most `--processing-threads`.
-const MAX_PROCESSING_THREADS: usize = 64;
-/// `--processing-threads`' default is one per core, at most this many.
-const DEFAULT_PROCESSING_THREADS_CAP: usize = 8;
-
-/// `--processing-threads`' default on this machine: one per core, at most 8.
-pub fn default_processing_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .clamp(1, DEFAULT_PROCESSING_THREADS_CAP)
-}
 
 impl RunArgs {
     pub(super) fn state_memory(&self, file: &FileConfig) -> Result<usize, ConfigError> {
@@ -61,19 +49,5 @@ impl RunArgs {
             ));
         }
         Ok((ms > 0).then(|| Duration::from_millis(ms)))
-    }
-
-    pub(super) fn processing_threads(&self, file: &FileConfig) -> Result<usize, ConfigError> {
-        let n = self
-            .processing_threads
-            .or(file.processing_threads)
-            .unwrap_or_else(default_processing_threads);
-        if !(1..=MAX_PROCESSING_THREADS).contains(&n) {
-            return Err(invalid(
-                "processing-threads",
-                format!("{n} is outside 1..={MAX_PROCESSING_THREADS}"),
-            ));
-        }
-        Ok(n)
     }
 }
