@@ -311,7 +311,13 @@ impl StreamThread {
             task.punctuate_wall_clock(wall_clock, &outputs)?;
         }
         for _ in 0..ROUND {
-            match l.source.poll(Duration::from_millis(20)) {
+            // Ask without waiting first: a wait makes librdkafka read the clock (twice per
+            // record, ~5% of the stream thread at 270k records/s); only an empty queue waits.
+            let polled = match l.source.poll(Duration::ZERO) {
+                None => l.source.poll(Duration::from_millis(20)),
+                some => some,
+            };
+            match polled {
                 None => break,
                 Some(Ok(msg)) => {
                     let Some(task) = l.manager.tasks.get_mut(&msg.partition()) else {

@@ -22,6 +22,7 @@ use crate::processor::{Decoded, ProcessError, Processor, ProcessorContext, Recor
 use crate::time::{Rejected, TimestampExtractor};
 use crate::topology::{Topology, TopologyError};
 
+mod fast_json;
 #[cfg(test)]
 mod tests;
 
@@ -226,12 +227,16 @@ pub fn parse_event(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrderEven
     let key = std::str::from_utf8(key)
         .map_err(|e| InvalidEvent::new("invalid_utf8_key", format!("key is not utf-8: {e}")))?;
 
-    // Fast path: straight into the struct (one pass, no intermediate tree). Only a record that
-    // fails goes through `Value`, so that a missing field or an unknown type gets its own reason
-    // instead of serde's generic message.
-    let event: OrderEvent = match serde_json::from_slice(value) {
-        Ok(e) => e,
-        Err(direct) => return Err(classify_invalid(value, direct)),
+    // Fastest path: the plain shape producers write (see `fast_json`); anything else goes
+    // straight into the struct through serde_json (one pass, no intermediate tree). Only a record
+    // that fails that goes through `Value`, so that a missing field or an unknown type gets its
+    // own reason instead of serde's generic message.
+    let event: OrderEvent = match fast_json::parse_plain(value) {
+        Some(e) => e,
+        None => match serde_json::from_slice(value) {
+            Ok(e) => e,
+            Err(direct) => return Err(classify_invalid(value, direct)),
+        },
     };
     if event.order_id.is_empty() {
         return Err(InvalidEvent::new("empty_id", "order_id is empty"));
@@ -307,6 +312,20 @@ impl TimestampExtractor for EventTime {
         match parse_event(record.key.as_deref(), record.value.as_deref()) {
             Err(invalid) => Err(Rejected::new(invalid.reason, invalid.detail)),
             Ok(event) => Ok(event.ts),
+        }
+    }
+
+    /// Parses the whole event (one parse per record: the order view reuses it). A record that is
+    /// not a valid event but has a readable `ts` still gets that time, as with `extract`, and the
+    /// order view dead-letters it with its own reason.
+    fn extract_and_decode(&self, record: &mut Record) -> Result<i64, Rejected> {
+        match parse_event(record.key.as_deref(), record.value.as_deref()) {
+            Ok(event) => {
+                let ts = event.ts;
+                record.decoded = Decoded::of(Arc::new(event));
+                Ok(ts)
+            }
+            Err(_) => self.extract(record),
         }
     }
 }
@@ -429,17 +448,40 @@ pub fn apply(current: Option<&StoredOrder>, event: &OrderEvent) -> Applied {
     let Some(current) = current else {
         return Applied::Updated(first_event(event));
     };
+    match refusal(current, event) {
+        Some(outcome) => outcome,
+        None => Applied::Updated(advance(current.clone(), event)),
+    }
+}
+
+/// [`apply`] to an order the caller owns (the processor's decoded copy): the same rules, without
+/// cloning the order to build the next one.
+pub fn apply_owned(current: Option<StoredOrder>, event: &OrderEvent) -> Applied {
+    let Some(current) = current else {
+        return Applied::Updated(first_event(event));
+    };
+    match refusal(&current, event) {
+        Some(outcome) => outcome,
+        None => Applied::Updated(advance(current, event)),
+    }
+}
+
+/// Rules 2–4 of [`apply`]: why `event` changes nothing, or `None` if it applies.
+fn refusal(current: &StoredOrder, event: &OrderEvent) -> Option<Applied> {
     debug_assert_eq!(
         current.view.order_id, event.order_id,
         "events of another order"
     );
     if current.seen.contains(&event.event_id) {
-        return Applied::Duplicate;
+        return Some(Applied::Duplicate);
     }
-    if let Err(why) = may_follow(current.view.state, event.event_type) {
-        return Applied::Ignored(why);
-    }
-    let mut next = current.clone();
+    may_follow(current.view.state, event.event_type)
+        .err()
+        .map(Applied::Ignored)
+}
+
+/// Apply `event` to `next` (an order the rules let it change); see [`apply`].
+fn advance(mut next: StoredOrder, event: &OrderEvent) -> StoredOrder {
     let view = &mut next.view;
     view.state = event.event_type;
     view.events = view.events.saturating_add(1);
@@ -460,7 +502,7 @@ pub fn apply(current: Option<&StoredOrder>, event: &OrderEvent) -> Applied {
         let excess = next.seen.len() - SEEN_CAPACITY;
         next.seen.drain(..excess);
     }
-    Applied::Updated(next)
+    next
 }
 
 /// Rules 3 and 4 of [`apply`]: may an order in `state` take an event of type `next`?
@@ -553,7 +595,7 @@ impl Processor for OrderViewProcessor {
             Ok(current) => current,
             Err(e) => return Err(e.in_store(ORDERS_STORE).into()),
         };
-        match apply(current.as_ref(), &event) {
+        match apply_owned(current, &event) {
             Applied::Updated(next) => {
                 let bytes = encode_order(&next).map_err(|e| e.in_store(ORDERS_STORE))?;
                 store.put(key, &bytes)?;

@@ -38,6 +38,13 @@ impl Rejected {
 pub trait TimestampExtractor: Send + Sync {
     /// The record's time, or why it has none.
     fn extract(&self, record: &Record) -> Result<i64, Rejected>;
+
+    /// [`extract`](Self::extract), attaching to [`Record::decoded`] whatever the extractor
+    /// decoded on the way, for the nodes after it (the event-time extractor parses the whole
+    /// order event once rather than its `ts` here and the event again in the first node).
+    fn extract_and_decode(&self, record: &mut Record) -> Result<i64, Rejected> {
+        self.extract(record)
+    }
 }
 
 /// The Kafka record timestamp (the executor puts it in [`Record::timestamp`]).
@@ -79,8 +86,10 @@ impl std::fmt::Debug for TimePolicy {
 
 impl TimePolicy {
     /// The time of `record`, or why the task refuses it, at executor wall clock `wall_clock`.
-    pub fn time_of(&self, record: &Record, wall_clock: i64) -> Result<i64, Rejected> {
-        let ts = self.extractor.extract(record)?;
+    /// The extractor may attach its decoding of the value to `record` (see
+    /// [`TimestampExtractor::extract_and_decode`]).
+    pub fn time_of(&self, record: &mut Record, wall_clock: i64) -> Result<i64, Rejected> {
+        let ts = self.extractor.extract_and_decode(record)?;
         if ts < 0 {
             return Err(Rejected::new(
                 "invalid_timestamp",
@@ -116,17 +125,17 @@ mod tests {
             extractor: Arc::new(RecordTime),
             max_future_ms: 1_000,
         };
-        assert_eq!(policy.time_of(&at(5_000), 4_000), Ok(5_000));
-        assert_eq!(policy.time_of(&at(0), 4_000), Ok(0));
+        assert_eq!(policy.time_of(&mut at(5_000), 4_000), Ok(5_000));
+        assert_eq!(policy.time_of(&mut at(0), 4_000), Ok(0));
         assert_eq!(
-            policy.time_of(&at(5_001), 4_000).map_err(|r| r.reason),
+            policy.time_of(&mut at(5_001), 4_000).map_err(|r| r.reason),
             Err("timestamp_in_future")
         );
         assert_eq!(
-            policy.time_of(&at(-1), 4_000).map_err(|r| r.reason),
+            policy.time_of(&mut at(-1), 4_000).map_err(|r| r.reason),
             Err("invalid_timestamp")
         );
         let unbounded = TimePolicy::default();
-        assert_eq!(unbounded.time_of(&at(i64::MAX), i64::MIN), Ok(i64::MAX));
+        assert_eq!(unbounded.time_of(&mut at(i64::MAX), i64::MIN), Ok(i64::MAX));
     }
 }

@@ -422,7 +422,7 @@ impl TaskProcessors {
         wall_clock: i64,
     ) -> Result<(), ProcessError> {
         self.init(io, meta, wall_clock)?;
-        let ts = match self.time.time_of(&record, wall_clock) {
+        let ts = match self.time.time_of(&mut record, wall_clock) {
             Ok(ts) => ts,
             Err(refused) => return io.dead_letter(record, refused.reason, &refused.detail),
         };

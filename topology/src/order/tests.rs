@@ -493,3 +493,35 @@ fn view_json_has_the_query_api_fields() {
     );
     assert_eq!(v["state"], "APPROVAL_COMPLETED");
 }
+
+#[test]
+fn apply_owned_follows_the_same_rules_as_apply() {
+    // Every sequence of three events over the six types and two event ids (so duplicates,
+    // stale and terminal events all occur), folded both ways.
+    let choices: Vec<(EventType, &str)> = EventType::ALL
+        .into_iter()
+        .flat_map(|t| [(t, "a"), (t, "b")])
+        .collect();
+    for x in &choices {
+        for y in &choices {
+            for z in &choices {
+                let events: Vec<OrderEvent> = [x, y, z]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (t, id))| ev("O", id, *t, i as i64))
+                    .collect();
+                let (mut borrowed, mut owned): (Option<StoredOrder>, Option<StoredOrder>) =
+                    (None, None);
+                for e in &events {
+                    let a = apply(borrowed.as_ref(), e);
+                    let b = apply_owned(owned.clone(), e);
+                    assert_eq!(a, b, "{events:?}");
+                    if let Applied::Updated(next) = a {
+                        borrowed = Some(next.clone());
+                        owned = Some(next);
+                    }
+                }
+            }
+        }
+    }
+}
