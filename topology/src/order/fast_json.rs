@@ -4,7 +4,7 @@
 //! `serde_json` was about a sixth of the order view's CPU per record (profile in BENCHMARKS.md,
 //! "Per-record CPU"). An order event is a flat object of eight known fields whose strings rarely
 //! hold an escape, so this reader accepts exactly that *subset* of JSON and answers `None` for
-//! anything outside it: non-ASCII bytes, a backslash or control byte in a string, an unknown or
+//! anything outside it: bytes that are not UTF-8, a backslash or control byte in a string, an unknown or
 //! repeated field, a number that is not a plain integer within i64, a `null` where a field is
 //! required, a missing required field, anything after the closing brace. The caller then parses
 //! with `serde_json`, which gives the event or the exact error.
@@ -18,10 +18,13 @@ use super::{EventType, OrderEvent};
 /// The event in `value`, if `value` is in the plain subset (see the module docs); `None` means
 /// "ask `serde_json`", never "invalid".
 pub(super) fn parse_plain(value: &[u8]) -> Option<OrderEvent> {
-    if !value.is_ascii() {
-        return None;
-    }
-    let mut r = Reader { s: value, i: 0 };
+    // Checked once for the whole value, so each string is a slice between two ASCII quotes.
+    let text = std::str::from_utf8(value).ok()?;
+    let mut r = Reader {
+        s: value,
+        text,
+        i: 0,
+    };
     let mut f = Fields::default();
     r.skip_ws();
     r.eat(b'{')?;
@@ -99,6 +102,8 @@ impl<'a> Fields<'a> {
 
 struct Reader<'a> {
     s: &'a [u8],
+    /// `s` as text (valid UTF-8).
+    text: &'a str,
     i: usize,
 }
 
@@ -123,18 +128,17 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A string without escapes or control bytes (the input is already known to be ASCII).
+    /// A string without escapes or control bytes.
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        loop {
-            match self.next()? {
-                b'"' => break,
-                b'\\' | 0..=0x1f => return None,
-                _ => {}
-            }
-        }
-        std::str::from_utf8(&self.s[start..self.i - 1]).ok()
+        let len = self.s[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        self.i = start + len;
+        self.eat(b'"')?;
+        // Both ends are ASCII quotes, so this is a char boundary slice of valid text.
+        self.text.get(start..start + len)
     }
 
     /// `-?(0|[1-9][0-9]*)` within i64, followed by a byte that ends a JSON number; `-0`,
