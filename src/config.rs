@@ -114,7 +114,7 @@ pub struct RunArgs {
     pub commit_interval_ms: Option<u64>,
 
     /// Store writes wait in memory until their commit; when they reach this many bytes the
-    /// instance commits early. Bounds memory and transaction size. [default: 67108864 (64 MiB)]
+    /// instance commits early. Bounds memory and transaction size. [default: 16777216 (16 MiB)]
     #[arg(long, env = "PAYSTREAM_MAX_UNCOMMITTED_BYTES", value_name = "BYTES")]
     pub max_uncommitted_bytes: Option<usize>,
 
@@ -275,8 +275,10 @@ pub const DEFAULT_STANDBY_REPLICAS: u32 = 1;
 pub const DEFAULT_EOS_COMMIT_INTERVAL_MS: u64 = 100;
 /// Under at-least-once: at most about a second of input is reprocessed after a crash.
 pub const DEFAULT_ALOS_COMMIT_INTERVAL_MS: u64 = 1000;
-/// 64 MiB of buffered store writes per instance before an early commit.
-pub const DEFAULT_MAX_UNCOMMITTED_BYTES: usize = 64 << 20;
+/// 16 MiB of buffered store writes per instance before an early commit. Exactly-once commits
+/// every 100 ms buffer less than that at full speed; at-least-once's one-second commits reach it,
+/// and at 64 MiB held ~60 MiB more at their peak (BENCHMARKS.md, "Per-record CPU").
+pub const DEFAULT_MAX_UNCOMMITTED_BYTES: usize = 16 << 20;
 
 /// The processing guarantee (`--processing-guarantee`), named as in Kafka Streams.
 #[derive(
