@@ -189,7 +189,10 @@ fn the_edges_of_the_subset_are_left_to_serde() {
         r#","amount":-0"#,                   // -0: left to serde
         r#","amount":1e3"#,                  // exponent
         r#","amount":0123"#,                 // leading zero: invalid JSON
-        r#","note":"x""#,                    // unknown field: serde skips it
+        r#","note":{"a":1}"#,                // unknown field holding an object
+        r#","note":[1]"#,                    // ... an array
+        r#","note":1.5"#,                    // ... a fraction
+        r#","note":"\n""#,                   // ... an escape
         r#","phone":"\u0041""#,              // escape
         r#","amount":9223372036854775808"#,  // over i64::MAX
         r#","amount":-9223372036854775809"#, // under i64::MIN
@@ -215,6 +218,9 @@ fn the_edges_of_the_subset_are_left_to_serde() {
     // Text beyond ASCII is inside.
     let e = parse_plain(base(r#","phone":"é한""#).as_bytes()).unwrap();
     assert_eq!(e.phone.as_deref(), Some("é한"));
+    // Unknown fields with plain values are skipped, as serde skips them (repeats too).
+    let e = parse_plain(base(r#","note":"x","n":-3,"b":true,"z":null,"note":false"#).as_bytes());
+    assert_eq!(e.map(|e| e.ts), Some(1));
     // The ends of i64 are inside.
     for ts in [i64::MIN, i64::MAX] {
         let text = format!(r#"{{"order_id":"O","event_id":"E","type":"CANCELLED","ts":{ts}}}"#);
