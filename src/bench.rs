@@ -84,28 +84,19 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
         }],
     ))
     .map_err(step("create topic"))?;
-    // In chunks: the generator holds a chunk's events in memory (10M orders at once would not
-    // fit); each chunk continues the order numbers and event times of the one before.
-    let (mut produced, mut producing) = (0u64, Duration::ZERO);
-    for (first_order, orders, events) in produce_chunks(opts.orders, opts.events) {
-        let generator = GeneratorOptions {
-            seed: GeneratorOptions::default().seed ^ first_order,
-            orders,
-            events: Some(events),
-            first_order,
-            order_spacing_ms: order_spacing_ms(opts.orders),
+    // `produce` generates and sends a chunk of orders at a time; its time is the sending only.
+    let report = produce(&ProduceOptions::to_existing(
+        &opts.bootstrap_servers,
+        &topic,
+        GeneratorOptions {
+            orders: opts.orders,
+            events: Some(opts.events),
             ..Default::default()
-        };
-        let report = produce(&ProduceOptions::to_existing(
-            &opts.bootstrap_servers,
-            &topic,
-            generator,
-            None,
-        ))
-        .map_err(step("produce"))?;
-        produced += report.events;
-        producing += report.elapsed;
-    }
+        },
+        None,
+    ))
+    .map_err(step("produce"))?;
+    let (produced, producing) = (report.events, report.elapsed);
     push(Figure {
         name: "produce (librdkafka, acks=all, idempotent)",
         value: produced as f64 / producing.as_secs_f64(),
@@ -219,41 +210,6 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
             .map_err(step("delete topics"))?;
     }
     Ok(figures)
-}
-
-/// Orders per produced chunk.
-const CHUNK_ORDERS: u64 = 1_000_000;
-
-/// `orders` orders and `events` events cut into chunks of at most [`CHUNK_ORDERS`] orders:
-/// (first order, orders, events), the events shared in proportion (the last chunk takes the
-/// rounding).
-fn produce_chunks(orders: u64, events: u64) -> Vec<(u64, u64, u64)> {
-    let mut chunks = Vec::new();
-    let (mut first, mut events_left) = (0, events);
-    while first < orders {
-        let n = CHUNK_ORDERS.min(orders - first);
-        let e = if first + n == orders {
-            events_left
-        } else {
-            u64::try_from(u128::from(events) * u128::from(n) / u128::from(orders.max(1)))
-                .unwrap_or(events_left)
-        };
-        chunks.push((first, n, e));
-        first += n;
-        events_left -= e.min(events_left);
-    }
-    chunks
-}
-
-/// Event time between orders for `orders` orders: the generator's usual 37 ms, closer for runs
-/// so large that their event times would otherwise reach past now (the generator starts a day
-/// back, and a broker refuses timestamps more than an hour ahead): all orders within 20 hours.
-fn order_spacing_ms(orders: u64) -> i64 {
-    const SPAN_MS: u64 = 20 * 3_600_000;
-    let default = GeneratorOptions::default().order_spacing_ms;
-    i64::try_from(SPAN_MS / orders.max(1))
-        .unwrap_or(default)
-        .clamp(1, default)
 }
 
 #[derive(PartialEq)]
@@ -745,28 +701,4 @@ pub fn latency(opts: &BenchOptions, rate: u64, queries: u64) -> Result<Vec<Figur
         }
         Ok(out)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::produce_chunks;
-
-    #[test]
-    fn chunks_cover_every_order_and_event_once_in_order() {
-        for (orders, events) in [(1, 5), (999_999, 3_100_000), (2_500_000, 10_000_001)] {
-            let chunks = produce_chunks(orders, events);
-            let mut next = 0;
-            for &(first, n, _) in &chunks {
-                assert_eq!(first, next, "{chunks:?}");
-                assert!(n > 0 && n <= 1_000_000, "{chunks:?}");
-                next += n;
-            }
-            assert_eq!(next, orders, "{chunks:?}");
-            assert_eq!(
-                chunks.iter().map(|c| c.2).sum::<u64>(),
-                events,
-                "{chunks:?}"
-            );
-        }
-    }
 }

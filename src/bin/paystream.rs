@@ -113,7 +113,9 @@ struct ProduceArgs {
     /// Topic to write to.
     #[arg(long, default_value = "PAYMENT.ORDER")]
     topic: String,
-    /// Number of orders.
+    /// Number of orders. Generated and sent a million at a time, so any number fits in memory;
+    /// beyond about two million, orders start closer together in event time (all within 20 hours:
+    /// the generator starts a day back and a broker refuses timestamps an hour ahead).
     #[arg(long, default_value_t = 1000)]
     orders: u64,
     /// Exact number of events (the surplus over the orders' walks is duplicates).

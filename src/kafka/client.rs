@@ -86,6 +86,18 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
     c
 }
 
+/// Records the restore consumer tries to keep fetched ahead, for all its partitions together.
+/// Changelog records are small, and librdkafka's bookkeeping of each fetched record is not
+/// counted by the 16 MiB queue bound ([`SOURCE_PREFETCH_KBYTES`] counts keys and values only):
+/// a heap profile of a restore at 1M orders held 129 MiB in `rd_kafka_op_new_fetch_msg` at its
+/// peak. 20,000 records are ~50 ms of restore.
+const RESTORE_QUEUED_MIN_MESSAGES: &str = "20000";
+/// Largest part of a fetch response for one changelog partition (librdkafka's default is
+/// 1 MiB). Restoring 10M orders (BENCHMARKS.md, "Restore memory at 10M orders"), peak RSS: 561
+/// MiB with neither bound, 479 with the queue bound alone, 417 with this one alone, 332 with
+/// both.
+const RESTORE_PARTITION_FETCH_BYTES: &str = "65536";
+
 /// Consumer settings for reading a changelog from a given offset to its end (restore, standby).
 /// An instance has one such consumer for every changelog topic (six with every topology on),
 /// with the source consumer's prefetch bounds and fetch backoff: one prefetch budget. Six
@@ -105,9 +117,10 @@ pub fn restore_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig 
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50")
-        .set("queued.min.messages", "200000")
+        .set("queued.min.messages", RESTORE_QUEUED_MIN_MESSAGES)
         .set("queued.max.messages.kbytes", SOURCE_PREFETCH_KBYTES)
         .set("fetch.max.bytes", SOURCE_FETCH_MAX_BYTES)
+        .set("max.partition.fetch.bytes", RESTORE_PARTITION_FETCH_BYTES)
         .set("fetch.queue.backoff.ms", SOURCE_FETCH_QUEUE_BACKOFF_MS);
     c
 }

@@ -98,54 +98,97 @@ pub fn produce(opts: &ProduceOptions) -> Result<ProduceReport, ProduceError> {
         }
         None => return Err(ProduceError::TopicMissing(opts.topic.clone())),
     };
-    let traffic = Traffic::generate(&opts.generator).map_err(ProduceError::Generator)?;
-    if let Some(path) = &opts.model_out {
-        write_model(&traffic, path).map_err(|source| ProduceError::Model {
-            path: path.clone(),
-            source,
-        })?;
-    }
     let producer = OutputProducer::new(&opts.bootstrap_servers, &[], &Delivery::AtLeastOnce)?;
-    let started = Instant::now();
-    for (i, e) in traffic.events.iter().enumerate() {
-        if let Some(rate) = opts.rate.filter(|r| *r > 0) {
-            let due = Duration::from_secs_f64(i as f64 / rate as f64);
-            let now = started.elapsed();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
+    let mut model = match &opts.model_out {
+        Some(path) => Some(ModelFile::create(path)?),
+        None => None,
+    };
+    // Sending time only (not generating): what the report's rate is about.
+    let (mut sent, mut sending) = (0u64, Duration::ZERO);
+    for chunk in super::chunks::plan(&opts.generator) {
+        let traffic = Traffic::generate(&chunk).map_err(ProduceError::Generator)?;
+        if let Some(m) = &mut model {
+            m.append(&traffic)?;
         }
-        let partition = match &e.key {
-            Some(k) if !k.is_empty() => partition_for_key(k.as_bytes(), partitions),
-            _ => (i as i32) % partitions,
-        };
-        producer.send(
-            &opts.topic,
-            partition,
-            e.key.as_deref().map(str::as_bytes),
-            Some(e.value.as_bytes()),
-            None,
-            Some(e.timestamp),
-        )?;
+        let started = Instant::now();
+        for e in &traffic.events {
+            if let Some(rate) = opts.rate.filter(|r| *r > 0) {
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                let now = sending + started.elapsed();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+            }
+            let partition = match &e.key {
+                Some(k) if !k.is_empty() => partition_for_key(k.as_bytes(), partitions),
+                _ => (sent % partitions.max(1) as u64) as i32,
+            };
+            producer.send(
+                &opts.topic,
+                partition,
+                e.key.as_deref().map(str::as_bytes),
+                Some(e.value.as_bytes()),
+                None,
+                Some(e.timestamp),
+            )?;
+            sent += 1;
+        }
+        // Each chunk delivered before the next is generated: one chunk in memory at a time.
+        producer.flush(Duration::from_secs(120))?;
+        sending += started.elapsed();
     }
-    producer.flush(Duration::from_secs(120))?;
+    if let Some(m) = model {
+        m.finish()?;
+    }
     Ok(ProduceReport {
-        events: traffic.events.len() as u64,
+        events: sent,
         orders: opts.generator.orders,
         malformed: opts.generator.malformed,
-        elapsed: started.elapsed(),
+        elapsed: sending,
     })
 }
 
-/// JSON lines, one order's expected view per line, sorted by order id.
-fn write_model(traffic: &Traffic, path: &std::path::Path) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+/// The model file: JSON lines, one order's expected view per line, each chunk's orders sorted
+/// by order id. Written before each chunk is sent.
+struct ModelFile {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl ModelFile {
+    fn create(path: &std::path::Path) -> Result<Self, ProduceError> {
+        let model_err = |source| ProduceError::Model {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(model_err)?;
+        }
+        let file = std::fs::File::create(path).map_err(model_err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            out: std::io::BufWriter::new(file),
+        })
     }
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for stored in traffic.model().values() {
-        serde_json::to_writer(&mut out, &stored.view)?;
-        out.write_all(b"\n")?;
+
+    fn append(&mut self, traffic: &Traffic) -> Result<(), ProduceError> {
+        let write = |out: &mut std::io::BufWriter<std::fs::File>| -> std::io::Result<()> {
+            for stored in traffic.model().values() {
+                serde_json::to_writer(&mut *out, &stored.view)?;
+                out.write_all(b"\n")?;
+            }
+            Ok(())
+        };
+        write(&mut self.out).map_err(|source| ProduceError::Model {
+            path: self.path.clone(),
+            source,
+        })
     }
-    out.flush()
+
+    fn finish(mut self) -> Result<(), ProduceError> {
+        self.out.flush().map_err(|source| ProduceError::Model {
+            path: self.path,
+            source,
+        })
+    }
 }
