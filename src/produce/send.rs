@@ -23,7 +23,8 @@ pub struct ProduceOptions {
     pub create_topic: bool,
     pub partitions: i32,
     pub replication_factor: i32,
-    /// Write the expected final view of every order here (JSON lines), before sending.
+    /// Write the expected final view of every order here (JSON lines): each chunk's orders
+    /// before that chunk is sent.
     pub model_out: Option<PathBuf>,
     pub generator: GeneratorOptions,
 }
