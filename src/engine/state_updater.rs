@@ -47,17 +47,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A restoring store that has not moved for this long is reported in `/health`.
 const STALL_AFTER: Duration = Duration::from_secs(30);
-/// A consumer that delivered nothing for this long while a read is short of its end is replaced
-/// (see [`StateUpdater::reset_stalled`]).
-const RESET_AFTER: Duration = Duration::from_secs(10);
-/// A read short of its end that has not moved for this long gets a new consumer even while the
-/// consumer delivers other partitions' records. Far longer than [`RESET_AFTER`]: one consumer
-/// does not serve its partitions evenly. Once its queue is full librdkafka stops fetching every
-/// partition and, as the queue drains, fetches first for the partitions it stopped first, so in
-/// a restore of many partitions the last ones wait (seen: over a minute with 72 changelog
-/// partitions at 10M orders, where 64 KiB per partition and fetch did not change that).
-const RESET_READ_AFTER: Duration = Duration::from_secs(60);
-
 /// What the stream thread asks of the updater.
 pub enum UpdaterCommand {
     /// Open `partition`'s task from disk and restore it (`active`) or follow it (standby).
@@ -111,6 +100,7 @@ pub struct StateUpdater {
 
 mod held;
 mod opening;
+mod stall;
 
 use held::{restore_start, Batch, Held, StoreRead};
 use opening::Opening;
@@ -156,7 +146,7 @@ impl StateUpdater {
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 self.report(&mut held);
-                self.reset_stalled(&mut held, &mut reader, last_delivery.elapsed())?;
+                self.reset_stalled(&held, &mut reader, last_delivery.elapsed())?;
             }
         }
         for (p, mut h) in std::mem::take(&mut held) {
@@ -186,24 +176,15 @@ impl StateUpdater {
         })
     }
 
-    /// The consumer (at least [`RESET_AFTER`] old) is replaced by a new one, which resumes every
-    /// partition it read at what was applied, when a read is short of its end and either the
-    /// consumer delivered nothing for [`RESET_AFTER`] (`silent`: how long it has delivered
-    /// nothing) or that read has not moved for [`RESET_READ_AFTER`]. Seen after the broker was
-    /// unreachable for a minute: one changelog consumer of an instance never fetched again
-    /// while the others resumed, and its restores waited forever.
+    /// Replace the consumer by a new one, which resumes every read at what was applied, when
+    /// [`stall::stalled_reads`] says so (`silent`: how long it has delivered nothing).
     fn reset_stalled(
         &self,
-        held: &mut BTreeMap<i32, Held>,
+        held: &BTreeMap<i32, Held>,
         reader: &mut ChangelogReader,
         silent: Duration,
     ) -> Result<(), UpdaterError> {
-        let after = if silent > RESET_AFTER {
-            RESET_AFTER
-        } else {
-            RESET_READ_AFTER
-        };
-        let stalled: Vec<(&str, i32, i64)> = held
+        let (reads, waits): (Vec<(usize, i32, i64)>, Vec<Duration>) = held
             .iter()
             .flat_map(|(&p, h)| {
                 h.reads
@@ -214,29 +195,30 @@ impl StateUpdater {
                             end,
                             moved_at,
                             reached: false,
-                        } if moved_at.elapsed() > after => Some((i, p, end)),
+                        } => Some(((i, p, end), moved_at.elapsed())),
                         _ => None,
                     })
             })
-            .map(|(i, p, end)| (reader.topic(i), p, end))
+            .unzip();
+        let stalled: Vec<(&str, i32, i64)> = stall::stalled_reads(silent, reader.age(), &waits)
+            .into_iter()
+            .map(|k| {
+                let (i, p, end) = reads[k];
+                (reader.topic(i), p, end)
+            })
             .collect();
-        if stalled.is_empty() || reader.age() < RESET_AFTER {
+        if stalled.is_empty() {
             return Ok(());
         }
         let positions = reader.positions().unwrap_or_default();
         tracing::warn!(?stalled, ?positions, "changelog reads (topic, partition, end) made no progress (a transaction still open on the changelog, or a stuck consumer); replacing the consumer");
         *reader = self.new_reader()?;
-        let now = Instant::now();
-        for (&p, h) in held.iter_mut() {
-            for (i, read) in h.reads.iter_mut().enumerate() {
-                if let StoreRead::Reading { moved_at, .. } = read {
+        for (&p, h) in held.iter() {
+            for (i, read) in h.reads.iter().enumerate() {
+                if matches!(read, StoreRead::Reading { .. }) {
                     reader
                         .assign(i, p, h.task.stores[i].changelog_end)
                         .map_err(|e| consumer_error(reader, i, e))?;
-                    // The new consumer gets its own [`RESET_READ_AFTER`]: a read still counted
-                    // from before would have it replaced again every [`RESET_AFTER`] (seen at
-                    // 10M orders: five replacements in 50 s, each fetching every partition anew).
-                    *moved_at = now;
                 }
             }
         }
