@@ -53,10 +53,17 @@ const SOURCE_PREFETCH_KBYTES: &str = "16384";
 /// while the backoff was librdkafka's 1 s, when 50,000 cost 15% of the rate.
 const SOURCE_QUEUED_MIN_MESSAGES: &str = "20000";
 /// Largest fetch response of the source consumer (librdkafka's default is 50 MiB). Fetched
-/// records point into their response buffer, so a response stays in memory until its last
-/// record is processed: in the benchmark, 8 MiB took ~70 MiB off the peak RSS at the same
-/// ingest rate (BENCHMARKS.md, "Bounded memory").
-const SOURCE_FETCH_MAX_BYTES: &str = "8388608";
+/// records point into their response buffer (for a compressed batch, into its decompressed
+/// copy), so a response stays in memory until its last record is processed: in the benchmark,
+/// 8 MiB took ~70 MiB off the peak RSS at the same ingest rate (BENCHMARKS.md, "Bounded
+/// memory"), and 2 MiB another ~50 MiB for ~2% of the rate (BENCHMARKS.md, "Smaller source
+/// fetches"; a heap profile of a 1M-order ingest held 57 MiB in decompressed batches).
+const SOURCE_FETCH_MAX_BYTES: &str = "2097152";
+/// Largest fetch response of the restore consumer. Its partitions are bounded one by one
+/// ([`RESTORE_PARTITION_FETCH_BYTES`]), so this only matters beyond 128 changelog partitions
+/// (six stores per input partition: beyond 21 input partitions). Unchanged since it was
+/// shared with the source consumer: a restore's rate at 48 partitions was measured with it.
+const RESTORE_FETCH_MAX_BYTES: &str = "8388608";
 /// How long the source consumer waits before fetching a partition again once its prefetch
 /// queue is full. librdkafka's default (1 s since 2.1) throttles any application faster than
 /// a second's worth of [`SOURCE_PREFETCH_KBYTES`]: the order view waited for input more than it
@@ -119,7 +126,7 @@ pub fn restore_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig 
         .set("fetch.wait.max.ms", "50")
         .set("queued.min.messages", RESTORE_QUEUED_MIN_MESSAGES)
         .set("queued.max.messages.kbytes", SOURCE_PREFETCH_KBYTES)
-        .set("fetch.max.bytes", SOURCE_FETCH_MAX_BYTES)
+        .set("fetch.max.bytes", RESTORE_FETCH_MAX_BYTES)
         .set("max.partition.fetch.bytes", RESTORE_PARTITION_FETCH_BYTES)
         .set("fetch.queue.backoff.ms", SOURCE_FETCH_QUEUE_BACKOFF_MS);
     c
