@@ -60,11 +60,13 @@ mkdir -p "$OUT_DIR"
 run_id="$(date -u +%Y%m%dT%H%M%SZ)"
 work="$OUT_DIR/work-$run_id"
 
+# The table is shown on stderr as it comes. Not `tee /dev/stderr`: that opens the file anew, and
+# when stderr is a file (`> log 2>&1`) it writes at its own offset, over the log lines.
 bench() { # orders partitions
   local orders=$1 parts=$2 events=$(( $1 * per_order ))
   log "orders=$orders events=$events partitions=$parts"
   "$PAYSTREAM" bench --bootstrap-servers "$bootstrap" --events "$events" --orders "$orders" \
-      --partitions "$parts" --work-dir "$work" | tee /dev/stderr |
+      --partitions "$parts" --work-dir "$work" | tee >(cat >&2) |
     awk -v run="$run_id" -v o="$orders" -v e="$events" -v p="$parts" '
       { unit=$NF; value=$(NF-1); $NF=""; $(NF-1)=""; sub(/^ +/, ""); sub(/ +$/, "");
         printf "%s,%s,%s,%s,\"%s\",%s,%s\n", run, o, e, p, $0, value, unit }' >>"$CSV"
