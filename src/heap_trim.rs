@@ -3,7 +3,7 @@
 //! librdkafka and RocksDB allocate with glibc's `malloc` (paystream's own code uses mimalloc, see
 //! `src/bin/paystream.rs`). glibc serves their threads from several arenas and returns an
 //! arena's free memory to the system only from the top of its heap, so after a burst (a restore,
-//! a fetch response of 8 MiB freed record by record, a flush) the pages stay resident though
+//! a fetch response of megabytes freed record by record, a flush) the pages stay resident though
 //! free, and the RSS of an instance stays near its high-water mark. A thread of its own calls
 //! `malloc_trim(0)` every `--heap-trim-interval-ms` (default 200): glibc then releases
 //! (`madvise(MADV_DONTNEED)`) the free pages of every arena. Figures: BENCHMARKS.md, "Trimming
