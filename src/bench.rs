@@ -59,14 +59,47 @@ pub struct Figure {
     pub unit: &'static str,
 }
 
-/// Run every measurement and return the figures (also printed as they come).
+/// Run every measurement and return the figures (also printed as they come). The run's topics
+/// (input, changelogs, outputs) and state are deleted afterwards unless `keep_topics`, whether
+/// the measurements succeeded or not: a failed run at 10M orders would otherwise leave ~20 GB
+/// on the broker.
 pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
     let rt = tokio::runtime::Runtime::new().map_err(step("runtime"))?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let topic = format!("bench-{nanos}");
+    // The run's application is named like its input topic, so its topics share the prefix.
+    let app_id = format!("bench-{nanos}");
+    let state_dir = opts.work_dir.join(format!("state-{nanos}"));
+    let measured = measure(opts, &rt, &app_id, &state_dir);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let cleaned = if opts.keep_topics {
+        Ok(())
+    } else {
+        run_topics(&opts.bootstrap_servers, &app_id).and_then(|topics| {
+            rt.block_on(delete_topics(&opts.bootstrap_servers, &topics))
+                .map_err(step("delete topics"))
+        })
+    };
+    match (measured, cleaned) {
+        (Ok(figures), cleaned) => cleaned.map(|()| figures),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(cleanup)) => {
+            tracing::warn!(error = %cleanup, app_id, "could not delete the failed run's topics");
+            Err(e)
+        }
+    }
+}
+
+/// The measurements of [`run`], on the topic and application `app_id`.
+fn measure(
+    opts: &BenchOptions,
+    rt: &tokio::runtime::Runtime,
+    app_id: &str,
+    state_dir: &std::path::Path,
+) -> Result<Vec<Figure>, BenchError> {
+    let topic = app_id.to_owned();
     let mut figures = Vec::new();
     let mut push = |f: Figure| {
         println!("{:<44} {:>14.0} {}", f.name, f.value, f.unit);
@@ -104,19 +137,11 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
     });
 
     // 2. Ingest into the view.
-    let state_dir = opts.work_dir.join(format!("state-{nanos}"));
-    let app_id = format!("bench-{nanos}");
     let Measured {
         elapsed: ingest,
         rss,
         ..
-    } = rt.block_on(run_instance(
-        opts,
-        &topic,
-        &app_id,
-        &state_dir,
-        Phase::Ingest,
-    ))?;
+    } = rt.block_on(run_instance(opts, &topic, app_id, state_dir, Phase::Ingest))?;
     push(Figure {
         name: "ingest into the view (1 instance)",
         value: opts.events as f64 / ingest.as_secs_f64(),
@@ -131,12 +156,12 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
     }
 
     // 3. Restore from the changelog.
-    std::fs::remove_dir_all(&state_dir).map_err(step("wipe state"))?;
+    std::fs::remove_dir_all(state_dir).map_err(step("wipe state"))?;
     let restore = rt.block_on(run_instance(
         opts,
         &topic,
-        &app_id,
-        &state_dir,
+        app_id,
+        state_dir,
         Phase::Restore,
     ))?;
     push(Figure {
@@ -180,7 +205,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
         value: 100.0 * opts.events as f64 / ingest.as_secs_f64() / raw_input,
         unit: "%",
     });
-    let changelogs = changelog_topics(&opts.bootstrap_servers, &app_id)?;
+    let changelogs = changelog_topics(&opts.bootstrap_servers, app_id)?;
     // The restore read every committed record of them; so does this consumer.
     let restore_config = restore_consumer_config(&opts.bootstrap_servers, "bench-raw");
     let consumed = raw_consume(restore_config, &changelogs, restore.count)?;
@@ -197,18 +222,12 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Figure>, BenchError> {
             unit: "%",
         });
     }
-    let written = raw_rocksdb(&opts.work_dir.join(format!("rocks-{nanos}")), opts.events)?;
+    let written = raw_rocksdb(&opts.work_dir.join(format!("rocks-{app_id}")), opts.events)?;
     push(Figure {
         name: "raw RocksDB put, WAL off (the limit)",
         value: opts.events as f64 / written.as_secs_f64(),
         unit: "puts/s",
     });
-    let _ = std::fs::remove_dir_all(&state_dir);
-    if !opts.keep_topics {
-        let topics = run_topics(&opts.bootstrap_servers, &app_id)?;
-        rt.block_on(delete_topics(&opts.bootstrap_servers, &topics))
-            .map_err(step("delete topics"))?;
-    }
     Ok(figures)
 }
 

@@ -256,3 +256,58 @@ async fn metadata_reads_wait_for_a_broker_that_does_not_answer_yet() {
     .unwrap_err();
     assert!(err.to_string().contains(&topic), "{err}");
 }
+
+/// The broker's topics named like a `paystream bench` run's (`bench-<millis>...`).
+fn bench_topics() -> std::collections::BTreeSet<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|n| n.starts_with("bench-"))
+        .collect()
+}
+
+/// A bench run that fails after it made its input topic still deletes it: a failed run at 10M
+/// orders would otherwise leave ~20 GB on the broker. The failure: the work directory is a file,
+/// so the instance cannot make its state directory and exits, after the produce step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bench_run_that_fails_part_way_deletes_its_topics() {
+    let work = work_dir();
+    let not_a_dir = work.path().join("a-file");
+    std::fs::write(&not_a_dir, b"not a directory").unwrap();
+    let before = bench_topics();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paystream"))
+        .args(["bench", "--bootstrap-servers", &bootstrap()])
+        .args(["--events", "2000", "--orders", "500", "--partitions", "2"])
+        .arg("--work-dir")
+        .arg(&not_a_dir)
+        .output()
+        .expect("run paystream bench");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "the bench should fail: {stdout}");
+    // It got as far as producing into its input topic, so there was a topic to delete.
+    assert!(stdout.contains("produce (librdkafka"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("instance exited early"), "{stderr}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<String> = bench_topics().difference(&before).cloned().collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "topics of the failed run still on the broker after 30 s: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -85,7 +85,8 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value_t = ProcessingGuarantee::ExactlyOnceV2)]
     processing_guarantee: ProcessingGuarantee,
     /// Keep the run's topics (input, changelogs, outputs) afterwards. By default the
-    /// single-instance run deletes them, so repeated runs do not fill the broker's disk.
+    /// single-instance run deletes them, also when it fails part-way, so repeated runs do not
+    /// fill the broker's disk.
     #[arg(long)]
     keep_topics: bool,
     /// Instead: measure query latency (local vs forwarded) on a 2-instance cluster, this many
