@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # deploy/setup.sh — install what building and testing paystream needs, if missing.
 #   Debian packages: libclang-dev (RocksDB's bindgen), a C/C++ toolchain, a JDK 17+ and Maven
-#   (the real Kafka broker the tests start, and the Java producer of the partitioning test).
+#   (the real Kafka broker the tests start, and the Java producer of the partitioning test), and
+#   prometheus (its promtool checks and unit-tests deploy/prometheus/alerts.yml: tests/alert_rules.rs).
 #   Rust via rustup must already be there (https://rustup.rs).
-# `deploy/setup.sh --build-only` skips the JDK and Maven (enough for `paystream demo`).
+# `deploy/setup.sh --build-only` skips the JDK, Maven and prometheus (enough for `paystream demo`).
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 build_only=0
@@ -15,12 +16,15 @@ command -v c++ >/dev/null 2>&1 || need+=(build-essential)
 if [ "$build_only" = 0 ]; then
   command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
   command -v mvn >/dev/null 2>&1 || need+=(maven)
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  # No recommends: the prometheus package would pull in (and start) the node exporter.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust with rustup" >&2; exit 1; }

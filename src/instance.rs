@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::group::{commit_channel, CommitRequest, GroupLoop, Identity};
 use crate::cluster::identity::{checkpointed_positions, process_id, IdentityError};
+use crate::cluster::lag::{GroupLag, LagMonitor};
 use crate::cluster::routing::RoutingTable;
 use crate::cluster::standalone::Standalone;
 use crate::config::{ProcessingGuarantee, RunSettings};
@@ -164,6 +165,7 @@ struct Shared {
     local: Arc<LocalStores>,
     status: Arc<SharedStatus>,
     routing: Arc<RoutingTable>,
+    group_lag: Arc<GroupLag>,
     held: SharedHeldTasks,
     liveness: Arc<Liveness>,
 }
@@ -260,6 +262,7 @@ impl Shared {
             local: LocalStores::new(),
             status: Arc::new(SharedStatus::default()),
             routing: Arc::new(RoutingTable::default()),
+            group_lag: Arc::default(),
             held,
             liveness: if settings.standalone {
                 Liveness::always()
@@ -363,6 +366,14 @@ impl Instance {
             ProcessingGuarantee::AtLeastOnce => Some(Box::new(committer)),
         };
         let group_task = start_cluster(&settings, &p, &shared, cmd_tx, commits, &shutdown).await?;
+        let lag_monitor = LagMonitor {
+            bootstrap: settings.bootstrap_servers.clone(),
+            group_id: settings.application_id.clone(),
+            topic: settings.input_topic.clone(),
+            partitions: p.partitions,
+            lag: shared.group_lag.clone(),
+        };
+        tokio::spawn(lag_monitor.run(shutdown.clone()));
         let query_state = QueryState {
             local: shared.local.clone(),
             partition_count: p.partitions,
@@ -370,6 +381,7 @@ impl Instance {
             metrics: shared.metrics.clone(),
             status: shared.status.clone(),
             routing: shared.routing.clone(),
+            group_lag: shared.group_lag.clone(),
             liveness: shared.liveness.clone(),
             client: QueryState::client(&settings.query)
                 .map_err(|e| RunError::Http(std::io::Error::other(e)))?,

@@ -234,6 +234,7 @@ impl GroupLoop {
             self.leader_prober(&assignment, &info)
         };
         let standby: Vec<i32> = info.standby.iter().chain(&info.warmup).copied().collect();
+        self.routing.own_partitions(&info.active, &standby);
         let assign = EngineCommand::Assign {
             generation: assignment.generation_id,
             member_id: assignment.member_id.clone(),

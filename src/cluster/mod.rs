@@ -14,9 +14,13 @@
 //! - [`probe`]: the leader's probes of the other members' query endpoints; members whose process
 //!   is gone are removed from the group at once instead of after their session timeout.
 //! - [`identity`]: the instance's stable process id and the store positions it starts with.
+//! - [`lag`]: the group's input lag per partition, read from the broker.
+//! - [`metrics`]: the group as this instance sees it, for `/metrics`.
 
 pub mod group;
 pub mod identity;
+pub mod lag;
+pub mod metrics;
 pub mod probe;
 pub mod routing;
 pub mod standalone;

@@ -48,6 +48,8 @@ impl Standalone {
             })
             .collect();
         self.routing.update(0, map);
+        self.routing
+            .own_partitions(&(0..self.partitions).collect::<Vec<_>>(), &[]);
         let assign = EngineCommand::Assign {
             generation: -1,
             member_id: String::new(),

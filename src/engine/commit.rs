@@ -134,7 +134,7 @@ impl Committer {
             }
         }
         self.metrics.commits.fetch_add(1, Ordering::Relaxed);
-        self.metrics.commit_latency.record(started.elapsed());
+        self.metrics.commit_took(started.elapsed());
         Ok(done)
     }
 

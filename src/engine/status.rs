@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -190,5 +190,65 @@ impl SharedStatus {
     /// Every partition held, with its view.
     pub fn tasks(&self) -> BTreeMap<i32, TaskView> {
         lock(&self.tasks).clone()
+    }
+}
+
+/// The tasks' states, lags and restore progress as Prometheus families (see docs/metrics.md).
+#[derive(Debug)]
+pub struct StatusCollector {
+    pub status: Arc<SharedStatus>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
+
+impl prometheus_client::collector::Collector for StatusCollector {
+    fn encode(&self, mut enc: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use crate::telemetry::exposition::gauges;
+        let tasks = self.status.tasks();
+        let states = tasks.iter().map(|(p, t)| {
+            (
+                [("partition", p.to_string()), ("state", t.state.to_owned())],
+                1,
+            )
+        });
+        gauges(
+            &mut enc,
+            "paystream_task_state",
+            "1 for the state each task held here is in: restoring, standby, running, suspended or opening.",
+            states,
+        )?;
+        let remaining = tasks.iter().filter_map(|(p, t)| {
+            let (done, total) = t.restore?;
+            Some(([("partition", p.to_string())], total.saturating_sub(done)))
+        });
+        gauges(
+            &mut enc,
+            "paystream_restore_remaining_records",
+            "Changelog records the current restore of the partition still has to apply.",
+            remaining,
+        )?;
+        let lags = tasks.iter().filter_map(|(p, t)| {
+            let lag = self
+                .metrics
+                .task(*p)
+                .lag
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let role = if t.state == "standby" {
+                "standby"
+            } else {
+                "active"
+            };
+            (lag >= 0).then(|| {
+                (
+                    [("partition", p.to_string()), ("role", role.to_owned())],
+                    lag,
+                )
+            })
+        });
+        gauges(
+            &mut enc,
+            "paystream_task_lag_records",
+            "Records behind as this instance's Kafka clients see them: role=active the input records up to the log end, role=standby the changelog records not yet applied.",
+            lags,
+        )
     }
 }

@@ -315,9 +315,6 @@ impl Task {
         let outcome = if let Some(poison) = self.poison.get(&offset) {
             io.dead_letter(record, poison.reason, &poison.detail)
         } else if let Some(expected) = expected.filter(|&e| e != partition) {
-            self.metrics
-                .records_wrong_partition
-                .fetch_add(1, Ordering::Relaxed);
             let detail = format!(
                 "the key hashes to partition {expected} (murmur2, as Java's default \
                  partitioner) but the record is on partition {partition}: queries look for it \

@@ -6,12 +6,10 @@
 //! dead-lettered by the task), and a dead letter that would not fit keeps its headers, source
 //! offset and key with its value cut short (header `paystream.dlq.truncated`).
 
-use std::sync::atomic::Ordering;
-
 use paystream_state::store::{KeyValueStore, MAX_ENTRY_BYTES};
 use paystream_state::window::WindowStore;
 use paystream_topology::partition_for_key;
-use paystream_topology::processor::{ProcessError, Record, RecordMeta, TaskIo};
+use paystream_topology::processor::{ProcessError, Record, RecordMeta, Tally, TaskIo};
 use rdkafka::message::{Header, OwnedHeaders};
 
 use super::store::{StoreHandle, TaskStore};
@@ -72,9 +70,7 @@ impl Io<'_, '_> {
             });
         }
         let partition = self.meta.partition % self.outputs.dlq_partitions.max(1);
-        self.metrics
-            .records_dead_lettered
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.dead_lettered(reason);
         tracing::debug!(
             partition = self.meta.partition,
             offset = self.meta.offset,
@@ -168,5 +164,9 @@ impl TaskIo for Io<'_, '_> {
         detail: &str,
     ) -> Result<(), ProcessError> {
         self.dead_letter_with(record, reason, detail, &[])
+    }
+
+    fn tally(&mut self, what: Tally<'_>) {
+        self.metrics.tally(what);
     }
 }

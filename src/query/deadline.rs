@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! request ─▶ guard: body? URI too long? ─▶ 413 / 414
-//!                   permit free? (not for /health, /metrics, /openapi.json) ─▶ 503 overloaded
+//!                   permit free? (not for /health, /metrics, /openapi.json, /, /cluster)
+//!                                                                 ─▶ 503 overloaded (counted)
 //!                   deadline = now + (timeout_ms ≤ 60 s, else --query-timeout-ms),
 //!                              capped by the caller's X-Paystream-Deadline-Ms
 //!            ─▶ handler (reads the Deadline; every forward spends what is left of it)
 //!            ─▶ still running at deadline + GRACE? ─▶ 503 deadline_exceeded
+//!            ─▶ latency by outcome and answering copy (queries, not probes or scrapes)
 //! ```
 //!
 //! A forward tells the peer how much of the budget is left ([`DEADLINE_HEADER`], minus
@@ -94,7 +96,10 @@ pub(super) fn deadline_of(
 
 /// Routes that are cheap, local and must answer under load (probes, scrapes).
 fn unlimited(path: &str) -> bool {
-    matches!(path, "/health" | "/metrics" | "/openapi.json")
+    matches!(
+        path,
+        "/health" | "/metrics" | "/openapi.json" | "/" | "/cluster"
+    )
 }
 
 fn has_body(headers: &HeaderMap) -> bool {
@@ -121,18 +126,24 @@ pub(super) async fn guard(State(st): State<QueryState>, mut req: Request, next: 
             Ok(p) => Some(p),
             Err(_) => {
                 st.metrics
-                    .queries_failed
+                    .queries_refused_overloaded
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return QueryError::Overloaded.into_response();
             }
         }
     };
+    let timed = _permit.is_some();
+    let started = Instant::now();
     let deadline = deadline_of(st.limits.query_timeout, req.uri(), req.headers());
     req.extensions_mut().insert(deadline);
-    match tokio::time::timeout_at(deadline.at() + GRACE, next.run(req)).await {
+    let response = match tokio::time::timeout_at(deadline.at() + GRACE, next.run(req)).await {
         Ok(r) => r,
         Err(_) => QueryError::DeadlineExceeded.into_response(),
+    };
+    if timed {
+        super::metrics::observe(&st, &response, started.elapsed());
     }
+    response
 }
 
 #[cfg(test)]

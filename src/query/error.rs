@@ -151,11 +151,19 @@ impl IntoResponse for QueryError {
             body["role"] = json!(role);
             body["lag"] = json!(lag);
         }
+        let answered = match &self {
+            QueryError::NotFound { role, .. } => Some(super::metrics::AnsweredBy(*role)),
+            _ => None,
+        };
         let body = Json(body);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        let mut response = if status == StatusCode::SERVICE_UNAVAILABLE {
             (status, [(header::RETRY_AFTER, "1")], body).into_response()
         } else {
             (status, body).into_response()
+        };
+        if let Some(a) = answered {
+            response.extensions_mut().insert(a);
         }
+        response
     }
 }

@@ -10,9 +10,11 @@
 //!
 //! The API is described in `docs/openapi.json`, served at `GET /openapi.json`.
 
+mod dashboard;
 pub mod deadline;
 mod error;
 pub mod forward;
+mod metrics;
 mod orders;
 pub mod route;
 pub mod suspects;
@@ -34,6 +36,7 @@ use serde::Serialize;
 
 pub use error::QueryError;
 
+use crate::cluster::lag::GroupLag;
 use crate::cluster::routing::RoutingTable;
 use crate::config::QuerySettings;
 use crate::engine::{Liveness, LocalStores, Role, SharedStatus, Status};
@@ -57,6 +60,8 @@ pub struct QueryState {
     pub metrics: Arc<Metrics>,
     pub status: Arc<SharedStatus>,
     pub routing: Arc<RoutingTable>,
+    /// The group's lag per partition, read from the broker (for `/metrics`).
+    pub group_lag: Arc<GroupLag>,
     /// Whether this instance is still in touch with its group (a copy it runs is active only
     /// then).
     pub liveness: Arc<Liveness>,
@@ -88,13 +93,15 @@ impl QueryState {
 /// The query API's routes.
 pub fn app(state: QueryState) -> Router {
     Router::new()
+        .route("/", get(dashboard::get_index))
+        .route("/cluster", get(dashboard::get_cluster))
         .route("/orders/{id}", get(orders::get_order))
         .route("/orders/{id}/location", get(get_location))
         .route("/sms/{id}", get(windowed::get_sms))
         .route("/alerts", get(windowed::get_alerts))
         .route("/metadata", get(get_metadata))
         .route("/health", get(get_health))
-        .route("/metrics", get(get_metrics))
+        .route("/metrics", get(metrics::get_metrics))
         .route("/openapi.json", get(get_openapi))
         .fallback(|| async { QueryError::RouteNotFound })
         .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
@@ -230,9 +237,14 @@ struct Health {
     /// Each partition held: its task's state, restore progress, and why its changelog cannot
     /// be read (if so).
     tasks: std::collections::BTreeMap<i32, crate::engine::status::TaskView>,
+    /// Records each copy held here is behind (an active: input records up to the log end; a
+    /// standby: changelog records not yet applied; -1 unknown).
+    lags: std::collections::BTreeMap<i32, i64>,
     records_processed: u64,
     records_restored: u64,
     records_dead_lettered: u64,
+    /// Requests timed in `paystream_query_duration_seconds` (every outcome).
+    queries_answered: u64,
     commits: u64,
     /// Commits (transactions) that failed and were rolled back.
     commits_aborted: u64,
@@ -249,14 +261,32 @@ struct Health {
 
 /// 200 once the instance serves its partitions, 503 while starting or restoring.
 async fn get_health(State(st): State<QueryState>) -> Response {
+    let body = health(&st);
+    let code = if body.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// This instance's `/health` body.
+fn health(st: &QueryState) -> Health {
     let status = st.status.get();
     let roles: Vec<(i32, Role)> = st
         .local
         .snapshot()
         .iter()
-        .map(|(p, l)| (*p, route::served_as(&st, *p, l).role))
+        .map(|(p, l)| (*p, route::served_as(st, *p, l).role))
         .collect();
-    let body = Health {
+    let lags = st
+        .metrics
+        .tasks()
+        .into_iter()
+        .filter(|(p, _)| roles.iter().any(|(q, _)| q == p))
+        .map(|(p, t)| (p, t.lag.load(Ordering::Relaxed)))
+        .collect();
+    Health {
         status,
         ready: status == Status::Running,
         active_partitions: roles
@@ -270,34 +300,22 @@ async fn get_health(State(st): State<QueryState>) -> Response {
             .map(|(p, _)| *p)
             .collect(),
         tasks: st.status.tasks(),
+        lags,
         records_processed: st.metrics.total_processed(),
         records_restored: st.metrics.total_restored(),
         records_dead_lettered: st.metrics.total_dead_lettered(),
+        queries_answered: st.metrics.queries_answered(),
         commits: st.metrics.commits.load(Ordering::Relaxed),
         commits_aborted: st.metrics.commits_aborted.load(Ordering::Relaxed),
         commits_fenced: st.metrics.commits_fenced.load(Ordering::Relaxed),
         commits_unknown_outcome: st.metrics.commits_unknown.load(Ordering::Relaxed),
         transactional_calls_hung: st.metrics.transactional_calls_hung.load(Ordering::Relaxed),
         self_fenced: st.metrics.self_fenced.load(Ordering::Relaxed),
-    };
-    let code = if body.ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+    }
 }
 
 async fn get_openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
-async fn get_metrics(State(st): State<QueryState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
-    )
-        .into_response()
 }
 
 #[cfg(test)]

@@ -2,12 +2,11 @@
 //! count → a copy chosen by [`super::route`] → RocksDB read on a blocking thread → decode → JSON.
 //! With `wait_for`, a long-poll until the order reaches that state or the deadline passes.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use paystream_topology::order::{decode_order, EventType, ORDERS_STORE};
@@ -16,6 +15,7 @@ use serde::Deserialize;
 
 use super::deadline::Deadline;
 use super::forward::{ALLOW_STANDBY, FORWARDED};
+use super::metrics::role_name;
 use super::route::{Ask, Route, Served};
 use super::{percent_encode, validate_id, OrderResponse, QueryError, QueryState, MAX_WAIT};
 use crate::engine::store::StoreReader;
@@ -98,15 +98,9 @@ pub(super) async fn get_order(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let result = order(&st, deadline, id, params, raw, &headers).await;
-    let counter = match &result {
-        Ok(r) if r.status().is_success() => &st.metrics.queries_ok,
-        Ok(r) if r.status() == StatusCode::NOT_FOUND => &st.metrics.queries_not_found,
-        Err(QueryError::NotFound { .. }) => &st.metrics.queries_not_found,
-        _ => &st.metrics.queries_failed,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-    result.unwrap_or_else(IntoResponse::into_response)
+    order(&st, deadline, id, params, raw, &headers)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn order(
@@ -228,12 +222,5 @@ async fn serve_local(
             };
         }
         tokio::time::sleep(pause).await;
-    }
-}
-
-fn role_name(role: crate::engine::Role) -> &'static str {
-    match role {
-        crate::engine::Role::Active => "active",
-        crate::engine::Role::Standby => "standby",
     }
 }

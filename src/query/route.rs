@@ -24,6 +24,7 @@ use axum::response::Response;
 
 use super::deadline::Deadline;
 use super::forward::{forward, Forwarded, Hop};
+use super::metrics::{answered_by_peer, answered_locally};
 use super::{QueryError, QueryState};
 use crate::engine::{LocalPartition, Role, Status};
 
@@ -184,7 +185,7 @@ impl<'a> Route<'a> {
         match forward(&self.hop(fallback), endpoint, &self.ask.path, allow_standby).await {
             Forwarded::Answer(r) => {
                 self.ask.st.suspects.clear(endpoint);
-                Some(r)
+                Some(answered_by_peer(r))
             }
             Forwarded::Refused { code, lag } => {
                 if code.as_deref() == Some("lag_exceeded") {
@@ -236,7 +237,10 @@ impl<'a> Route<'a> {
         if let Some((served, l)) = &local {
             let allowed = self.ask.forwarded && self.ask.allow_standby && !self.ask.active_only;
             if served.role == Role::Active || (allowed && self.lag_ok(*served)) {
-                return serve(l.clone(), *served).await;
+                let role = served.role;
+                return serve(l.clone(), *served)
+                    .await
+                    .map(|r| answered_locally(r, role));
             }
         }
         if self.ask.forwarded {
@@ -259,7 +263,9 @@ impl<'a> Route<'a> {
         }
         if let Some((served, l)) = local {
             if self.lag_ok(served) {
-                return serve(l, served).await;
+                return serve(l, served)
+                    .await
+                    .map(|r| answered_locally(r, served.role));
             }
         }
         // The active goes first again (unless it did not answer at all): while it is being

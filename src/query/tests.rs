@@ -79,6 +79,7 @@ pub(super) fn fixture(role: Role, with_order: bool) -> Fixture {
             metrics,
             status,
             routing: Arc::new(RoutingTable::default()),
+            group_lag: Arc::default(),
             liveness: crate::engine::Liveness::always(),
             client: reqwest::Client::new(),
             limits: crate::config::QuerySettings::default(),

@@ -1,11 +1,13 @@
 //! Logging set-up and metrics.
 //!
 //! Metrics are typed: each thing worth counting is one field of [`Metrics`] with its meaning in
-//! its doc comment, rendered at `GET /metrics` in the Prometheus text format.
+//! its doc comment; [`exposition`] encodes them (and the other layers' collectors) at
+//! `GET /metrics` in the Prometheus text format.
 
+pub mod exposition;
 mod metrics;
 
-pub use metrics::{Metrics, TaskMetrics};
+pub use metrics::{Metrics, QueryLabels, TallyFamily, TaskMetrics};
 
 /// Install the `tracing` subscriber: `RUST_LOG` if set, else `info` (and quieter dependencies).
 /// Colours only when stderr is a terminal: logs redirected to a file stay plain text.

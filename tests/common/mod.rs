@@ -683,3 +683,59 @@ pub async fn windowed_outputs(
     }
     (alerted, sent)
 }
+
+/// `GET /metadata` of `http` as JSON.
+pub async fn metadata(http: &str) -> serde_json::Value {
+    try_metadata(http).await.expect("GET /metadata")
+}
+
+/// `GET /metadata` of `http` as JSON, `None` while it does not answer.
+pub async fn try_metadata(http: &str) -> Option<serde_json::Value> {
+    reqwest::get(format!("http://{http}/metadata"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// Poll until every instance is ready, every partition has an active and all show the same
+/// generation for 3 s in a row (deadline 120 s); returns that generation.
+pub async fn wait_cluster_stable(procs: &mut [&mut Proc]) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen: Option<(i64, Instant)> = None;
+    loop {
+        let mut generations = Vec::new();
+        let mut ready = true;
+        let mut owned = true;
+        for p in procs.iter_mut() {
+            p.assert_alive();
+            ready &= p.health().await.is_some_and(|h| h["ready"] == true);
+            let md = try_metadata(&p.http).await.unwrap_or_default();
+            owned &= md["partitions"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .all(|p| p["active"].as_str().is_some_and(|s| !s.is_empty()))
+            });
+            generations.push(md["generation"].as_i64().unwrap_or(-1));
+        }
+        let generation = generations[0];
+        if ready && owned && generations.iter().all(|g| *g == generation) {
+            match seen {
+                Some((g, since)) if g == generation => {
+                    if since.elapsed() > Duration::from_secs(3) {
+                        return generation;
+                    }
+                }
+                _ => seen = Some((generation, Instant::now())),
+            }
+        } else {
+            seen = None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster not stable within 120 s (generations {generations:?}); log:\n{}",
+            procs[0].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

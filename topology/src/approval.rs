@@ -35,7 +35,7 @@ use paystream_state::window::oldest_retained;
 use serde::{Deserialize, Serialize};
 
 use crate::order::{parsed_event, EventType, OrderEvent};
-use crate::processor::{ProcessError, Processor, ProcessorContext, PunctuationType, Record};
+use crate::processor::{ProcessError, Processor, ProcessorContext, PunctuationType, Record, Tally};
 use crate::topology::StoreSpec;
 
 /// Approvals seen: order id @ requested (or completion) time → [`ApprovalState`].
@@ -204,6 +204,11 @@ impl ApprovalTimeoutProcessor {
             alert.requested_ts,
             &bytes,
         )?;
+        let status = match alert.status {
+            AlertStatus::Timeout => "timeout",
+            AlertStatus::Resolved => "resolved",
+        };
+        ctx.tally(Tally::ApprovalAlert { status });
         Ok(())
     }
 

@@ -424,6 +424,9 @@ impl TaskIo for DriverIo<'_> {
         });
         Ok(())
     }
+
+    /// The driver keeps no metrics: tests read the outputs themselves.
+    fn tally(&mut self, _what: crate::processor::Tally<'_>) {}
 }
 
 #[cfg(test)]

@@ -124,6 +124,18 @@ impl ProcessError {
     }
 }
 
+/// Something a processor did that the runtime counts in its metrics (see
+/// [`ProcessorContext::tally`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally<'a> {
+    /// An SMS request was written.
+    SmsSent,
+    /// An SMS request was suppressed, with the reason it carries.
+    SmsSuppressed { reason: &'a str },
+    /// An approval alert was written, with its status (`timeout`, `resolved`).
+    ApprovalAlert { status: &'a str },
+}
+
 /// What the executor of a task provides: its stores, its sinks, its dead-letter queue.
 pub trait TaskIo {
     /// The task's key-value store called `name` (already layered: logging, metering, ...).
@@ -142,6 +154,9 @@ pub trait TaskIo {
         reason: &str,
         detail: &str,
     ) -> Result<(), ProcessError>;
+    /// Count something a processor did, for the executor's metrics. Required, not defaulted: a
+    /// wrapper that forgot to pass it on would lose the counts silently.
+    fn tally(&mut self, what: Tally<'_>);
 }
 
 /// How a scheduled callback is clocked (Kafka Streams' `PunctuationType`).
@@ -269,6 +284,10 @@ impl<'a> ProcessorContext<'a> {
     /// grace). Counted per task; the runtime exports it as a metric.
     pub fn record_late(&mut self) {
         *self.late += 1;
+    }
+    /// Count something this node did, for the runtime's metrics (SMS sent, alerts raised...).
+    pub fn tally(&mut self, what: Tally<'_>) {
+        self.io.tally(what);
     }
     /// Send `record` to the dead-letter topic with a reason code and detail; processing goes on.
     pub fn dead_letter(

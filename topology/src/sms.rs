@@ -31,7 +31,7 @@ use paystream_state::window::oldest_retained;
 use serde::{Deserialize, Serialize};
 
 use crate::order::{parsed_event, EventType, OrderEvent};
-use crate::processor::{ProcessError, Processor, ProcessorContext, Record};
+use crate::processor::{ProcessError, Processor, ProcessorContext, Record, Tally};
 use crate::topology::StoreSpec;
 
 /// SMS sent: (template, order id) at event time → the request JSON.
@@ -206,6 +206,7 @@ impl SmsProcessor {
         ctx.window_store(SMS_SENT_STORE)?.put(&key, ts, &bytes)?;
         ctx.window_store(SMS_RATE_STORE)?
             .put(phone.as_bytes(), ts, &(at_ts + 1).to_be_bytes())?;
+        ctx.tally(Tally::SmsSent);
         Ok(())
     }
 
@@ -230,6 +231,7 @@ impl SmsProcessor {
         )?;
         ctx.window_store(SMS_SUPPRESSED_STORE)?
             .put(&key, ts, &bytes)?;
+        ctx.tally(Tally::SmsSuppressed { reason });
         Ok(())
     }
 }

@@ -586,6 +586,9 @@ impl TaskIo for CountingIo<'_> {
         self.dead_letters += 1;
         self.inner.dead_letter(record, reason, detail)
     }
+    fn tally(&mut self, what: crate::processor::Tally<'_>) {
+        self.inner.tally(what);
+    }
 }
 
 #[cfg(test)]

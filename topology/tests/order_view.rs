@@ -170,6 +170,7 @@ impl TaskIo for TxnTask {
             "unexpected dead letter {reason}"
         )))
     }
+    fn tally(&mut self, _: paystream_topology::processor::Tally<'_>) {}
 }
 
 impl TxnTask {
