@@ -152,9 +152,10 @@ impl IntoResponse for QueryError {
             body["lag"] = json!(lag);
         }
         let answered = match &self {
-            QueryError::NotFound { role, .. } => Some(super::metrics::AnsweredBy(*role)),
+            QueryError::NotFound { role, .. } => Some(*role),
             _ => None,
-        };
+        }
+        .map(super::metrics::AnsweredBy);
         let body = Json(body);
         let mut response = if status == StatusCode::SERVICE_UNAVAILABLE {
             (status, [(header::RETRY_AFTER, "1")], body).into_response()
