@@ -3,7 +3,8 @@
 #   Debian packages: libclang-dev (RocksDB's bindgen), a C/C++ toolchain, a JDK 17+ and Maven
 #   (the real Kafka broker the tests start, and the Java producer of the partitioning test), and
 #   prometheus (its promtool checks and unit-tests deploy/prometheus/alerts.yml: tests/alert_rules.rs).
-#   Rust via rustup must already be there (https://rustup.rs).
+#   Rust via rustup and Go 1.24+ (Jaeger for the tracing test: deploy/jaeger.sh) must already be
+#   there (https://rustup.rs, https://go.dev/doc/install).
 # `deploy/setup.sh --build-only` skips the JDK, Maven and prometheus (enough for `paystream demo`).
 # Idempotent and quiet when everything is present.
 set -euo pipefail
@@ -28,3 +29,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust with rustup" >&2; exit 1; }
+if [ "$build_only" = 0 ] && ! command -v go >/dev/null 2>&1; then
+  # Debian's golang-go is too old for Jaeger (deploy/jaeger.sh, tests/tracing.rs needs Go 1.24+).
+  echo "setup: go not found; install Go 1.24+ (https://go.dev/doc/install)" >&2
+  exit 1
+fi

@@ -2,8 +2,8 @@
 # deploy/test-all.sh — the whole test suite, from a fresh machine.
 #
 # Installs what is missing (deploy/setup.sh), fetches Apache Kafka with Maven and starts a real
-# broker on 127.0.0.1:19092 (deploy/kafka.sh), runs every test of the workspace, and stops the
-# broker. Cargo's target directory lives outside the clone ($CARGO_TARGET_DIR, default
+# broker on 127.0.0.1:19092 (deploy/kafka.sh), builds Jaeger with Go once (deploy/jaeger.sh, for
+# tests/tracing.rs), runs every test of the workspace, and stops the broker. Cargo's target directory lives outside the clone ($CARGO_TARGET_DIR, default
 # ~/.cache/paystream/target) so a second run does not rebuild RocksDB.
 # Extra arguments go to `cargo test` (e.g. `deploy/test-all.sh --test foundation`).
 set -euo pipefail
@@ -13,6 +13,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 bash deploy/setup.sh
 bash deploy/kafka.sh fetch
+bash deploy/jaeger.sh fetch
 started_here=0
 if ! bash deploy/kafka.sh status >/dev/null 2>&1; then
   bash deploy/kafka.sh start >/dev/null

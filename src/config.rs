@@ -18,16 +18,20 @@ use paystream_topology::ShippedTopologies;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod kafka;
 mod membership;
 mod memory;
 mod query;
+mod telemetry;
 mod windowed;
 
+pub use kafka::KafkaArgs;
 pub use membership::MembershipArgs;
 use membership::MembershipFile;
 pub use memory::{DEFAULT_HEAP_TRIM_INTERVAL_MS, DEFAULT_STATE_MEMORY_MB};
 use query::QueryFile;
 pub use query::{QueryArgs, QuerySettings};
+pub use telemetry::{TelemetryArgs, TelemetrySettings};
 use windowed::WindowedFile;
 pub use windowed::{TimestampSourceArg, WindowedArgs};
 
@@ -177,6 +181,12 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub query: QueryArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -224,6 +234,8 @@ struct FileConfig {
     peer_timeout_ms: Option<u64>,
     peer_connect_timeout_ms: Option<u64>,
     max_concurrent_queries: Option<usize>,
+    otlp_endpoint: Option<String>,
+    kafka_properties: Option<std::collections::BTreeMap<String, toml::Value>>,
 }
 
 /// Validated settings of one instance.
@@ -258,6 +270,10 @@ pub struct RunSettings {
     pub shipped: ShippedTopologies,
     /// Deadlines, peer timeouts and the concurrency limit of the query API.
     pub query: QuerySettings,
+    /// Where traces go (off by default).
+    pub telemetry: TelemetrySettings,
+    /// librdkafka properties added to every Kafka client (`--kafka-property`).
+    pub kafka_properties: Vec<(String, String)>,
 }
 
 /// Default Kafka bootstrap address (a local broker).
@@ -482,6 +498,8 @@ impl RunArgs {
             member_probes,
             shipped,
             query,
+            telemetry: self.telemetry.build(file.otlp_endpoint.clone())?,
+            kafka_properties: self.kafka.build(file.kafka_properties.clone())?,
         })
     }
 }

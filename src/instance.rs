@@ -351,6 +351,7 @@ impl Instance {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), RunError> {
+        crate::kafka::client::set_user_properties(&settings.kafka_properties);
         let p = prepare(&settings).await?;
         crate::heap_trim::start(settings.heap_trim_interval, shutdown.clone());
         let shared = Shared::new(&settings, &p);

@@ -63,6 +63,54 @@ fn run_reads_settings_from_the_environment() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("commit-interval-ms"));
 }
 
+/// `--kafka-property` reaches librdkafka: a property it does not know stops the start, named;
+/// one paystream owns is refused before any client is made; the file's table is read too.
+#[test]
+fn kafka_properties_reach_every_client_and_bad_ones_fail_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_paystream"))
+            .args([
+                "run",
+                "--bootstrap-servers",
+                "127.0.0.1:1",
+                "--http-addr",
+                &http,
+            ])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--kafka-property", "no.such.property=1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no.such.property"), "{err}");
+    let out = run(&["--kafka-property", "isolation.level=read_uncommitted"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("kafka-property") && err.contains("isolation.level"),
+        "{err}"
+    );
+    let cfg = dir.path().join("props.toml");
+    std::fs::write(&cfg, "[kafka-properties]\n\"no.such.table.property\" = 5\n").unwrap();
+    let out = run(&["--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no.such.table.property"), "{err}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// `paystream demo --instances 3 --verify`: three `paystream run` children in one group on the
 /// embedded broker (librdkafka's mock cluster), every order right on every instance, then one
 /// instance SIGKILLed and every order right again on the other two.

@@ -77,7 +77,7 @@ async fn a_record_that_breaks_processing_is_rolled_back_then_dead_lettered() {
             for (i, key) in ["a", "panic", "b", "huge", "c"].iter().enumerate() {
                 let offset = i as i64;
                 if offset >= from {
-                    task.process(&input_c, offset, rec(key), &outputs, 1_000)?;
+                    task.process(&input_c, offset, rec(key), None, &outputs, 1_000)?;
                 }
             }
             Ok(())

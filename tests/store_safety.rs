@@ -85,6 +85,18 @@ async fn get_order(client: &reqwest::Client, http: &str, id: &str, query: &str) 
     }
 }
 
+/// `paystream_queries_in_flight` of the instance at `http` (0 when it cannot be read).
+async fn queries_in_flight(client: &reqwest::Client, http: &str) -> usize {
+    let Ok(r) = client.get(format!("http://{http}/metrics")).send().await else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("paystream_queries_in_flight "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn active_count(h: &serde_json::Value) -> usize {
     h["active_partitions"].as_array().map_or(0, Vec::len)
 }
@@ -130,6 +142,22 @@ async fn a_long_poll_across_revoke_and_reassign_wipes_no_store_and_stops_no_inst
             })
         })
         .collect();
+    // Every long-poll is being answered by `a` (holding its partition's reader) before anything
+    // moves: otherwise a late one could find its partition already gone and prove nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let in_flight = queries_in_flight(&client, &a.http).await;
+        if in_flight >= orders.len() {
+            break;
+        }
+        a.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "only {in_flight} of {} long-polls reached a",
+            orders.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Revoke: a second instance takes some actives (after warming up copies of them).
     let mut b = Proc::run(&app, &topic, &work.path().join("b"), free_port(), &extra);

@@ -8,6 +8,7 @@ use paystream::config::{ProcessingGuarantee, RunArgs};
 use paystream::demo::{self, DemoOptions};
 use paystream::instance::Instance;
 use paystream::produce::{produce, GeneratorOptions, ProduceOptions};
+use paystream::telemetry::traces::TraceExport;
 use paystream::{partition_for_key, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -178,7 +179,9 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging();
+    if !matches!(cli.command, Command::Run(_)) {
+        telemetry::init_logging(None);
+    }
     match cli.command {
         Command::Partition { partitions, keys } => {
             for k in keys {
@@ -277,6 +280,31 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the runtime: the exporter's HTTP client is a blocking one.
+    let traces = match &settings.telemetry.otlp_traces_url {
+        Some(url) => {
+            match TraceExport::start(url, &settings.advertised_addr, &settings.application_id) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
+    };
+    telemetry::init_logging(traces.as_ref());
+    if let Some(url) = &settings.telemetry.otlp_traces_url {
+        tracing::info!(%url, "exporting spans of traced records and queries over OTLP");
+    }
+    let code = run_instance(settings);
+    if let Some(t) = traces {
+        t.shutdown();
+    }
+    code
+}
+
+fn run_instance(settings: paystream::config::RunSettings) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

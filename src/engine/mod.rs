@@ -42,6 +42,7 @@ pub mod stream_thread;
 pub mod task;
 mod task_io;
 pub mod task_manager;
+mod trace;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use paystream_topology::processor::Record;
 use paystream_topology::Topology;
+use rdkafka::message::Headers;
 use rdkafka::Message;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,7 @@ use crate::config::RunSettings;
 use crate::kafka::producer::{CommitError, Delivery, OutputProducer};
 use crate::kafka::transaction::GroupMetadata;
 use crate::kafka::KafkaError;
+use crate::telemetry::trace_context::TraceContext;
 use crate::telemetry::Metrics;
 
 /// Records handled per poll round before commands, the updater and commits get a turn.
@@ -331,7 +333,13 @@ impl StreamThread {
                         headers: Vec::new(),
                         decoded: Default::default(),
                     };
-                    match task.process(msg.topic(), msg.offset(), record, &outputs, wall_clock) {
+                    let trace = msg.headers().and_then(|h| {
+                        TraceContext::from_headers(
+                            h.iter().map(|h| (h.key, h.value.unwrap_or_default())),
+                        )
+                    });
+                    let (topic, offset) = (msg.topic(), msg.offset());
+                    match task.process(topic, offset, record, trace, &outputs, wall_clock) {
                         Ok(()) => l.dirty = true,
                         // The record's own fault: whatever it half did is in the open
                         // transaction and the store buffers. Roll everything back to the last

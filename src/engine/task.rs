@@ -24,14 +24,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use paystream_state::store::StoreError;
-use paystream_topology::processor::{ProcessError, Record, RecordMeta, TaskIo};
+use paystream_topology::processor::{Origin, ProcessError, Record, RecordMeta, TaskIo};
 use paystream_topology::{partition_for_key, TaskProcessors, Topology};
 use thiserror::Error;
 
 use super::local::{LocalPartition, Role};
 use super::store::TaskStore;
 use super::task_io::Io;
+use super::trace::RecordTrace;
 use crate::kafka::producer::OutputProducer;
+use crate::telemetry::trace_context::TraceContext;
 use crate::telemetry::TaskMetrics;
 
 /// Lifecycle of a task; see the module diagram.
@@ -286,6 +288,7 @@ impl Task {
         topic: &str,
         offset: i64,
         record: Record,
+        trace: Option<TraceContext>,
         outputs: &TaskOutputs<'_>,
         wall_clock: i64,
     ) -> Result<(), TaskError> {
@@ -300,11 +303,15 @@ impl Task {
             self.meta.topic = topic.to_owned();
         }
         self.meta.offset = offset;
+        let trace =
+            trace.map(|t| RecordTrace::start(t, topic, partition, offset, record.key.as_deref()));
         let mut io = Io {
             stores: &mut self.stores,
             outputs,
             meta: &self.meta,
             metrics: &self.metrics,
+            trace: trace.as_ref(),
+            origin: Origin::Record,
         };
         let expected = record
             .key
@@ -407,6 +414,8 @@ impl Task {
             outputs,
             meta: &self.meta,
             metrics: &self.metrics,
+            trace: None,
+            origin: Origin::Punctuation,
         };
         processors
             .punctuate_wall_clock(&mut io, &self.meta, now)

@@ -9,13 +9,15 @@
 use paystream_state::store::{KeyValueStore, MAX_ENTRY_BYTES};
 use paystream_state::window::WindowStore;
 use paystream_topology::partition_for_key;
-use paystream_topology::processor::{ProcessError, Record, RecordMeta, Tally, TaskIo};
+use paystream_topology::processor::{Origin, ProcessError, Record, RecordMeta, Tally, TaskIo};
 use rdkafka::message::{Header, OwnedHeaders};
 
 use super::store::{StoreHandle, TaskStore};
 use super::task::TaskOutputs;
+use super::trace::RecordTrace;
 use crate::kafka::producer::{dead_letter_headers, APPLICATION_HEADER};
 use crate::kafka::KafkaError;
+use crate::telemetry::trace_context::{B3, TRACEPARENT};
 use crate::telemetry::TaskMetrics;
 
 /// Room kept for headers in a dead letter (reason, detail, source, truncation note).
@@ -29,9 +31,32 @@ pub(super) struct Io<'a, 'o> {
     pub(super) outputs: &'a TaskOutputs<'o>,
     pub(super) meta: &'a RecordMeta,
     pub(super) metrics: &'a TaskMetrics,
+    /// The trace of the record being processed (`None`: it carries no context).
+    pub(super) trace: Option<&'a RecordTrace>,
+    /// What is being sent from now: the record's outputs carry its trace, a punctuation's none.
+    pub(super) origin: Origin,
 }
 
 impl Io<'_, '_> {
+    /// `headers` with the trace context of a record sent to `topic`/`partition`, if it is the
+    /// processed record's output and that record is traced.
+    fn traced(&self, headers: OwnedHeaders, topic: &str, partition: i32) -> OwnedHeaders {
+        let Some(trace) = self.trace.filter(|_| self.origin == Origin::Record) else {
+            return headers;
+        };
+        let cx = trace.for_output(topic, partition);
+        let (traceparent, b3) = (cx.traceparent(), cx.b3());
+        headers
+            .insert(Header {
+                key: TRACEPARENT,
+                value: Some(traceparent.as_str()),
+            })
+            .insert(Header {
+                key: B3,
+                value: Some(b3.as_str()),
+            })
+    }
+
     /// Send `record` to the dead-letter topic with `reason`, `detail` and `extra` headers.
     pub(super) fn dead_letter_with(
         &mut self,
@@ -70,6 +95,7 @@ impl Io<'_, '_> {
             });
         }
         let partition = self.meta.partition % self.outputs.dlq_partitions.max(1);
+        let headers = self.traced(headers, self.outputs.dlq_topic, partition);
         self.metrics.dead_lettered(reason);
         tracing::debug!(
             partition = self.meta.partition,
@@ -141,6 +167,7 @@ impl TaskIo for Io<'_, '_> {
             key: APPLICATION_HEADER,
             value: Some(self.outputs.application_id),
         });
+        let headers = self.traced(headers, topic, partition);
         self.outputs
             .producer
             .send(
@@ -168,5 +195,9 @@ impl TaskIo for Io<'_, '_> {
 
     fn tally(&mut self, what: Tally<'_>) {
         self.metrics.tally(what);
+    }
+
+    fn origin(&mut self, origin: Origin) {
+        self.origin = origin;
     }
 }

@@ -1,6 +1,39 @@
 //! Client configurations, in one place so every client agrees on the settings that matter.
+//!
+//! The user's `--kafka-property` settings ([`set_user_properties`]) go on every client made
+//! here, after paystream's own (the keys paystream must own are refused by `config`).
+
+use std::sync::RwLock;
 
 use rdkafka::ClientConfig;
+
+/// `--kafka-property` settings of this process.
+static USER_PROPERTIES: RwLock<Vec<(String, String)>> = RwLock::new(Vec::new());
+
+/// The librdkafka properties every client made from now on gets (validated by `config`).
+pub fn set_user_properties(props: &[(String, String)]) {
+    if let Ok(mut p) = USER_PROPERTIES.write() {
+        *p = props.to_vec();
+    }
+}
+
+/// The properties [`set_user_properties`] gave (for clients not made by librdkafka).
+pub fn user_properties() -> Vec<(String, String)> {
+    USER_PROPERTIES
+        .read()
+        .map(|p| p.clone())
+        .unwrap_or_default()
+}
+
+/// `c` (paystream's settings) with the user's properties applied over it.
+fn finish(mut c: ClientConfig) -> ClientConfig {
+    if let Ok(props) = USER_PROPERTIES.read() {
+        for (k, v) in props.iter() {
+            c.set(k, v);
+        }
+    }
+    c
+}
 
 /// Producer settings for everything paystream writes (changelogs, dead letters, sinks, traffic):
 /// acks=all + idempotence (no duplicates or reordering on retry, which restore relies on),
@@ -18,7 +51,7 @@ pub fn producer_config(bootstrap: &str) -> ClientConfig {
         .set("queue.buffering.max.kbytes", "1048576")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "120000");
-    c
+    finish(c)
 }
 
 /// A transaction's lifetime on the broker before it aborts it (Kafka Streams uses the same under
@@ -39,7 +72,7 @@ pub fn transactional_producer_config(bootstrap: &str, transactional_id: &str) ->
             .set("transaction.timeout.ms", open)
             .set("message.timeout.ms", open);
     }
-    c
+    finish(c)
 }
 
 /// Records the source consumer fetches ahead, at most (librdkafka's default is 64 MiB per
@@ -90,7 +123,7 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
         .set("fetch.max.bytes", SOURCE_FETCH_MAX_BYTES)
         .set("fetch.queue.backoff.ms", SOURCE_FETCH_QUEUE_BACKOFF_MS)
         .set("statistics.interval.ms", "1000");
-    c
+    finish(c)
 }
 
 /// Records the restore consumer tries to keep fetched ahead, for all its partitions together.
@@ -129,7 +162,7 @@ pub fn restore_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig 
         .set("fetch.max.bytes", RESTORE_FETCH_MAX_BYTES)
         .set("max.partition.fetch.bytes", RESTORE_PARTITION_FETCH_BYTES)
         .set("fetch.queue.backoff.ms", SOURCE_FETCH_QUEUE_BACKOFF_MS);
-    c
+    finish(c)
 }
 
 /// A client that only asks for watermarks, `read_uncommitted`: its high watermark is the
@@ -141,14 +174,14 @@ pub fn log_end_client_config(bootstrap: &str) -> ClientConfig {
         .set("group.id", "paystream-log-ends")
         .set("isolation.level", "read_uncommitted")
         .set("enable.auto.commit", "false");
-    c
+    finish(c)
 }
 
 /// Admin client settings.
 pub fn admin_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
-    c
+    finish(c)
 }
 
 /// Client context for consumers that read to the end on purpose (restore): reaching the end of

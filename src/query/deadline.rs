@@ -11,19 +11,27 @@
 //!            ─▶ latency by outcome and answering copy (queries, not probes or scrapes)
 //! ```
 //!
+//! A query carrying a trace context (`traceparent` or `b3`) gets a server span when spans are
+//! exported, and the guard puts that span's context in the request's headers, so forwards carry
+//! it on (see `telemetry::traces`).
+//!
 //! A forward tells the peer how much of the budget is left ([`DEADLINE_HEADER`], minus
 //! [`HOP_RESERVE`] for the answer's way back), so no hop outlives the request that caused it.
 
 use std::time::Duration;
 
-use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap};
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::time::Instant;
+use tracing::Instrument;
 
+use super::forward::request_trace;
 use super::{QueryError, QueryState, MAX_WAIT};
+use crate::telemetry::trace_context::{B3, TRACEPARENT};
+use crate::telemetry::traces::{self, SPAN_TARGET};
 
 /// Header carrying the milliseconds a forwarded request has left.
 pub const DEADLINE_HEADER: &str = "x-paystream-deadline-ms";
@@ -136,7 +144,11 @@ pub(super) async fn guard(State(st): State<QueryState>, mut req: Request, next: 
     let started = Instant::now();
     let deadline = deadline_of(st.limits.query_timeout, req.uri(), req.headers());
     req.extensions_mut().insert(deadline);
-    let response = match tokio::time::timeout_at(deadline.at() + GRACE, next.run(req)).await {
+    let span = if timed { server_span(&mut req) } else { None };
+    let run = next
+        .run(req)
+        .instrument(span.unwrap_or_else(tracing::Span::none));
+    let response = match tokio::time::timeout_at(deadline.at() + GRACE, run).await {
         Ok(r) => r,
         Err(_) => QueryError::DeadlineExceeded.into_response(),
     };
@@ -144,6 +156,37 @@ pub(super) async fn guard(State(st): State<QueryState>, mut req: Request, next: 
         super::metrics::observe(&st, &response, started.elapsed());
     }
     response
+}
+
+/// A server span for a traced request (when spans are exported), its context written into the
+/// request's `traceparent` and `b3` for the handlers' forwards.
+fn server_span(req: &mut Request) -> Option<tracing::Span> {
+    if !traces::exporting() {
+        return None;
+    }
+    let parent = request_trace(req.headers())?;
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| req.uri().path().to_owned(), |m| m.as_str().to_owned());
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "query",
+        otel.name = %format_args!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = %route,
+        url.path = %req.uri().path(),
+    );
+    traces::set_remote_parent(&span, &parent);
+    if let Some(cx) = traces::context_of(&span) {
+        for (name, value) in [(TRACEPARENT, cx.traceparent()), (B3, cx.b3())] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                req.headers_mut().insert(name, v);
+            }
+        }
+    }
+    Some(span)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! share in [`DEADLINE_HEADER`] so the peer answers (408, 503) before the caller stops
 //! listening.
 
+use crate::telemetry::trace_context::{TraceContext, B3, TRACEPARENT};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -49,6 +50,14 @@ pub struct Hop<'a> {
     pub long_poll: bool,
     /// Another copy could answer if this peer does not: leave it half of what is left.
     pub fallback: bool,
+    /// The request's trace context (its server span's, when spans are exported).
+    pub trace: Option<TraceContext>,
+}
+
+/// The trace context a request carries (`traceparent`, else `b3`); the guard has replaced it by
+/// its own span's when spans are exported.
+pub fn request_trace(headers: &axum::http::HeaderMap) -> Option<TraceContext> {
+    TraceContext::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
 }
 
 impl Hop<'_> {
@@ -84,6 +93,11 @@ pub async fn forward(
         .timeout(budget);
     if allow_standby {
         req = req.header(ALLOW_STANDBY, "1");
+    }
+    if let Some(cx) = hop.trace {
+        req = req
+            .header(TRACEPARENT, cx.traceparent())
+            .header(B3, cx.b3());
     }
     // reqwest's timeout covers connect, headers and body; this one also covers anything else.
     match tokio::time::timeout(budget, exchange(req, endpoint)).await {

@@ -8,13 +8,15 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use super::QueryState;
 use crate::cluster::metrics::ClusterCollector;
 use crate::engine::status::StatusCollector;
 use crate::engine::Role;
-use crate::telemetry::exposition::{encode, MetricsCollector};
+use crate::telemetry::exposition::{encode, gauges, MetricsCollector, NONE};
 
 /// Which copy answered a query: `active`, `standby` or `forwarded` (absent: `none`).
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +79,36 @@ pub(super) fn registry(st: &QueryState) -> Registry {
         lag: st.group_lag.clone(),
         partitions: st.partition_count,
     }));
+    r.register_collector(Box::new(QueryCollector {
+        permits: st.permits.clone(),
+        max: st.limits.max_concurrent_queries,
+    }));
     r
+}
+
+/// The query layer's own gauges: requests holding a permit now.
+#[derive(Debug)]
+struct QueryCollector {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl Collector for QueryCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let in_flight = self.max.saturating_sub(self.permits.available_permits());
+        gauges(
+            &mut enc,
+            "paystream_queries_in_flight",
+            "Queries being answered now (long-polls included; of --max-concurrent-queries).",
+            [(NONE, in_flight as i64)],
+        )?;
+        gauges(
+            &mut enc,
+            "paystream_queries_in_flight_limit",
+            "--max-concurrent-queries: more queries at once are refused with 503.",
+            [(NONE, self.max as i64)],
+        )
+    }
 }
 
 pub(super) async fn get_metrics(State(st): State<QueryState>) -> Response {

@@ -14,7 +14,7 @@ use paystream_topology::partition_for_key;
 use serde::Deserialize;
 
 use super::deadline::Deadline;
-use super::forward::{ALLOW_STANDBY, FORWARDED};
+use super::forward::{request_trace, ALLOW_STANDBY, FORWARDED};
 use super::metrics::role_name;
 use super::route::{Ask, Route, Served};
 use super::{percent_encode, validate_id, OrderResponse, QueryError, QueryState, MAX_WAIT};
@@ -87,6 +87,7 @@ pub(super) fn ask<'a>(
         long_poll: params.wait_for.is_some(),
         forwarded: headers.contains_key(FORWARDED),
         allow_standby: headers.contains_key(ALLOW_STANDBY),
+        trace: request_trace(headers),
     }
 }
 

@@ -17,6 +17,7 @@
 //! the moment a partition is revoked or a commit fenced, its copy answers as a standby, with
 //! its lag unknown (`-1`) until the changelog says again.
 
+use crate::telemetry::trace_context::TraceContext;
 use std::collections::HashSet;
 use std::future::Future;
 
@@ -118,6 +119,8 @@ pub struct Ask<'a> {
     pub forwarded: bool,
     /// The forwarding peer accepts a standby answer.
     pub allow_standby: bool,
+    /// The request's trace context, passed on to peers.
+    pub trace: Option<TraceContext>,
 }
 
 /// One request's routing; kept across its retries so a peer that did not answer is not asked
@@ -146,6 +149,7 @@ impl<'a> Route<'a> {
             deadline: self.ask.deadline,
             peer_timeout: self.ask.st.limits.peer_timeout,
             long_poll: self.ask.long_poll,
+            trace: self.ask.trace,
         }
     }
 

@@ -25,7 +25,7 @@ use paystream_topology::sms::{
 use serde::{Deserialize, Serialize};
 
 use super::deadline::Deadline;
-use super::forward::{forward, Forwarded, Hop, FORWARDED};
+use super::forward::{forward, request_trace, Forwarded, Hop, FORWARDED};
 use super::orders::{ask, retry_until_deadline, KeyedParams};
 use super::route::{served_as, settle_commit, Route, Served};
 use super::{percent_encode, validate_id, QueryError, QueryState};
@@ -214,6 +214,7 @@ pub(super) async fn get_alerts(
             peer_timeout: st.limits.peer_timeout,
             long_poll: false,
             fallback: false,
+            trace: request_trace(&headers),
         };
         let calls = peers.iter().map(|peer| {
             let path = &path;

@@ -6,20 +6,33 @@
 
 pub mod exposition;
 mod metrics;
+pub mod trace_context;
+pub mod traces;
 
 pub use metrics::{Metrics, QueryLabels, TallyFamily, TaskMetrics};
 
-/// Install the `tracing` subscriber: `RUST_LOG` if set, else `info` (and quieter dependencies).
+/// Install the `tracing` subscriber: `RUST_LOG` if set, else `info` (and quieter dependencies);
+/// with `traces`, also the layer that exports spans (see [`traces`]).
 /// Colours only when stderr is a terminal: logs redirected to a file stay plain text.
-pub fn init_logging() {
+pub fn init_logging(traces: Option<&traces::TraceExport>) {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,hyper=warn,reqwest=warn"));
-    // A second init (tests calling main-like code twice) is harmless: ignore the error.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Exported spans are not log lines (nor a prefix on every log line inside them).
+    let filter = match format!("{}=off", traces::SPAN_TARGET).parse() {
+        Ok(off) if traces.is_some() => filter.add_directive(off),
+        _ => filter,
+    };
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(filter);
+    // A second init (tests calling main-like code twice) is harmless: ignore the error.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces.map(traces::TraceExport::layer))
         .try_init();
 }

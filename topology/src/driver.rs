@@ -22,6 +22,10 @@
 //! Processing is synchronous: when `pipe` returns, the record has gone through the whole chain.
 //! Time is controlled: stream time follows the piped timestamps, wall-clock time moves only with
 //! [`TestDriver::advance_wall_clock`].
+//!
+//! Trace context: like the runtime, the driver carries a piped record's `traceparent` and `b3`
+//! headers onto the records it makes (sink records and dead letters), and none onto what a
+//! punctuation makes.
 
 use std::collections::BTreeMap;
 
@@ -32,7 +36,7 @@ use paystream_state::window::{InMemoryWindowStore, WindowStore};
 use paystream_state::StoreError;
 
 use crate::partitioner::partition_for_key;
-use crate::processor::{ProcessError, Record, RecordMeta, TaskIo};
+use crate::processor::{Origin, ProcessError, Record, RecordMeta, TaskIo};
 use crate::topology::{StoreKind, TaskProcessors, Topology};
 
 /// A record a processor sent to the dead-letter queue, with why and where it came from.
@@ -360,9 +364,18 @@ fn process(
     };
     task.next_offset += 1;
     let (processors, mut io) = DriverIo::of(task, &meta);
+    io.trace_headers = record
+        .headers
+        .iter()
+        .filter(|(name, _)| TRACE_HEADERS.contains(&name.as_str()))
+        .cloned()
+        .collect();
     // `process` runs the processors' `init` before the partition's first record.
     processors.process(&mut io, &meta, record, wall_clock)
 }
+
+/// The trace-context headers the runtime carries from a record onto what it makes.
+const TRACE_HEADERS: [&str; 2] = ["traceparent", "b3"];
 
 /// What one partition's processors see while a record is processed.
 struct DriverIo<'a> {
@@ -370,6 +383,10 @@ struct DriverIo<'a> {
     windows: &'a mut BTreeMap<String, TxnWindowStore<InMemoryWindowStore>>,
     uncommitted: &'a mut Uncommitted,
     meta: &'a RecordMeta,
+    /// The processed record's trace headers, carried (as the runtime does) onto what the
+    /// record makes, and not onto what a punctuation makes.
+    trace_headers: Vec<(String, Vec<u8>)>,
+    origin: Origin,
 }
 
 impl<'a> DriverIo<'a> {
@@ -387,6 +404,8 @@ impl<'a> DriverIo<'a> {
             windows,
             uncommitted,
             meta,
+            trace_headers: Vec::new(),
+            origin: Origin::Record,
         };
         (processors, io)
     }
@@ -405,7 +424,8 @@ impl TaskIo for DriverIo<'_> {
             .map(|s| s as &mut dyn WindowStore)
     }
 
-    fn send(&mut self, topic: &str, record: Record) -> Result<(), ProcessError> {
+    fn send(&mut self, topic: &str, mut record: Record) -> Result<(), ProcessError> {
+        self.carry_trace(&mut record);
         self.uncommitted.outputs.push((topic.to_owned(), record));
         Ok(())
     }
@@ -416,6 +436,8 @@ impl TaskIo for DriverIo<'_> {
         reason: &str,
         detail: &str,
     ) -> Result<(), ProcessError> {
+        let mut record = record;
+        self.carry_trace(&mut record);
         self.uncommitted.dead_letters.push(DeadLetter {
             record,
             reason: reason.to_owned(),
@@ -427,6 +449,23 @@ impl TaskIo for DriverIo<'_> {
 
     /// The driver keeps no metrics: tests read the outputs themselves.
     fn tally(&mut self, _what: crate::processor::Tally<'_>) {}
+
+    fn origin(&mut self, origin: Origin) {
+        self.origin = origin;
+    }
+}
+
+impl DriverIo<'_> {
+    fn carry_trace(&self, record: &mut Record) {
+        if self.origin != Origin::Record {
+            return;
+        }
+        for (name, value) in &self.trace_headers {
+            if !record.headers.iter().any(|(n, _)| n == name) {
+                record.headers.push((name.clone(), value.clone()));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -157,6 +157,20 @@ pub trait TaskIo {
     /// Count something a processor did, for the executor's metrics. Required, not defaulted: a
     /// wrapper that forgot to pass it on would lose the counts silently.
     fn tally(&mut self, what: Tally<'_>);
+    /// What the records sent from now on come from (see [`Origin`]): the executor carries the
+    /// trace context of the record being processed onto what a record makes, and none onto
+    /// what a punctuation makes. Required for the same reason as [`TaskIo::tally`].
+    fn origin(&mut self, origin: Origin);
+}
+
+/// What the records a task sends come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The record being processed (its outputs and dead letters belong to its trace).
+    Record,
+    /// A punctuation: outputs made from the task's state, not from the record that moved
+    /// stream time (an approval timeout belongs to no record seen now).
+    Punctuation,
 }
 
 /// How a scheduled callback is clocked (Kafka Streams' `PunctuationType`).

@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use crate::clock::TaskClock;
 use crate::processor::{
-    ProcessError, Processor, ProcessorContext, PunctuationType, Record, RecordMeta, TaskIo,
+    Origin, ProcessError, Processor, ProcessorContext, PunctuationType, Record, RecordMeta, TaskIo,
     TaskTime,
 };
 pub use crate::store_spec::{StoreKind, StoreSpec};
@@ -422,6 +422,7 @@ impl TaskProcessors {
         wall_clock: i64,
     ) -> Result<(), ProcessError> {
         self.init(io, meta, wall_clock)?;
+        io.origin(Origin::Record);
         let ts = match self.time.time_of(&mut record, wall_clock) {
             Ok(ts) => ts,
             Err(refused) => return io.dead_letter(record, refused.reason, &refused.detail),
@@ -441,7 +442,12 @@ impl TaskProcessors {
         }
         self.clock.observe(ts);
         let stream_time = self.clock.stream_time;
+        let mut origin = Origin::Record;
         while let Some(index) = self.clock.due(PunctuationType::StreamTime, stream_time) {
+            if origin == Origin::Record {
+                origin = Origin::Punctuation;
+                io.origin(origin);
+            }
             self.punctuate_node(
                 index,
                 PunctuationType::StreamTime,
@@ -465,7 +471,12 @@ impl TaskProcessors {
         if !self.initialized {
             return Ok(());
         }
+        let mut origin = Origin::Record;
         while let Some(index) = self.clock.due(PunctuationType::WallClock, now) {
+            if origin == Origin::Record {
+                origin = Origin::Punctuation;
+                io.origin(origin);
+            }
             self.punctuate_node(index, PunctuationType::WallClock, now, io, meta, now)?;
         }
         Ok(())
@@ -588,6 +599,9 @@ impl TaskIo for CountingIo<'_> {
     }
     fn tally(&mut self, what: crate::processor::Tally<'_>) {
         self.inner.tally(what);
+    }
+    fn origin(&mut self, origin: Origin) {
+        self.inner.origin(origin);
     }
 }
 

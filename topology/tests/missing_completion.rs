@@ -351,3 +351,48 @@ proptest! {
         prop_assert!(seen.is_empty(), "alerts for orders never requested: {seen:?}");
     }
 }
+
+/// Pipe `e` with a `traceparent` header naming span `span` of trace `trace`.
+fn pipe_traced(d: &mut TestDriver, e: &paystream_topology::order::OrderEvent, tp: &str) {
+    let json = serde_json::to_vec(e).unwrap();
+    let mut record = paystream_topology::processor::Record::new(e.order_id.as_bytes(), json, e.ts);
+    record
+        .headers
+        .push(("traceparent".into(), tp.as_bytes().to_vec()));
+    d.pipe_record(record).unwrap();
+}
+
+fn traceparent_of(r: &paystream_topology::processor::Record) -> Option<String> {
+    r.headers
+        .iter()
+        .find(|(n, _)| n == "traceparent")
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+}
+
+#[test]
+fn a_timeout_alert_carries_no_trace_of_the_record_that_moved_time_and_a_resolution_its_own() {
+    let mut d = approval_driver(1);
+    let request = "00-11111111111111111111111111111111-1111111111111111-01";
+    let mover = "00-22222222222222222222222222222222-2222222222222222-01";
+    let completion = "00-33333333333333333333333333333333-3333333333333333-01";
+    pipe_traced(&mut d, &ev("O-1", "r", ApprovalRequested, T0, ""), request);
+    // Another order's record moves stream time past O-1's deadline: the alert is raised by the
+    // punctuation it triggers, and is not part of that record's trace.
+    pipe_traced(
+        &mut d,
+        &ev("O-2", "m", ApprovalRequested, T0 + 5 * MIN + 11_000, ""),
+        mover,
+    );
+    let raised = d.read_output("PAYMENT.APPROVAL_TIMEOUT");
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(traceparent_of(&raised[0]), None, "{raised:?}");
+    // The completion resolves it while being processed: the resolution is in its trace.
+    pipe_traced(
+        &mut d,
+        &ev("O-1", "c", ApprovalCompleted, T0 + 5 * MIN + 12_000, ""),
+        completion,
+    );
+    let resolved = d.read_output("PAYMENT.APPROVAL_TIMEOUT");
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(traceparent_of(&resolved[0]).as_deref(), Some(completion));
+}

@@ -171,6 +171,7 @@ impl TaskIo for TxnTask {
         )))
     }
     fn tally(&mut self, _: paystream_topology::processor::Tally<'_>) {}
+    fn origin(&mut self, _: paystream_topology::processor::Origin) {}
 }
 
 impl TxnTask {
