@@ -248,14 +248,26 @@ async fn a_commit_whose_answer_was_lost_costs_no_event_and_no_second_sms() {
 async fn a_send_offsets_call_that_never_returns_is_given_up_and_costs_no_event() {
     let env = [("PAYSTREAM_FAILPOINT_HANG_SEND_OFFSETS", "3")];
     one_instance_under_a_failpoint("hungoffsets", &env, async |p: &Proc| {
-        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-        let hung = log.find("transactional call hung");
-        let replaced = hung.and_then(|at| log[at..].find("producer replaced"));
-        assert!(
-            hung.is_some() && replaced.is_some(),
-            "the call hung, was given up and the producer replaced; warnings:\n{}",
-            p.log_warnings()
-        );
+        // The input can be all committed before the hung commit is given up (the hang may hit a
+        // commit after the last records): the replacement follows the give-up, so wait for it.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let hung = log.find("transactional call hung");
+            let replaced = hung.and_then(|at| log[at..].find("producer replaced"));
+            if replaced.is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the call hung, was given up and the producer replaced; log:\n{}",
+                log.lines()
+                    .filter(|l| !l.contains(" DEBUG "))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         assert!(p.health_count("commits_unknown_outcome").await >= 1);
         assert_eq!(
             p.health_count("transactional_calls_hung").await,
