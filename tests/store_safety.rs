@@ -161,8 +161,15 @@ async fn a_long_poll_across_revoke_and_reassign_wipes_no_store_and_stops_no_inst
 
     // Revoke: a second instance takes some actives (after warming up copies of them).
     let mut b = Proc::run(&app, &topic, &work.path().join("b"), free_port(), &extra);
+    // The revoke is real only once `b` runs actives and `a` is running again without them: `a`
+    // merely rebalancing (every copy shown as a standby meanwhile) or only warming `b` up moves
+    // nothing, and the reopen below would never happen.
+    b.wait_health("b takes actives", Duration::from_secs(120), |h| {
+        h["ready"] == true && active_count(h) > 0
+    })
+    .await;
     a.wait_health("a gives partitions away", Duration::from_secs(120), |h| {
-        active_count(h) < PARTITIONS as usize
+        h["ready"] == true && active_count(h) < PARTITIONS as usize
     })
     .await;
     // Reassign: `b` leaves, `a` reopens the revoked partitions while the long-polls still
