@@ -3,6 +3,12 @@
 #
 #   deploy/kafka.sh fetch                 download Kafka's jars with Maven into the cache
 #   deploy/kafka.sh start [--brokers N]   format storage and start 1 (default) or 3 brokers
+#   deploy/kafka.sh start --secure        1 broker that also has SASL_PLAINTEXT (port BASE+2) and
+#                                         SASL_SSL (BASE+3) listeners: PLAIN, SCRAM-SHA-256 and
+#                                         SCRAM-SHA-512 for user "paystream", password
+#                                         "paystream-secret"; TLS with a CA made at start-up,
+#                                         $RUN/tls/ca.pem (certificate for 127.0.0.1 and localhost);
+#                                         SASL_PLAINTEXT sessions end after 10 s (KIP-368)
 #   deploy/kafka.sh stop                  stop every broker this script started
 #   deploy/kafka.sh kill-broker N         SIGKILL broker N (node.id N; a fault for drills)
 #   deploy/kafka.sh start-broker N        start broker N again on its existing data
@@ -159,20 +165,23 @@ start_broker() {
 }
 
 start() {
-  local n=1
+  local n=1 secure=0
   while [ $# -gt 0 ]; do
     case "$1" in
       --brokers) n="${2:?--brokers needs a number}"; shift 2 ;;
+      --secure) secure=1; shift ;;
       *) die "unknown option for start: $1" ;;
     esac
   done
   case "$n" in 1|3) ;; *) die "--brokers must be 1 or 3, got $n" ;; esac
+  [ "$secure" = 0 ] || [ "$n" = 1 ] || die "--secure starts 1 broker (its listeners use the ports of brokers 2 and 3)"
   fetch
   local cur; cur="$(running_count)"
   if [ "$cur" != 0 ]; then
-    local all=1 i
+    local all=1 i was_secure=0
     for i in $(seq 1 "$cur"); do alive "$i" || all=0; done
-    if [ "$all" = 1 ] && [ "$cur" = "$n" ]; then log "already running: $(bootstrap_of "$n")"; bootstrap_of "$n"; return 0; fi
+    [ -f "$RUN/secure" ] && was_secure=1
+    if [ "$all" = 1 ] && [ "$cur" = "$n" ] && [ "$was_secure" = "$secure" ]; then log "already running: $(bootstrap_of "$n")"; bootstrap_of "$n"; return 0; fi
     log "a different or broken cluster is up; restarting it"
     stop
   fi
@@ -190,14 +199,22 @@ start() {
   for i in $(seq 1 "$n"); do
     local d="$RUN/broker-$i" p; p="$(port_of "$i")"
     mkdir -p "$d/data"
+    local listeners="PLAINTEXT://127.0.0.1:$p,CONTROLLER://127.0.0.1:$((p + 1))"
+    local advertised="PLAINTEXT://127.0.0.1:$p" protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if [ "$secure" = 1 ]; then
+      make_tls "$RUN/tls"
+      listeners="$listeners,SASL_PLAINTEXT://127.0.0.1:$((p + 2)),SASL_SSL://127.0.0.1:$((p + 3))"
+      advertised="$advertised,SASL_PLAINTEXT://127.0.0.1:$((p + 2)),SASL_SSL://127.0.0.1:$((p + 3))"
+      protocols="$protocols,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL"
+    fi
     cat > "$d/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$p,CONTROLLER://127.0.0.1:$((p + 1))
-advertised.listeners=PLAINTEXT://127.0.0.1:$p
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$d/data
 num.partitions=1
@@ -220,14 +237,58 @@ broker.session.timeout.ms=$session_ms
 # wait for that abort. Worth setting on production brokers too (see ARCHITECTURE.md).
 transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 PROPS
-    java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$d/server.properties" >"$d/format.log" 2>&1 \
+    local scram=()
+    if [ "$secure" = 1 ]; then
+      secure_properties "$RUN/tls" >> "$d/server.properties"
+      scram=(--add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]"
+             --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
+    fi
+    java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$d/server.properties" "${scram[@]}" >"$d/format.log" 2>&1 \
       || { cat "$d/format.log" >&2; die "formatting storage of broker $i failed"; }
     launch "$i"
   done
   echo "$n" > "$RUN/brokers"
+  if [ "$secure" = 1 ]; then touch "$RUN/secure"; fi
   wait_ready "$n"
   log "started $n broker(s): $(bootstrap_of "$n") (logs under $RUN)"
   bootstrap_of "$n"
+}
+
+# The user every secure listener knows (PLAIN from the JAAS line, SCRAM from format --add-scram).
+SASL_USER=paystream
+SASL_PASSWORD=paystream-secret
+
+# A CA and a broker certificate for 127.0.0.1 and localhost, under $1 (made once per start).
+make_tls() {
+  local t=$1
+  command -v openssl >/dev/null || die "openssl not found: install it (apt-get install openssl)"
+  mkdir -p "$t"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=paystream test CA" \
+    -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$t/broker.key" -out "$t/broker.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$t/san.ext"
+  openssl x509 -req -in "$t/broker.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 30 -extfile "$t/san.ext" -out "$t/broker.pem" 2>/dev/null
+  # Kafka's PEM keystore: the (unencrypted PKCS#8) key, then the certificate chain.
+  openssl pkcs8 -topk8 -nocrypt -in "$t/broker.key" -out "$t/broker.p8"
+  cat "$t/broker.p8" "$t/broker.pem" "$t/ca.pem" > "$t/keystore.pem"
+}
+
+# Broker settings of the SASL_PLAINTEXT and SASL_SSL listeners (TLS files under $1).
+secure_properties() {
+  local t=$1 l m
+  echo "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+  # Sessions on SASL_PLAINTEXT last 10 s (KIP-368): clients must re-authenticate or reconnect.
+  echo "listener.name.sasl_plaintext.connections.max.reauth.ms=10000"
+  echo "ssl.keystore.type=PEM"
+  echo "ssl.keystore.location=$t/keystore.pem"
+  for l in sasl_plaintext sasl_ssl; do
+    echo "listener.name.$l.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER=\"$SASL_PASSWORD\";"
+    for m in scram-sha-256 scram-sha-512; do
+      echo "listener.name.$l.$m.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    done
+  done
 }
 
 stop() {
@@ -242,7 +303,7 @@ stop() {
       sleep 0.5
     done
   done
-  [ -d "$RUN" ] && echo 0 > "$RUN/brokers"
+  [ -d "$RUN" ] && echo 0 > "$RUN/brokers" && rm -f "$RUN/secure"
   log "stopped"
 }
 
@@ -264,6 +325,6 @@ case "$cmd" in
   bootstrap) status ;;
   classpath) classpath ;;
   java) java_run "$@" ;;
-  ""|-h|--help|help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+  ""|-h|--help|help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command: $cmd (try --help)" ;;
 esac

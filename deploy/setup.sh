@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deploy/setup.sh — install what building and testing paystream needs, if missing.
-#   Debian packages: libclang-dev (RocksDB's bindgen), a C/C++ toolchain, a JDK 17+ and Maven
+#   Debian packages: libclang-dev (RocksDB's bindgen), a C/C++ toolchain, libssl-dev and
+#   pkg-config (librdkafka's and paystream's TLS and SCRAM), a JDK 17+ and Maven
 #   (the real Kafka broker the tests start, and the Java producer of the partitioning test), and
 #   prometheus (its promtool checks and unit-tests deploy/prometheus/alerts.yml: tests/alert_rules.rs).
 #   Rust via rustup and Go 1.24+ (Jaeger for the tracing test: deploy/jaeger.sh) must already be
@@ -14,6 +15,10 @@ build_only=0
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || need+=(build-essential)
+# OpenSSL for librdkafka (TLS, SCRAM) and for the group-membership client's TLS and SCRAM.
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ "$build_only" = 0 ]; then
   command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
   command -v mvn >/dev/null 2>&1 || need+=(maven)

@@ -25,7 +25,7 @@ mod query;
 mod telemetry;
 mod windowed;
 
-pub use kafka::KafkaArgs;
+pub use kafka::{KafkaArgs, KafkaSettings};
 pub use membership::MembershipArgs;
 use membership::MembershipFile;
 pub use memory::{DEFAULT_HEAP_TRIM_INTERVAL_MS, DEFAULT_STATE_MEMORY_MB};
@@ -272,8 +272,9 @@ pub struct RunSettings {
     pub query: QuerySettings,
     /// Where traces go (off by default).
     pub telemetry: TelemetrySettings,
-    /// librdkafka properties added to every Kafka client (`--kafka-property`).
-    pub kafka_properties: Vec<(String, String)>,
+    /// librdkafka properties added to every Kafka client (`--kafka-property`), and the TLS and
+    /// SASL they ask of paystream's own broker connections.
+    pub kafka: KafkaSettings,
 }
 
 /// Default Kafka bootstrap address (a local broker).
@@ -499,7 +500,7 @@ impl RunArgs {
             shipped,
             query,
             telemetry: self.telemetry.build(file.otlp_endpoint.clone())?,
-            kafka_properties: self.kafka.build(file.kafka_properties.clone())?,
+            kafka: self.kafka.build(file.kafka_properties.clone())?,
         })
     }
 }

@@ -318,6 +318,7 @@ async fn start_cluster(
     let heartbeat = (settings.session_timeout / 5).min(std::time::Duration::from_secs(1));
     membership.heartbeat_interval = heartbeat;
     membership.group_instance_id = settings.group_instance_id.clone();
+    membership.security = settings.kafka.security.clone();
     let member = GroupMember::connect(membership).await?;
     let mut assignor = GroupAssignor::new(p.partitions, settings.standby_replicas);
     assignor.acceptable_recovery_lag = settings.acceptable_recovery_lag;
@@ -351,7 +352,7 @@ impl Instance {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), RunError> {
-        crate::kafka::client::set_user_properties(&settings.kafka_properties);
+        crate::kafka::client::set_user_properties(&settings.kafka.properties);
         let p = prepare(&settings).await?;
         crate::heap_trim::start(settings.heap_trim_interval, shutdown.clone());
         let shared = Shared::new(&settings, &p);

@@ -6,12 +6,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use paystream_topology::partitioner::partition_for_key;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 
 const PARTITIONS: i32 = 12;
 const MARKER: &str = "left-by-the-test";
@@ -32,30 +30,7 @@ fn one_order_per_partition() -> BTreeMap<i32, String> {
 }
 
 async fn send_events(topic: &str, orders: &BTreeMap<i32, String>, kind: &str) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("partitioner", "murmur2_random")
-        .create()
-        .unwrap();
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    for id in orders.values() {
-        let value = serde_json::json!({
-            "order_id": id, "event_id": format!("{id}-{kind}"), "type": kind,
-            "amount": 12000, "currency": "KRW", "member_id": "M-1",
-            "phone": "+821012345678", "ts": ts,
-        })
-        .to_string();
-        producer
-            .send(
-                FutureRecord::to(topic).key(id.as_str()).payload(&value),
-                Duration::from_secs(30),
-            )
-            .await
-            .expect("delivery");
-    }
+    common::send_order_events(&bootstrap(), topic, orders.values(), kind).await;
 }
 
 /// Every store directory of the instance whose state dir is `state`.

@@ -144,6 +144,8 @@ struct ProduceArgs {
     /// Write the expected final view of every order (JSON lines) to this file.
     #[arg(long, value_name = "FILE")]
     model_out: Option<PathBuf>,
+    #[command(flatten)]
+    kafka: paystream::config::KafkaArgs,
 }
 
 #[derive(clap::Args)]
@@ -191,6 +193,13 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => run(*args),
         Command::Produce(a) => {
+            match a.kafka.build(None) {
+                Ok(k) => paystream::kafka::client::set_user_properties(&k.properties),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             let opts = ProduceOptions {
                 bootstrap_servers: a.bootstrap_servers,
                 topic: a.topic,

@@ -4,14 +4,25 @@
 //! They are librdkafka properties (its CONFIGURATION.md names them), applied after paystream's
 //! own settings, so tuning and site settings (`client.rack`, `socket.keepalive.enable`,
 //! `compression.type`, ...) win. Keys whose value paystream's guarantees rest on are refused at
-//! start-up, naming the key; so are security settings the group-membership client cannot honour
-//! yet (it speaks PLAINTEXT only: TLS and SASL for it are still to be built).
+//! start-up, naming the key. Security settings (`security.protocol`, `sasl.*`, `ssl.*`) secure
+//! paystream's own group-membership connections too ([`BrokerSecurity`]); what that client cannot
+//! honour (GSSAPI, OAUTHBEARER, inline PEMs, keystores) is refused at start-up, naming the key.
 
 use std::collections::BTreeMap;
 
 use clap::Args;
 
 use super::{invalid, ConfigError};
+use crate::coordination::security::BrokerSecurity;
+
+/// The validated properties, and the security they ask of every broker connection.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSettings {
+    /// For librdkafka, in key order.
+    pub properties: Vec<(String, String)>,
+    /// For paystream's own group-membership client.
+    pub security: BrokerSecurity,
+}
 
 /// Keys paystream sets itself because exactly-once, partitioning or the group depend on them.
 const OWNED: [(&str, &str); 10] = [
@@ -48,19 +59,21 @@ pub struct KafkaArgs {
     /// A librdkafka client property for every Kafka client paystream makes (producers, source
     /// and restore consumers, admin), applied over paystream's own settings. Repeatable; also a
     /// `[kafka-properties]` table in the config file (flags win). Keys paystream's guarantees
-    /// depend on (group.id, transactional.id, isolation.level, partitioner, ...) are refused, and
-    /// so, for now, is any security.protocol but PLAINTEXT (the group-membership client has no
-    /// TLS or SASL yet). Example: --kafka-property client.rack=az1
+    /// depend on (group.id, transactional.id, isolation.level, partitioner, ...) are refused.
+    /// security.protocol, sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), sasl.username,
+    /// sasl.password and ssl.ca.location / ssl.certificate.location / ssl.key.location secure the
+    /// group-membership connections as well. Examples: --kafka-property client.rack=az1,
+    /// --kafka-property security.protocol=SASL_SSL --kafka-property sasl.mechanism=SCRAM-SHA-512
     #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
     pub kafka_property: Vec<String>,
 }
 
 impl KafkaArgs {
-    /// The properties of the flags over those of the file's table, validated.
-    pub(super) fn build(
+    /// The properties of the flags over those of the file's table (if any), validated.
+    pub fn build(
         &self,
         file: Option<BTreeMap<String, toml::Value>>,
-    ) -> Result<Vec<(String, String)>, ConfigError> {
+    ) -> Result<KafkaSettings, ConfigError> {
         let mut props: BTreeMap<String, String> = BTreeMap::new();
         for (key, value) in file.unwrap_or_default() {
             let value = match value {
@@ -83,14 +96,24 @@ impl KafkaArgs {
                 .ok_or_else(|| invalid("kafka-property", format!("{raw:?} is not KEY=VALUE")))?;
             props.insert(key.trim().to_owned(), value.to_owned());
         }
-        for (key, value) in &props {
-            check(key, value)?;
+        for key in props.keys() {
+            check(key)?;
         }
-        Ok(props.into_iter().collect())
+        let security = BrokerSecurity::from_properties(&props)
+            .map_err(|e| invalid("kafka-property", e.to_string()))?;
+        if let Some(tls) = &security.tls {
+            // Read the CA, certificate and key now: a wrong path fails start-up, not a rebalance.
+            tls.connector()
+                .map_err(|e| invalid("kafka-property", e.to_string()))?;
+        }
+        Ok(KafkaSettings {
+            properties: props.into_iter().collect(),
+            security,
+        })
     }
 }
 
-fn check(key: &str, value: &str) -> Result<(), ConfigError> {
+fn check(key: &str) -> Result<(), ConfigError> {
     let name = "kafka-property";
     let valid = !key.is_empty()
         && key
@@ -105,15 +128,6 @@ fn check(key: &str, value: &str) -> Result<(), ConfigError> {
     if let Some((_, why)) = OWNED.iter().find(|(k, _)| *k == key) {
         return Err(invalid(name, format!("{key} is set by paystream: {why}")));
     }
-    if key == "security.protocol" && !value.eq_ignore_ascii_case("plaintext") {
-        return Err(invalid(
-            name,
-            format!(
-                "security.protocol={value}: paystream's group-membership client speaks \
-                 PLAINTEXT only so far (no TLS or SASL yet)"
-            ),
-        ));
-    }
     Ok(())
 }
 
@@ -127,7 +141,9 @@ mod tests {
         };
         let table: Option<BTreeMap<String, toml::Value>> =
             (!file.is_empty()).then(|| toml::from_str(file).unwrap());
-        args.build(table).map_err(|e| e.to_string())
+        args.build(table)
+            .map(|k| k.properties)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -156,7 +172,8 @@ mod tests {
             ("partitioner=consistent", "murmur2"),
             ("Client.Rack=a", "not a librdkafka property name"),
             ("no-equals", "not KEY=VALUE"),
-            ("security.protocol=SASL_SSL", "PLAINTEXT only"),
+            ("security.protocol=SASL_SSL", "sasl.mechanism"),
+            ("security.protocol=tls", "security.protocol"),
         ] {
             let e = build(&[flag], "").unwrap_err();
             assert!(
@@ -165,6 +182,15 @@ mod tests {
             );
         }
         assert!(build(&["security.protocol=plaintext"], "").is_ok());
+        let e = build(
+            &[
+                "security.protocol=ssl",
+                "ssl.ca.location=/nonexistent/ca.pem",
+            ],
+            "",
+        )
+        .unwrap_err();
+        assert!(e.contains("ssl.ca.location: /nonexistent/ca.pem"), "{e}");
         let e = build(&[], "\"x.y\" = [1]\n").unwrap_err();
         assert!(e.contains("kafka-properties"), "{e}");
     }

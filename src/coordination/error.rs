@@ -67,6 +67,12 @@ pub enum MembershipError {
         code: i16,
         reason: String,
     },
+    /// The broker refused our credentials or SASL mechanism: retrying cannot help.
+    #[error("authentication with {addr} failed: {message}")]
+    Authentication { addr: String, message: String },
+    /// TLS could not be set up or the broker's certificate was refused.
+    #[error("TLS with {addr} failed: {message}")]
+    Tls { addr: String, message: String },
     #[error("timed out after {after:?}: {what}")]
     Timeout { what: String, after: Duration },
     #[error("invalid membership configuration: {0}")]
@@ -106,6 +112,15 @@ impl MembershipError {
         }
     }
 
+    /// The broker refused our credentials or certificate: another attempt (or bootstrap
+    /// server) would be refused alike, so start-up stops with it rather than retrying.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            MembershipError::Authentication { .. } | MembershipError::Tls { .. }
+        )
+    }
+
     /// The connection this error came from cannot be trusted any more.
     pub(super) fn breaks_connection(&self) -> bool {
         matches!(
@@ -113,6 +128,8 @@ impl MembershipError {
             MembershipError::Io { .. }
                 | MembershipError::Timeout { .. }
                 | MembershipError::Protocol { .. }
+                | MembershipError::Authentication { .. }
+                | MembershipError::Tls { .. }
         )
     }
 }

@@ -11,6 +11,9 @@
 //! - [`leader`]: the leader-side adapter from JoinGroup members to [`assignor::assign`].
 //! - [`eviction`]: pure: which members the leader removes before their session times out, from
 //!   probes of their query endpoints.
+//! - [`security`]: TLS and SASL settings of the broker connections, from librdkafka's property
+//!   names; [`scram`] the pure SCRAM client; `transport` the TCP or TLS stream; `wire` the framed
+//!   requests (and the SASL exchange) over it.
 
 pub mod assignor;
 mod error;
@@ -18,4 +21,7 @@ pub mod eviction;
 pub mod leader;
 pub mod membership;
 pub mod protocol;
+pub mod scram;
+pub mod security;
+mod transport;
 mod wire;

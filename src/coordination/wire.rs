@@ -1,12 +1,15 @@
 //! One TCP connection to one Kafka broker for the classic group protocol: size-prefixed frames
 //! (`i32` big-endian length, request header, body), correlation ids, and `ApiVersions`
-//! negotiation. One request is in flight at a time; every wait is bounded by a timeout.
+//! negotiation; over TLS and authenticated with SASL when [`BrokerSecurity`] asks
+//! ([`super::transport`] opens the stream, [`Connection::authenticate`] speaks SASL). One request
+//! is in flight at a time; every wait is bounded by a timeout.
 //!
 //! A connection whose request timed out, failed half-way or was cancelled (the caller's future
 //! was dropped between writing the request and reading the response) is *poisoned*: the next
 //! response on the socket would belong to the old request, so the connection must be dropped and
-//! a new one opened. [`Connection::is_usable`] tells; the membership client checks it before every
-//! request.
+//! a new one opened. So is one whose SASL session (KIP-368) is about to end: the broker would
+//! close it at the next request. [`Connection::unusable_because`] tells; the membership client
+//! checks it before every request.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,13 +18,16 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
+use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::{
     Decodable, Encodable, HeaderVersion, Message, Request, StrBytes, VersionRange,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::error::MembershipError;
+use super::scram::ScramClient;
+use super::security::{BrokerSecurity, SaslMechanism, SaslSettings};
+use super::transport::{self, BrokerStream};
 
 /// Largest response frame accepted; group responses are small, so anything bigger is garbage.
 const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -31,13 +37,22 @@ const UNSUPPORTED_VERSION: i16 = 35;
 
 pub(crate) struct Connection {
     addr: String,
-    stream: TcpStream,
+    stream: BrokerStream,
     client_id: StrBytes,
     next_correlation_id: i32,
     /// A request was written and its response was not (completely) read.
     in_flight: bool,
     /// Broker-supported version range per API key.
     versions: HashMap<i16, (i16, i16)>,
+    /// Requests answered so far (0 during `ApiVersions`).
+    answered: u64,
+    /// What `security` asked for: TLS, SASL.
+    tls: bool,
+    sasl: bool,
+    /// When the broker's SASL session (KIP-368, `connections.max.reauth.ms`) is close enough to
+    /// its end that the connection is replaced rather than used: after it, the broker closes
+    /// the connection at the next request.
+    reauthenticate_at: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -50,31 +65,16 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Opens a TCP connection to `addr` (`HOST:PORT`) and negotiates API versions.
+    /// Opens a connection to `addr` (`HOST:PORT`): TCP, TLS when `security` asks, API
+    /// versions, then SASL when `security` asks (Kafka answers `ApiVersions` before
+    /// authentication, so the SASL requests' versions are negotiated too).
     pub(crate) async fn connect(
         addr: &str,
         client_id: &str,
+        security: &BrokerSecurity,
         timeout: Duration,
     ) -> Result<Self, MembershipError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => {
-                return Err(MembershipError::Io {
-                    addr: addr.to_string(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(MembershipError::Timeout {
-                    what: format!("tcp connect to {addr}"),
-                    after: timeout,
-                })
-            }
-        };
-        // Latency matters more than throughput for these small request/response exchanges.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%addr, %error, "could not set tcp_nodelay");
-        }
+        let stream = transport::open(addr, security.tls.as_ref(), timeout).await?;
         let mut conn = Connection {
             addr: addr.to_string(),
             stream,
@@ -82,19 +82,119 @@ impl Connection {
             next_correlation_id: 1,
             in_flight: false,
             versions: HashMap::new(),
+            answered: 0,
+            tls: security.tls.is_some(),
+            sasl: security.sasl.is_some(),
+            reauthenticate_at: None,
         };
         conn.negotiate_versions(timeout).await?;
-        tracing::debug!(%addr, apis = conn.versions.len(), "connected to broker");
+        if let Some(sasl) = &security.sasl {
+            conn.authenticate(sasl, timeout).await?;
+        }
+        tracing::debug!(%addr, apis = conn.versions.len(), tls = security.tls.is_some(), sasl = ?security.sasl.as_ref().map(|s| s.mechanism.name()), "connected to broker");
         Ok(conn)
+    }
+
+    /// SASL: `SaslHandshake` names the mechanism, then `SaslAuthenticate` carries its messages
+    /// (KIP-152). A refusal is an [`MembershipError::Authentication`]: retrying cannot help.
+    async fn authenticate(
+        &mut self,
+        sasl: &SaslSettings,
+        timeout: Duration,
+    ) -> Result<(), MembershipError> {
+        let mechanism = sasl.mechanism.name();
+        let version = self.version_of::<SaslHandshakeRequest>()?;
+        if version < 1 {
+            return Err(self.protocol("broker lacks SaslHandshake v1 (Kafka 1.0+)"));
+        }
+        let mut req = SaslHandshakeRequest::default();
+        req.mechanism = StrBytes::from_static_str(mechanism);
+        let resp = self.request(&req, version, timeout).await?;
+        if resp.error_code != 0 {
+            let enabled: Vec<&str> = resp.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(self.auth(format!(
+                "SASL mechanism {mechanism} refused (error code {}); the broker's listener \
+                 enables {enabled:?}",
+                resp.error_code
+            )));
+        }
+        let lifetime_ms = match sasl.mechanism {
+            SaslMechanism::Plain => {
+                let token = format!("\0{}\0{}", sasl.username, sasl.password);
+                self.sasl_round(token.into_bytes(), timeout).await?.1
+            }
+            SaslMechanism::Scram(hash) => {
+                let client = ScramClient::new(hash, &sasl.username, &sasl.password)
+                    .map_err(|e| self.auth(e.to_string()))?;
+                let (server_first, _) = self
+                    .sasl_round(client.first_message().into_bytes(), timeout)
+                    .await?;
+                let (client_final, last) = client
+                    .answer(&server_first)
+                    .map_err(|e| self.auth(format!("{mechanism}: {e}")))?;
+                let (server_final, lifetime_ms) =
+                    self.sasl_round(client_final.into_bytes(), timeout).await?;
+                last.verify(&server_final)
+                    .map_err(|e| self.auth(format!("{mechanism}: {e}")))?;
+                lifetime_ms
+            }
+        };
+        // Replaced at 85% of the session (as Kafka's Java client re-authenticates between 85%
+        // and 95%), so no request reaches the broker after the session ended.
+        self.reauthenticate_at = u64::try_from(lifetime_ms)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms * 85 / 100));
+        tracing::debug!(addr = %self.addr, %mechanism, user = %sasl.username, session_lifetime_ms = lifetime_ms, "authenticated");
+        Ok(())
+    }
+
+    /// One `SaslAuthenticate` exchange: our bytes out, the broker's back (and the session
+    /// lifetime it grants, 0 for none: v1+).
+    async fn sasl_round(
+        &mut self,
+        auth_bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(Bytes, i64), MembershipError> {
+        let version = self.version_of::<SaslAuthenticateRequest>()?;
+        let mut req = SaslAuthenticateRequest::default();
+        req.auth_bytes = Bytes::from(auth_bytes);
+        let resp = self.request(&req, version, timeout).await?;
+        if resp.error_code != 0 {
+            let message = resp.error_message.as_deref().unwrap_or("").to_owned();
+            return Err(self.auth(format!(
+                "{} (error code {}): {message}",
+                super::error::error_name(resp.error_code),
+                resp.error_code
+            )));
+        }
+        Ok((resp.auth_bytes, resp.session_lifetime_ms))
+    }
+
+    fn auth(&self, message: String) -> MembershipError {
+        MembershipError::Authentication {
+            addr: self.addr.clone(),
+            message,
+        }
     }
 
     pub(crate) fn addr(&self) -> &str {
         &self.addr
     }
 
-    /// False once a request on this connection failed half-way or was cancelled.
-    pub(crate) fn is_usable(&self) -> bool {
-        !self.in_flight
+    /// Why this connection must not be used any more: a request on it failed half-way or was
+    /// cancelled, or its SASL session is about to end (a new connection authenticates afresh).
+    pub(crate) fn unusable_because(&self) -> Option<&'static str> {
+        if self.in_flight {
+            Some("a request was abandoned on it")
+        } else if self
+            .reauthenticate_at
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+        {
+            Some("its SASL session is about to end")
+        } else {
+            None
+        }
     }
 
     async fn negotiate_versions(&mut self, timeout: Duration) -> Result<(), MembershipError> {
@@ -224,11 +324,17 @@ impl Connection {
         let response_header_version = <R::Response as HeaderVersion>::header_version(version);
         self.in_flight = true;
         let addr = self.addr.clone();
+        let hint = self.closed_hint();
         let stream = &mut self.stream;
         let exchange = async {
-            let io = |source| MembershipError::Io {
+            let io = |source: std::io::Error| MembershipError::Io {
                 addr: addr.clone(),
-                source,
+                source: match (source.kind(), hint) {
+                    (std::io::ErrorKind::UnexpectedEof, Some(hint)) => {
+                        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, hint)
+                    }
+                    _ => source,
+                },
             };
             stream.write_all(&frame).await.map_err(io)?;
             stream.flush().await.map_err(io)?;
@@ -263,7 +369,25 @@ impl Connection {
             )));
         }
         self.in_flight = false;
+        self.answered += 1;
         Ok(body)
+    }
+
+    /// Why a broker may close a fresh, unauthenticated connection: the usual cause is a listener
+    /// that needs TLS (it closes at the first bytes) or SASL (after `ApiVersions`).
+    fn closed_hint(&self) -> Option<&'static str> {
+        match (self.tls, self.sasl, self.answered) {
+            (false, _, 0) => Some(
+                "the broker closed the connection at the first request: if this listener \
+                 needs TLS, set security.protocol=SSL or SASL_SSL (--kafka-property)",
+            ),
+            (_, false, 1) => Some(
+                "the broker closed the connection after ApiVersions: if this listener needs \
+                 SASL, set security.protocol=SASL_PLAINTEXT or SASL_SSL and sasl.* \
+                 (--kafka-property)",
+            ),
+            _ => None,
+        }
     }
 
     fn protocol(&self, message: impl Into<String>) -> MembershipError {
@@ -291,6 +415,8 @@ pub(crate) fn api_name(key: i16) -> &'static str {
         Ok(ApiKey::LeaveGroup) => "LeaveGroup",
         Ok(ApiKey::OffsetCommit) => "OffsetCommit",
         Ok(ApiKey::OffsetFetch) => "OffsetFetch",
+        Ok(ApiKey::SaslHandshake) => "SaslHandshake",
+        Ok(ApiKey::SaslAuthenticate) => "SaslAuthenticate",
         _ => "request",
     }
 }

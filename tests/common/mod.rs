@@ -185,6 +185,19 @@ impl Proc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Proc {
+        Proc::run_at(&bootstrap(), app_id, topic, state_dir, port, extra, env)
+    }
+
+    /// [`Proc::run_with_env`] against another cluster than the suite's broker.
+    pub fn run_at(
+        bootstrap: &str,
+        app_id: &str,
+        topic: &str,
+        state_dir: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let http = format!("127.0.0.1:{port}");
         let log = state_dir.with_extension(format!("{port}.log"));
         let file = std::fs::File::create(&log).expect("log file");
@@ -204,7 +217,7 @@ impl Proc {
             .args([
                 "run",
                 "--bootstrap-servers",
-                &bootstrap(),
+                bootstrap,
                 "--application-id",
                 app_id,
                 "--input-topic",
@@ -737,5 +750,41 @@ pub async fn wait_cluster_stable(procs: &mut [&mut Proc]) -> i64 {
             procs[0].log_tail()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes one `kind` event for each order id to `topic` at `bootstrap` (keyed by the id and
+/// partitioned like Java's producer), all with the current time.
+pub async fn send_order_events<'a>(
+    bootstrap: &str,
+    topic: &str,
+    ids: impl IntoIterator<Item = &'a String>,
+    kind: &str,
+) {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer");
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    for id in ids {
+        let value = serde_json::json!({
+            "order_id": id, "event_id": format!("{id}-{kind}"), "type": kind,
+            "amount": 12000, "currency": "KRW", "member_id": "M-1",
+            "phone": "+821012345678", "ts": ts,
+        })
+        .to_string();
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topic)
+                    .key(id.as_str())
+                    .payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("delivery");
     }
 }

@@ -83,8 +83,8 @@ impl GroupMember {
         &mut self,
         deadline: Instant,
     ) -> Result<&mut Connection, MembershipError> {
-        if self.coordinator.as_ref().is_some_and(|c| !c.is_usable()) {
-            tracing::debug!(group = %self.config.group_id, "dropping a coordinator connection with an abandoned request");
+        if let Some(why) = self.coordinator.as_ref().and_then(|c| c.unusable_because()) {
+            tracing::debug!(group = %self.config.group_id, why, "replacing the coordinator connection");
             self.coordinator = None;
         }
         if self.coordinator.is_none() {
@@ -108,7 +108,7 @@ impl GroupMember {
                 let addr = self.config.bootstrap[self.bootstrap_cursor % n].clone();
                 match self.find_coordinator_via(&addr, deadline).await {
                     Ok(conn) => return Ok(conn),
-                    Err(e) if e.is_retriable() || e.breaks_connection() => {
+                    Err(e) if (e.is_retriable() || e.breaks_connection()) && !e.is_refusal() => {
                         tracing::debug!(group = %self.config.group_id, bootstrap = %addr, error = %e, "coordinator lookup failed");
                         last_error = Some(e);
                         self.bootstrap_cursor = self.bootstrap_cursor.wrapping_add(1);
@@ -131,7 +131,13 @@ impl GroupMember {
         deadline: Instant,
     ) -> Result<Connection, MembershipError> {
         let timeout = bounded(self.config.request_timeout, deadline);
-        let mut conn = Connection::connect(bootstrap, &self.config.client_id, timeout).await?;
+        let mut conn = Connection::connect(
+            bootstrap,
+            &self.config.client_id,
+            &self.config.security,
+            timeout,
+        )
+        .await?;
         let version = conn.version_of::<FindCoordinatorRequest>()?;
         let key = StrBytes::from_string(self.config.group_id.clone());
         let mut req = FindCoordinatorRequest::default();
@@ -184,6 +190,7 @@ impl GroupMember {
         Connection::connect(
             &addr,
             &self.config.client_id,
+            &self.config.security,
             bounded(self.config.request_timeout, deadline),
         )
         .await

@@ -74,6 +74,8 @@ pub struct MembershipConfig {
     pub request_timeout: Duration,
     /// Bound on one whole [`GroupMember::join`] call, retries included. Default 2 × rebalance timeout.
     pub join_timeout: Duration,
+    /// TLS and SASL of every broker connection. Default PLAINTEXT.
+    pub security: crate::coordination::security::BrokerSecurity,
 }
 
 impl MembershipConfig {
@@ -96,6 +98,7 @@ impl MembershipConfig {
             protocol_name: "paystream".to_string(),
             request_timeout: Duration::from_secs(10),
             join_timeout: rebalance_timeout * 2,
+            security: Default::default(),
         }
     }
 }
