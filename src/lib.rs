@@ -24,6 +24,8 @@
 //! - [`demo`]: `paystream demo`, on librdkafka's mock cluster.
 //! - [`drill`]: `paystream drill`, failover rehearsals on a cluster of child processes.
 //! - [`bench`]: `paystream bench`, the measurements behind BENCHMARKS.md.
+//! - [`delivery`]: SMS delivery's decision logic (commit position of out-of-order completions,
+//!   circuit breaker, retry routing); pure, not wired into a command yet.
 //! - [`telemetry`]: logging set-up and typed metric events.
 //! - [`heap_trim`]: gives the C heap's (librdkafka's, RocksDB's) freed pages back to the system.
 //!
@@ -35,6 +37,7 @@ pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod coordination;
+pub mod delivery;
 pub mod demo;
 pub mod drill;
 pub mod engine;

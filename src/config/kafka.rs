@@ -15,13 +15,33 @@ use clap::Args;
 use super::{invalid, ConfigError};
 use crate::coordination::security::BrokerSecurity;
 
-/// The validated properties, and the security they ask of every broker connection.
-#[derive(Debug, Clone, Default)]
+/// The validated properties, and the security they ask of every broker connection. `Debug`
+/// hides secret values (passwords, keys).
+#[derive(Clone, Default)]
 pub struct KafkaSettings {
     /// For librdkafka, in key order.
     pub properties: Vec<(String, String)>,
     /// For paystream's own group-membership client.
     pub security: BrokerSecurity,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<(&str, &str)> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let secret = ["password", "secret", "jaas", ".pem"]
+                    .iter()
+                    .any(|s| k.contains(s));
+                (k.as_str(), if secret { "<hidden>" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("properties", &shown)
+            .field("security", &self.security)
+            .finish()
+    }
 }
 
 /// Keys paystream sets itself because exactly-once, partitioning or the group depend on them.
@@ -191,6 +211,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("ssl.ca.location: /nonexistent/ca.pem"), "{e}");
+        let args = KafkaArgs {
+            kafka_property: vec!["sasl.password=hunter2".into(), "client.rack=az1".into()],
+        };
+        let shown = format!("{:?}", args.build(None).unwrap());
+        assert!(
+            !shown.contains("hunter2") && shown.contains("az1"),
+            "{shown}"
+        );
         let e = build(&[], "\"x.y\" = [1]\n").unwrap_err();
         assert!(e.contains("kafka-properties"), "{e}");
     }
