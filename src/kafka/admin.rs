@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::client::{admin_config, restore_consumer_config};
@@ -60,9 +60,42 @@ pub fn partition_counts(
         .collect()
 }
 
-fn metadata_client(bootstrap: &str) -> Result<BaseConsumer, KafkaError> {
+/// The metadata client's context. librdkafka reports a refused password or certificate only
+/// through the error callback (the metadata call itself sees "all brokers down"): this keeps the
+/// first refusal, so a metadata read stops on it at once, saying so, instead of retrying an
+/// unreachable broker until [`METADATA_DEADLINE`].
+#[derive(Default)]
+struct RefusalWatch {
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+impl RefusalWatch {
+    fn refusal(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+impl ClientContext for RefusalWatch {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
+        ) {
+            if let Ok(mut refused) = self.refused.lock() {
+                refused.get_or_insert_with(|| reason.to_owned());
+            }
+        }
+        tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for RefusalWatch {}
+
+type MetadataClient = BaseConsumer<RefusalWatch>;
+
+fn metadata_client(bootstrap: &str) -> Result<MetadataClient, KafkaError> {
     restore_consumer_config(bootstrap, "paystream-metadata")
-        .create()
+        .create_with_context(RefusalWatch::default())
         .map_err(KafkaError::client("metadata"))
 }
 
@@ -85,7 +118,7 @@ fn is_unreachable(e: &rdkafka::error::KafkaError) -> bool {
 }
 
 fn count_with(
-    consumer: &BaseConsumer,
+    consumer: &MetadataClient,
     topic: &str,
     deadline: Instant,
 ) -> Result<Option<i32>, KafkaError> {
@@ -93,7 +126,15 @@ fn count_with(
         // Each request waits at most until the deadline (and at least a moment).
         let left = deadline.saturating_duration_since(Instant::now());
         let timeout = METADATA_TIMEOUT.min(left).max(METADATA_RETRY_BACKOFF);
-        match consumer.fetch_metadata(Some(topic), timeout) {
+        let result = consumer.fetch_metadata(Some(topic), timeout);
+        if result.is_err() {
+            // Serve librdkafka's queued error events (this client is never polled otherwise).
+            let _ = consumer.poll(Duration::ZERO);
+            if let Some(reason) = consumer.context().refusal() {
+                return Err(KafkaError::Refused { reason });
+            }
+        }
+        match result {
             Ok(md) => break md,
             Err(e) if is_unreachable(&e) && Instant::now() + METADATA_RETRY_BACKOFF < deadline => {
                 tracing::warn!(topic, error = %e, "broker did not answer a metadata request; retrying");

@@ -30,6 +30,10 @@ pub enum KafkaError {
     TooLarge { topic: String, bytes: usize },
     #[error("timed out after {seconds} s waiting for {what}")]
     Timeout { what: String, seconds: u64 },
+    /// The broker refused the credentials or the certificate (`--kafka-property` security
+    /// settings): asking again cannot help.
+    #[error("the broker refused the connection's credentials or certificate: {reason}")]
+    Refused { reason: String },
 }
 
 impl KafkaError {
