@@ -15,6 +15,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// up yet) before the caller sees the error: Kafka clients' `default.api.timeout.ms`.
 pub const METADATA_DEADLINE: Duration = Duration::from_secs(60);
 const METADATA_RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// Events served after a failed metadata read, looking for a refusal (an empty queue answers
+/// at once, so this bounds the work, not the time).
+const MAX_EVENTS_SERVED: usize = 256;
 
 /// A topic paystream needs, with the settings it should be created with.
 #[derive(Debug, Clone)]
@@ -128,10 +131,13 @@ fn count_with(
         let timeout = METADATA_TIMEOUT.min(left).max(METADATA_RETRY_BACKOFF);
         let result = consumer.fetch_metadata(Some(topic), timeout);
         if result.is_err() {
-            // Serve librdkafka's queued error events (this client is never polled otherwise).
-            let _ = consumer.poll(Duration::ZERO);
-            if let Some(reason) = consumer.context().refusal() {
-                return Err(KafkaError::Refused { reason });
+            // Serve librdkafka's queued events (this client is never polled otherwise): each
+            // poll serves one (a log line or an error), and the refusal may sit behind others.
+            for _ in 0..MAX_EVENTS_SERVED {
+                let _ = consumer.poll(Duration::ZERO);
+                if let Some(reason) = consumer.context().refusal() {
+                    return Err(KafkaError::Refused { reason });
+                }
             }
         }
         match result {
