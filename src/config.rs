@@ -18,6 +18,7 @@ use paystream_topology::ShippedTopologies;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod delivery;
 mod kafka;
 mod membership;
 mod memory;
@@ -25,6 +26,7 @@ mod query;
 mod telemetry;
 mod windowed;
 
+pub use delivery::{DeliverArgs, DeliverSettings};
 pub use kafka::{KafkaArgs, KafkaSettings};
 pub use membership::MembershipArgs;
 use membership::MembershipFile;

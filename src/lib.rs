@@ -24,8 +24,8 @@
 //! - [`demo`]: `paystream demo`, on librdkafka's mock cluster.
 //! - [`drill`]: `paystream drill`, failover rehearsals on a cluster of child processes.
 //! - [`bench`]: `paystream bench`, the measurements behind BENCHMARKS.md.
-//! - [`delivery`]: SMS delivery's decision logic (commit position of out-of-order completions,
-//!   circuit breaker, retry routing); pure, not wired into a command yet.
+//! - [`delivery`]: `paystream deliver`: SEND_SMS to an HTTP gateway with adjustable permits,
+//!   pause-based back-pressure, retry topics, a DLQ and a circuit breaker.
 //! - [`telemetry`]: logging set-up and typed metric events.
 //! - [`heap_trim`]: gives the C heap's (librdkafka's, RocksDB's) freed pages back to the system.
 //!

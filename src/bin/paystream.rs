@@ -59,6 +59,22 @@ enum Command {
     Bench(BenchArgs),
     // Its help (with examples) is DrillArgs' own doc comment.
     Drill(Box<paystream::drill::args::DrillArgs>),
+    /// Deliver SEND_SMS requests to an SMS gateway, with back-pressure and retries.
+    ///
+    /// POSTs each request to --sms-gateway-url (JSON body, `Idempotency-Key: <event id>`) with at
+    /// most --permits calls in flight; a slow gateway makes lag grow, not memory (partitions are
+    /// paused). Failures go through `<topic>.RETRY.<n>` topics (--retry-delays) and finally to
+    /// `<topic>.DLQ` with the reason in a header; 4xx answers go to the DLQ at once. After
+    /// --circuit-failures failures in a row the circuit opens: SMS go to the first retry topic
+    /// uncalled until a probe call succeeds. Offsets are committed only past SMS that were
+    /// delivered or written on, so none is lost; after a crash the gateway may see an SMS
+    /// again, with the same idempotency key.
+    ///
+    /// Example: paystream deliver --bootstrap-servers 127.0.0.1:19092 --sms-gateway-url
+    /// http://127.0.0.1:8000/send --permits 16 --admin-token-file token.txt, then
+    /// curl -X PUT -H "Authorization: Bearer $(cat token.txt)" 127.0.0.1:8090/admin/permits
+    /// -d '{"permits": 32}'
+    Deliver(Box<paystream::config::DeliverArgs>),
 }
 
 #[derive(clap::Args)]
@@ -236,6 +252,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Drill(a) => drill(*a),
+        Command::Deliver(a) => deliver(*a),
         Command::Bench(a) => {
             let opts = paystream::bench::BenchOptions {
                 bootstrap_servers: a.bootstrap_servers,
@@ -333,6 +350,46 @@ fn run_instance(settings: paystream::config::RunSettings) -> ExitCode {
             signals.cancel();
         });
         Instance::run(settings, listener, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn deliver(args: paystream::config::DeliverArgs) -> ExitCode {
+    let settings = match args.build() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    paystream::kafka::client::set_user_properties(&settings.kafka.properties);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {} (http-addr): {e}", settings.http_addr))?;
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_termination().await;
+            tracing::info!("shutting down: finishing calls and committing");
+            signals.cancel();
+        });
+        paystream::delivery::runtime::run(settings, listener, shutdown)
             .await
             .map_err(|e| e.to_string())
     });

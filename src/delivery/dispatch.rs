@@ -78,6 +78,11 @@ impl<K: Eq + Hash + Clone, R> Dispatcher<K, R> {
         self.buffered
     }
 
+    /// Records that may be taken now.
+    pub fn ready(&self) -> usize {
+        self.ready.len()
+    }
+
     /// Keys with a call in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()

@@ -151,7 +151,8 @@ impl RetrySchedule {
     }
 }
 
-fn parse_duration(s: &str) -> Option<Duration> {
+/// `250ms`, `10s`, `1m`, `2h` (a whole number and a unit).
+pub fn parse_duration(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = s.split_at(split);
     let n: u64 = n.parse().ok()?;

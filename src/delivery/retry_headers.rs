@@ -10,10 +10,25 @@ pub const DUE_MS: &str = "paystream.delivery.due-ms";
 /// The idempotency key sent to the gateway (the SMS's event id).
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
+/// Header of a dead-lettered SMS: why it was given up.
+pub const DEAD_LETTER_REASON: &str = "paystream.delivery.dead-letter-reason";
+
+/// Whether `name` is one of the headers this module writes (replaced, not copied, on a retry).
+pub fn is_retry_header(name: &str) -> bool {
+    [
+        ATTEMPTS,
+        FIRST_FAILURE_MS,
+        FIRST_REASON,
+        DUE_MS,
+        DEAD_LETTER_REASON,
+    ]
+    .contains(&name)
+}
+
 /// A retry record's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryState {
-    /// Gateway calls so far (at least 1 in a retry topic).
+    /// Gateway calls so far (0 for a record an open circuit sent on without a call).
     pub attempts: u32,
     pub first_failure_ms: i64,
     pub first_reason: String,
@@ -61,13 +76,10 @@ impl RetryState {
                 problem: "not a number",
             })
         };
-        let attempts = u32::try_from(number(ATTEMPTS)?)
-            .ok()
-            .filter(|a| *a >= 1)
-            .ok_or(HeaderError {
-                name: ATTEMPTS,
-                problem: "not a count of at least 1",
-            })?;
+        let attempts = u32::try_from(number(ATTEMPTS)?).map_err(|_| HeaderError {
+            name: ATTEMPTS,
+            problem: "not a count",
+        })?;
         Ok(RetryState {
             attempts,
             first_failure_ms: number(FIRST_FAILURE_MS)?,
@@ -93,7 +105,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn what_is_written_reads_back(attempts in 1u32.., first in any::<i64>(), reason in ".*", due in any::<i64>()) {
+        fn what_is_written_reads_back(attempts in 0u32.., first in any::<i64>(), reason in ".*", due in any::<i64>()) {
             let s = RetryState { attempts, first_failure_ms: first, first_reason: reason, due_ms: due };
             prop_assert_eq!(read(&s.to_headers()), Ok(s));
         }
@@ -107,7 +119,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_and_zero_attempts_are_named() {
+    fn missing_and_negative_attempts_are_named() {
         assert_eq!(read(&[]).unwrap_err().name, ATTEMPTS);
         let mut h = RetryState {
             attempts: 1,
@@ -116,7 +128,7 @@ mod tests {
             due_ms: 0,
         }
         .to_headers();
-        h[0].1 = b"0".to_vec();
-        assert_eq!(read(&h).unwrap_err().problem, "not a count of at least 1");
+        h[0].1 = b"-1".to_vec();
+        assert_eq!(read(&h).unwrap_err().problem, "not a count");
     }
 }

@@ -126,6 +126,27 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
     finish(c)
 }
 
+/// Consumer settings of `paystream deliver` (SMS requests and their retry topics): Kafka's own
+/// group management (cooperative, so a new instance does not stop the others' calls), manual
+/// commits of what the gateway finished, committed records only (SEND_SMS is written in
+/// transactions under exactly-once), and a small prefetch: what is held waiting for the gateway
+/// is bounded by `--max-buffered`, the rest stays in Kafka as lag.
+pub fn delivery_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("group.id", group_id)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.max.bytes", SOURCE_FETCH_MAX_BYTES);
+    finish(c)
+}
+
 /// Records the restore consumer tries to keep fetched ahead, for all its partitions together.
 /// Changelog records are small, and librdkafka's bookkeeping of each fetched record is not
 /// counted by the 16 MiB queue bound ([`SOURCE_PREFETCH_KBYTES`] counts keys and values only):
