@@ -7,6 +7,8 @@
 //! and write the same number of values into a bare RocksDB (the store limit). Benchmarks, not
 //! tests: nothing here asserts a timing.
 
+pub mod delivery;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -26,7 +26,7 @@ mod query;
 mod telemetry;
 mod windowed;
 
-pub use delivery::{DeliverArgs, DeliverSettings};
+pub use delivery::{DeliverArgs, DeliverSettings, DeliveryArgs, DeliveryPlace};
 pub use kafka::{KafkaArgs, KafkaSettings};
 pub use membership::MembershipArgs;
 use membership::MembershipFile;
@@ -189,6 +189,16 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
+
+    /// SMS delivery inside this instance (with --sms-gateway-url; flags and environment only):
+    /// the same as `paystream deliver` on this application's SMS topic, in consumer group
+    /// `<application-id>-deliver`, its /health, /metrics and /admin/permits on
+    /// --delivery-http-addr. [default: 127.0.0.1:8090]
+    #[arg(long, env = "PAYSTREAM_DELIVERY_HTTP_ADDR", value_name = "HOST:PORT")]
+    pub delivery_http_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -277,6 +287,8 @@ pub struct RunSettings {
     /// librdkafka properties added to every Kafka client (`--kafka-property`), and the TLS and
     /// SASL they ask of paystream's own broker connections.
     pub kafka: KafkaSettings,
+    /// SMS delivery run alongside (`--sms-gateway-url`), off by default.
+    pub delivery: Option<DeliverSettings>,
 }
 
 /// Default Kafka bootstrap address (a local broker).
@@ -478,6 +490,32 @@ impl RunArgs {
         let shipped = self
             .windowed
             .build(&windowed_file, &input_topic, &dlq_topic)?;
+        let kafka = self.kafka.build(file.kafka_properties.clone())?;
+        let delivery = match (&self.delivery.sms_gateway_url, &shipped.sms) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "sms-gateway-url",
+                    "the SMS topology is off on this instance: nothing to deliver",
+                ))
+            }
+            (Some(_), Some(sms)) => self.delivery.build(DeliveryPlace {
+                bootstrap_servers: bootstrap_servers.clone(),
+                sms_topic: sms.topic.clone(),
+                group_id: format!("{application_id}-deliver"),
+                http_addr: self
+                    .delivery_http_addr
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8090))),
+                replication_factor,
+                kafka: kafka.clone(),
+            })?,
+        };
+        if delivery.as_ref().is_some_and(|d| d.http_addr == http_addr) {
+            return Err(invalid(
+                "delivery-http-addr",
+                "must differ from --http-addr (the query API)",
+            ));
+        }
         Ok(RunSettings {
             bootstrap_servers,
             application_id,
@@ -502,7 +540,8 @@ impl RunArgs {
             shipped,
             query,
             telemetry: self.telemetry.build(file.otlp_endpoint.clone())?,
-            kafka: self.kafka.build(file.kafka_properties.clone())?,
+            kafka,
+            delivery,
         })
     }
 }

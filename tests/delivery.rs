@@ -15,7 +15,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bootstrap, create_topic, free_port, read_topic, unique, work_dir};
+use common::model::expected_sms;
+use common::{bootstrap, create_topic, free_port, read_topic, unique, work_dir, Proc};
 use gateway::{fails_once, rejects, Gateway, Mode};
 use paystream_topology::sms::SmsRequest;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -583,4 +584,80 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_carry_their_idempotency_
         "{duplicates} duplicates, more than were delivered before the kill"
     );
     assert_in_order(&sent, &calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paystream_run_with_a_gateway_url_delivers_each_expected_sms_once() {
+    let dir = work_dir();
+    let topic = unique("deliver-run");
+    let app = unique("deliver-run-app");
+    let g = Gateway::start(Mode::Ok {
+        latency: Duration::from_millis(2),
+    })
+    .await;
+    create_topic(&topic, 12).await;
+    let delivery_port = free_port();
+    let delivery_http = format!("127.0.0.1:{delivery_port}");
+    let mut p = Proc::run(
+        &app,
+        &topic,
+        &dir.path().join("state"),
+        free_port(),
+        &[
+            "--sms-gateway-url",
+            &g.url,
+            "--delivery-http-addr",
+            &delivery_http,
+            "--permits",
+            "16",
+        ],
+    );
+    let (_, sent) = common::produce(&topic, 2_000, None, 0, None).await;
+    let want = expected_sms(&sent);
+    assert!(want.len() > 500, "the traffic completes most orders");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        p.assert_alive();
+        let got: BTreeSet<(String, String)> = g
+            .calls()
+            .into_iter()
+            .filter(|c| c.status == 200)
+            .map(|c| (c.order_id, c.template))
+            .collect();
+        if got.len() >= want.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} SMS delivered; log:\n{}",
+            got.len(),
+            want.len(),
+            p.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut count: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for c in g.calls().into_iter().filter(|c| c.status == 200) {
+        *count.entry((c.order_id, c.template)).or_insert(0) += 1;
+    }
+    let got: BTreeSet<(String, String)> = count.keys().cloned().collect();
+    assert_eq!(
+        got, want,
+        "the gateway got exactly the SMS the rules ask for"
+    );
+    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    let health: serde_json::Value = reqwest::get(format!("http://{delivery_http}/health"))
+        .await
+        .expect("delivery /health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["circuit"], "closed", "{health}");
+    assert_eq!(health["permits"], 16, "{health}");
+    let status = p.terminate();
+    assert!(
+        status.success(),
+        "paystream run with delivery stopped with {status}"
+    );
 }

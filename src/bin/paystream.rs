@@ -114,6 +114,11 @@ struct BenchArgs {
     /// produced events; until the group's committed offsets reach the end).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
     instances: Option<u64>,
+    /// Instead: delivered SMS/s of `paystream deliver` against a gateway in this process with 1
+    /// and 50 ms latency at permits 1, 8 and 64 (at most this many SMS a run), then its memory
+    /// while the gateway is stopped for a minute under full input.
+    #[arg(long, value_name = "SMS")]
+    delivery: Option<u64>,
     /// Requests per second for --latency.
     #[arg(long, default_value_t = 200)]
     query_rate: u64,
@@ -263,10 +268,11 @@ fn main() -> ExitCode {
                 processing_guarantee: a.processing_guarantee,
                 keep_topics: a.keep_topics,
             };
-            let result = match (a.latency, a.instances) {
-                (Some(n), _) => paystream::bench::latency(&opts, a.query_rate, n),
-                (None, Some(n)) => paystream::bench::cluster_ingest(&opts, n as usize),
-                (None, None) => paystream::bench::run(&opts),
+            let result = match (a.delivery, a.latency, a.instances) {
+                (Some(sms), _, _) => paystream::bench::delivery::delivery(&opts, sms),
+                (None, Some(n), _) => paystream::bench::latency(&opts, a.query_rate, n),
+                (None, None, Some(n)) => paystream::bench::cluster_ingest(&opts, n as usize),
+                (None, None, None) => paystream::bench::run(&opts),
             };
             match result {
                 Ok(_) => ExitCode::SUCCESS,
@@ -349,9 +355,40 @@ fn run_instance(settings: paystream::config::RunSettings) -> ExitCode {
             tracing::info!("shutting down: committing and checkpointing");
             signals.cancel();
         });
-        Instance::run(settings, listener, shutdown)
-            .await
-            .map_err(|e| e.to_string())
+        let delivering = match settings.delivery.clone() {
+            Some(d) => {
+                let l = tokio::net::TcpListener::bind(d.http_addr)
+                    .await
+                    .map_err(|e| {
+                        format!("cannot listen on {} (delivery-http-addr): {e}", d.http_addr)
+                    })?;
+                let stop = shutdown.clone();
+                Some(tokio::spawn(paystream::delivery::runtime::run(d, l, stop)))
+            }
+            None => None,
+        };
+        let instance = Instance::run(settings, listener, shutdown.clone());
+        let Some(mut delivering) = delivering else {
+            return instance.await.map_err(|e| e.to_string());
+        };
+        // Either one stopping (a signal, or an error) stops the other; both errors are told.
+        tokio::pin!(instance);
+        let (ran, delivered) = tokio::select! {
+            r = &mut instance => {
+                shutdown.cancel();
+                (r, delivering.await)
+            }
+            d = &mut delivering => {
+                shutdown.cancel();
+                (instance.await, d)
+            }
+        };
+        let delivered = match delivered {
+            Ok(r) => r.map_err(|e| format!("SMS delivery: {e}")),
+            Err(e) => Err(format!("SMS delivery: {e}")),
+        };
+        ran.map_err(|e| e.to_string())?;
+        delivered
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,10 +22,6 @@ pub struct DeliverArgs {
         default_value = "127.0.0.1:9092"
     )]
     pub bootstrap_servers: String,
-    /// The gateway: every SMS request is POSTed here as JSON, with an `Idempotency-Key` header
-    /// holding the SMS's event id (a gateway that honours it never sends twice).
-    #[arg(long, env = "PAYSTREAM_SMS_GATEWAY_URL")]
-    pub sms_gateway_url: String,
     /// The topic of SMS requests (`paystream run --sms-topic`). Its retry topics are
     /// `<topic>.RETRY.1`, `.2`, ... and its dead-letter topic `<topic>.DLQ`, created with its
     /// partition count if missing.
@@ -35,6 +31,26 @@ pub struct DeliverArgs {
     /// partitions).
     #[arg(long, default_value = "paystream-deliver")]
     pub group_id: String,
+    /// Address of this instance's HTTP server: /health, /metrics, /admin/permits.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub http_addr: SocketAddr,
+    /// Replication factor of the retry and dead-letter topics it creates.
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: i32,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// How SMS are delivered: the flags `paystream deliver` and `paystream run` share.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DeliveryArgs {
+    /// The SMS gateway: every SMS request is POSTed here as JSON, with an `Idempotency-Key`
+    /// header holding the SMS's event id (a gateway that honours it never sends twice). For
+    /// `paystream run`: deliver this instance's application's SMS too (off without it).
+    #[arg(long, env = "PAYSTREAM_SMS_GATEWAY_URL", value_name = "URL")]
+    pub sms_gateway_url: Option<String>,
     /// Gateway calls in flight at most, per instance. Changed at run time with
     /// `PUT /admin/permits` (needs --admin-token).
     #[arg(long, default_value_t = 8)]
@@ -77,14 +93,18 @@ pub struct DeliverArgs {
     /// A file holding the admin token (its first line).
     #[arg(long, conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
-    /// Address of this instance's HTTP server: /health, /metrics, /admin/permits.
-    #[arg(long, default_value = "127.0.0.1:8090")]
+}
+
+/// Where a delivering instance runs: what `paystream deliver` has flags for, and `paystream
+/// run` takes from its own settings.
+#[derive(Debug, Clone)]
+pub struct DeliveryPlace {
+    pub bootstrap_servers: String,
+    pub sms_topic: String,
+    pub group_id: String,
     pub http_addr: SocketAddr,
-    /// Replication factor of the retry and dead-letter topics it creates.
-    #[arg(long, default_value_t = 1)]
     pub replication_factor: i32,
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub kafka: KafkaSettings,
 }
 
 /// Validated settings of one delivering instance.
@@ -131,15 +151,6 @@ fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
 impl DeliverArgs {
     /// Validates every flag; the first error names its flag.
     pub fn build(&self) -> Result<DeliverSettings, ConfigError> {
-        let url = self.sms_gateway_url.trim();
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| invalid("sms-gateway-url", format!("{url:?}: {e}")))?;
-        if parsed.scheme() != "http" {
-            return Err(invalid(
-                "sms-gateway-url",
-                format!("{url:?}: only http:// is supported (put a TLS proxy in front)"),
-            ));
-        }
         if self.bootstrap_servers.trim().is_empty() {
             return Err(invalid("bootstrap-servers", "empty"));
         }
@@ -148,6 +159,40 @@ impl DeliverArgs {
         }
         if self.group_id.trim().is_empty() {
             return Err(invalid("group-id", "empty"));
+        }
+        if !(1..=16).contains(&self.replication_factor) {
+            return Err(invalid(
+                "replication-factor",
+                format!("{} is outside 1..=16", self.replication_factor),
+            ));
+        }
+        let place = DeliveryPlace {
+            bootstrap_servers: self.bootstrap_servers.trim().to_owned(),
+            sms_topic: self.sms_topic.trim().to_owned(),
+            group_id: self.group_id.trim().to_owned(),
+            http_addr: self.http_addr,
+            replication_factor: self.replication_factor,
+            kafka: self.kafka.build(None)?,
+        };
+        self.delivery
+            .build(place)?
+            .ok_or_else(|| invalid("sms-gateway-url", "required"))
+    }
+}
+
+impl DeliveryArgs {
+    /// The settings of a deliverer at `place`, or `None` without --sms-gateway-url.
+    pub fn build(&self, place: DeliveryPlace) -> Result<Option<DeliverSettings>, ConfigError> {
+        let Some(url) = self.sms_gateway_url.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| invalid("sms-gateway-url", format!("{url:?}: {e}")))?;
+        if parsed.scheme() != "http" {
+            return Err(invalid(
+                "sms-gateway-url",
+                format!("{url:?}: only http:// is supported (put a TLS proxy in front)"),
+            ));
         }
         if !(1..=MAX_PERMITS).contains(&self.permits) {
             return Err(invalid(
@@ -196,17 +241,11 @@ impl DeliverArgs {
                 ));
             }
         }
-        if !(1..=16).contains(&self.replication_factor) {
-            return Err(invalid(
-                "replication-factor",
-                format!("{} is outside 1..=16", self.replication_factor),
-            ));
-        }
-        Ok(DeliverSettings {
-            bootstrap_servers: self.bootstrap_servers.trim().to_owned(),
+        Ok(Some(DeliverSettings {
+            bootstrap_servers: place.bootstrap_servers,
             gateway_url: url.to_owned(),
-            sms_topic: self.sms_topic.trim().to_owned(),
-            group_id: self.group_id.trim().to_owned(),
+            sms_topic: place.sms_topic,
+            group_id: place.group_id,
             permits: self.permits,
             retry,
             call_timeout: duration("call-timeout", &self.call_timeout)?,
@@ -214,10 +253,10 @@ impl DeliverArgs {
             permit_wait: duration("permit-wait", &self.permit_wait)?,
             breaker,
             admin_token,
-            http_addr: self.http_addr,
-            replication_factor: self.replication_factor,
-            kafka: self.kafka.build(None)?,
-        })
+            http_addr: place.http_addr,
+            replication_factor: place.replication_factor,
+            kafka: place.kafka,
+        }))
     }
 }
 

@@ -63,12 +63,15 @@ pub struct Book {
     parts: HashMap<Tp, Part>,
     next_epoch: u64,
     delayed: usize,
+    /// Bumped by every assignment change (librdkafka forgets pauses of reassigned partitions).
+    assignment_changes: u64,
 }
 
 impl Book {
     /// The partition is now assigned to this instance.
     pub fn assigned(&mut self, tp: Tp) {
         self.next_epoch += 1;
+        self.assignment_changes += 1;
         let part = Part {
             epoch: self.next_epoch,
             progress: None,
@@ -183,6 +186,11 @@ impl Book {
             .map(|(tp, _)| tp)
     }
 
+    /// Changes with every assignment change.
+    pub fn assignment_changes(&self) -> u64 {
+        self.assignment_changes
+    }
+
     /// Assigned partitions.
     pub fn assignment(&self) -> impl Iterator<Item = &Tp> {
         self.parts.keys()
@@ -210,6 +218,7 @@ impl Book {
 
     /// Forgets `tps`; the positions to commit for them (never past an unfinished record).
     pub fn revoke_end(&mut self, tps: &[Tp]) -> Vec<(Tp, i64)> {
+        self.assignment_changes += 1;
         let mut out = Vec::new();
         for tp in tps {
             if let Some(part) = self.parts.remove(tp) {

@@ -142,6 +142,7 @@ pub fn poll_loop(consumer: BaseConsumer<DeliverContext>, shared: Arc<Shared>, s:
     let mut paused: HashSet<Tp> = HashSet::new();
     let mut full = false;
     let mut last_commit = Instant::now();
+    let mut assignment = 0;
     while !shared.stop.load(Ordering::Acquire) {
         let wait = if paused.is_empty() { 100 } else { 5 };
         let mut got = 0;
@@ -176,7 +177,21 @@ pub fn poll_loop(consumer: BaseConsumer<DeliverContext>, shared: Arc<Shared>, s:
             } else {
                 book.waiting().cloned().collect()
             };
-            paused.retain(|tp| book.assignment().any(|a| a == tp));
+            if book.assignment_changes() != assignment {
+                // A reassigned partition starts unpaused, the others keep their pause: resume
+                // every one still assigned and apply the pauses wanted again from scratch.
+                assignment = book.assignment_changes();
+                let kept: Vec<&Tp> = paused
+                    .iter()
+                    .filter(|tp| book.assignment().any(|a| a == *tp))
+                    .collect();
+                if !kept.is_empty() {
+                    if let Err(e) = consumer.resume(&tpl_of(kept)) {
+                        tracing::warn!(error = %e, "resuming partitions");
+                    }
+                }
+                paused.clear();
+            }
             let to_commit = if last_commit.elapsed() >= s.commit_interval {
                 last_commit = Instant::now();
                 book.to_commit()

@@ -41,7 +41,7 @@ use crate::kafka::KafkaError;
 pub enum DeliverError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
-    #[error("topic {0} (sms-topic) does not exist: start `paystream run` first, or create it")]
+    #[error("topic {0} (sms-topic) did not appear within a minute: start `paystream run` first, or create it")]
     TopicMissing(String),
     #[error(transparent)]
     Gateway(#[from] GatewayError),
@@ -118,16 +118,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), DeliverError> {
-    let partitions = {
-        let (b, t) = (
-            settings.bootstrap_servers.clone(),
-            settings.sms_topic.clone(),
-        );
-        tokio::task::spawn_blocking(move || partition_count(&b, &t))
-            .await
-            .map_err(|e| DeliverError::Thread(e.to_string()))??
-    }
-    .ok_or_else(|| DeliverError::TopicMissing(settings.sms_topic.clone()))?;
+    let partitions = sms_partitions(&settings, &shutdown).await?;
     let mut topics: Vec<String> = (1..=settings.retry.levels())
         .map(|l| settings.retry_topic(l))
         .collect();
@@ -211,6 +202,36 @@ pub async fn run(
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(DeliverError::Http(e)),
         Err(e) => Err(DeliverError::Thread(e.to_string())),
+    }
+}
+
+/// The SMS topic's partition count, waiting up to a minute for the topic to appear (inside
+/// `paystream run`, the instance creates it while this starts).
+async fn sms_partitions(
+    settings: &DeliverSettings,
+    shutdown: &CancellationToken,
+) -> Result<i32, DeliverError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut told = false;
+    loop {
+        let (b, t) = (
+            settings.bootstrap_servers.clone(),
+            settings.sms_topic.clone(),
+        );
+        let count = tokio::task::spawn_blocking(move || partition_count(&b, &t))
+            .await
+            .map_err(|e| DeliverError::Thread(e.to_string()))??;
+        if let Some(n) = count {
+            return Ok(n);
+        }
+        if Instant::now() > deadline || shutdown.is_cancelled() {
+            return Err(DeliverError::TopicMissing(settings.sms_topic.clone()));
+        }
+        if !told {
+            tracing::info!(topic = %settings.sms_topic, "waiting for the SMS topic to exist");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -34,6 +34,7 @@ pub struct Call {
     pub idempotency_key: Option<String>,
     pub order_id: String,
     pub event_id: String,
+    pub template: String,
     pub started: Instant,
     pub ended: Instant,
     pub status: u16,
@@ -173,6 +174,7 @@ async fn send(State(g): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> S
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let order_id = json["order_id"].as_str().unwrap_or("").to_owned();
     let event_id = json["event_id"].as_str().unwrap_or("").to_owned();
+    let template = json["template"].as_str().unwrap_or("").to_owned();
     let now = g.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     g.max_in_flight.fetch_max(now, Ordering::SeqCst);
     {
@@ -198,6 +200,7 @@ async fn send(State(g): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> S
                 .map(str::to_owned),
             order_id,
             event_id: event_id.clone(),
+            template,
             started,
             ended: started,
             status: 0,
