@@ -38,7 +38,6 @@ struct BenchGateway {
     counts: Arc<Counts>,
     stop: CancellationToken,
     latency: Duration,
-    started: Instant,
 }
 
 impl BenchGateway {
@@ -79,7 +78,6 @@ impl BenchGateway {
             counts,
             stop,
             latency,
-            started,
         })
     }
 
@@ -164,6 +162,48 @@ fn spawn_deliver(
         .map_err(step("start paystream deliver"))
 }
 
+/// The limit at `permits` calls in flight: `permits` tasks POSTing one request after another
+/// (no Kafka), `n` requests in all; requests per second.
+async fn raw_rate(url: &str, permits: usize, n: u64) -> Result<f64, BenchError> {
+    let client = reqwest::Client::new();
+    let body = serde_json::to_vec(&SmsRequest {
+        order_id: "O-raw".into(),
+        member_id: None,
+        phone: Some("+46700000000".into()),
+        template: "payment_approved".into(),
+        amount: Some(1_000),
+        currency: Some("SEK".into()),
+        event_ts: 0,
+        event_id: "O-raw-0".into(),
+    })
+    .map_err(step("json"))?;
+    let per_task = (n / permits as u64).max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..permits {
+        let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                client
+                    .post(&url)
+                    .header("Idempotency-Key", "O-raw-0")
+                    .body(body.clone())
+                    .send()
+                    .await?
+                    .bytes()
+                    .await?;
+            }
+            Ok::<(), reqwest::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await
+            .map_err(step("raw client"))?
+            .map_err(step("raw client"))?;
+    }
+    Ok((per_task * permits as u64) as f64 / started.elapsed().as_secs_f64())
+}
+
 fn rss_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -180,10 +220,22 @@ pub fn delivery(opts: &BenchOptions, sms: u64) -> Result<Vec<Figure>, BenchError
         let mut figures = Vec::new();
         let mut topics = Vec::new();
         let run = format!("bench-deliver-{}", std::process::id());
-        println!("latency  permits      SMS   SMS/s   limit/s  of limit  peak RSS MiB");
+        println!(
+            "latency  permits      SMS   SMS/s  raw HTTP/s  of raw  permits/latency  of it  peak RSS MiB"
+        );
         for latency_ms in [1u64, 50] {
             for permits in [1usize, 8, 64] {
                 let limit = permits as f64 * 1000.0 / latency_ms as f64;
+                let raw = {
+                    let gw = BenchGateway::start(
+                        "127.0.0.1:0".parse().map_err(step("addr"))?,
+                        Duration::from_millis(latency_ms),
+                    )
+                    .await?;
+                    let r = raw_rate(&gw.url(), permits, ((limit * 3.0) as u64).clamp(100, 20_000)).await?;
+                    gw.stop.cancel();
+                    r
+                };
                 // About 10 s at the limit, between 200 and `sms`.
                 let n = ((limit * 10.0) as u64).clamp(200, sms.max(200));
                 let topic = format!("{run}-{latency_ms}ms-{permits}");
@@ -231,9 +283,9 @@ pub fn delivery(opts: &BenchOptions, sms: u64) -> Result<Vec<Figure>, BenchError
                     - gw.counts.first_ms.load(Ordering::Relaxed);
                 // The first call's own latency is not in the span: count n - 1 intervals.
                 let rate = (n - 1) as f64 * 1000.0 / (span_ms.max(1) as f64 + gw.latency.as_millis() as f64);
-                let _ = gw.started;
                 println!(
-                    "{latency_ms:>5} ms  {permits:>7}  {n:>7}  {rate:>6.0}  {limit:>8.0}  {:>7.0}%  {peak:>12.0}",
+                    "{latency_ms:>5} ms  {permits:>7}  {n:>7}  {rate:>6.0}  {raw:>10.0}  {:>5.0}%  {limit:>15.0}  {:>4.0}%  {peak:>12.0}",
+                    100.0 * rate / raw,
                     100.0 * rate / limit
                 );
                 figures.push(Figure {

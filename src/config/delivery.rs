@@ -62,9 +62,12 @@ pub struct DeliveryArgs {
     /// A gateway call that has not answered after this long is a failure (retryable).
     #[arg(long, default_value = "5s")]
     pub call_timeout: String,
-    /// Held records (polled, not yet called) at which the consumer pauses its partitions: what
-    /// bounds memory when the gateway is slow (lag grows instead).
-    #[arg(long, default_value_t = 1000)]
+    /// Records held (polled and not finished: waiting for a permit, their order or their retry
+    /// time, or in a call) at which the consumer pauses its partitions, resuming them at half:
+    /// what bounds memory when the gateway is slow (lag grows instead). librdkafka takes about a
+    /// second to fetch again after a resume, so half of this should cover a second of delivery
+    /// (BENCHMARKS.md, "SMS delivery").
+    #[arg(long, default_value_t = 10_000)]
     pub max_buffered: usize,
     /// A wait for a permit longer than this is counted as timed out (the
     /// `paystream_delivery_permit_wait_timeouts_total` metric: the gateway cannot keep up).
@@ -288,6 +291,7 @@ mod tests {
     fn defaults_are_valid_and_name_the_derived_topics() {
         let s = build(&[]).expect("defaults");
         assert_eq!(s.permits, 8);
+        assert_eq!(s.max_buffered, 10_000);
         assert_eq!(s.retry.levels(), 3);
         assert_eq!(s.retry_topic(2), "SEND_SMS.RETRY.2");
         assert_eq!(s.dead_letter_topic(), "SEND_SMS.DLQ");

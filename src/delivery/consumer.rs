@@ -130,7 +130,7 @@ fn commit(consumer: &BaseConsumer<DeliverContext>, positions: &[(Tp, i64)], mode
 
 /// How the poll loop behaves.
 pub struct PollSettings {
-    /// Pause every partition when this many records are held; resume at half.
+    /// Pause every partition when this many records are held or in a call; resume at half.
     pub max_buffered: usize,
     pub commit_interval: Duration,
     /// Retry topic name → level (1-based).
@@ -166,7 +166,9 @@ pub fn poll_loop(consumer: BaseConsumer<DeliverContext>, shared: Arc<Shared>, s:
         let (want, to_commit) = {
             let mut book = shared.book();
             book.release_due(now_ms());
-            let held = book.buffered();
+            // Records in a call or a retry write count too: a stopped gateway makes every record
+            // a retry write, and those are not bounded by the permits.
+            let held = book.buffered() + book.calls();
             if held >= s.max_buffered {
                 full = true;
             } else if held <= s.max_buffered / 2 {

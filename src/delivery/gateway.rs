@@ -1,9 +1,9 @@
 //! The SMS gateway client: one POST per SMS request, the request's JSON as the body and its
 //! event id as the `Idempotency-Key` header; the answer as a [`CallResult`] for the policy.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use super::policy::CallResult;
+use super::policy::{retry_after_delay, CallResult};
 use super::retry_headers::IDEMPOTENCY_KEY;
 
 /// Calls the gateway.
@@ -50,7 +50,7 @@ impl Gateway {
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                    .and_then(|v| retry_after_delay(v, SystemTime::now()));
                 // Read the body so the connection can be reused.
                 let _ = answer.bytes().await;
                 CallResult::Status { code, retry_after }

@@ -2,7 +2,7 @@
 //! or dead-lettered with a reason. Pure: the classification of an answer, the retry schedule
 //! (`--retry-delays 10s,1m,10m`) and the route that follows from both.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// How one gateway call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,8 +10,8 @@ pub enum CallResult {
     /// An HTTP answer.
     Status {
         code: u16,
-        /// A `Retry-After` header in seconds (the HTTP-date form is not honoured).
-        retry_after: Option<String>,
+        /// The wait a `Retry-After` header asked for ([`retry_after_delay`]).
+        retry_after: Option<Duration>,
     },
     /// No answer within the call's timeout.
     Timeout,
@@ -35,6 +35,18 @@ pub enum Outcome {
     },
 }
 
+/// The wait a `Retry-After` header value asks for at `now`: delay-seconds (`120`) or an
+/// HTTP-date (`Wed, 21 Oct 2026 07:28:00 GMT`; one in the past asks for no wait). `None` when the
+/// value is neither (the retry level's own delay applies then).
+pub fn retry_after_delay(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// Classifies a call's result.
 pub fn classify(result: &CallResult) -> Outcome {
     match result {
@@ -42,10 +54,7 @@ pub fn classify(result: &CallResult) -> Outcome {
         CallResult::Status { code, retry_after } if *code == 429 || *code == 503 => {
             Outcome::Retryable {
                 reason: format!("http {code}"),
-                at_least: retry_after
-                    .as_deref()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs),
+                at_least: *retry_after,
             }
         }
         CallResult::Status { code, .. } if *code == 408 || *code >= 500 => Outcome::Retryable {
@@ -202,7 +211,7 @@ mod tests {
         }
         let slow_down = CallResult::Status {
             code: 429,
-            retry_after: Some("120".into()),
+            retry_after: Some(Duration::from_secs(120)),
         };
         assert_eq!(
             classify(&slow_down),
@@ -211,6 +220,28 @@ mod tests {
                 at_least: Some(Duration::from_secs(120))
             }
         );
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        // 2026-10-21T07:28:00Z: 20,747 days after 1970-01-01, then 07:28.
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(20_747 * 86_400 + 7 * 3600 + 28 * 60);
+        let now = at - Duration::from_secs(90);
+        assert_eq!(
+            retry_after_delay(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after_delay("Wed, 21 Oct 2026 07:28:00 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            retry_after_delay("Wed, 21 Oct 2026 07:28:00 GMT", at + Duration::from_secs(5)),
+            Some(Duration::ZERO),
+            "a date in the past asks for no wait"
+        );
+        assert_eq!(retry_after_delay("soon", now), None);
+        assert_eq!(retry_after_delay("-5", now), None);
     }
 
     #[test]

@@ -126,6 +126,11 @@ pub fn source_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
     finish(c)
 }
 
+/// Records the delivery consumer keeps fetched ahead per partition (librdkafka's default is
+/// 100,000): the deliverer holds up to `--max-buffered` itself, and a pause throws librdkafka's
+/// prefetch away.
+const DELIVERY_QUEUED_MIN_MESSAGES: &str = "2000";
+
 /// Consumer settings of `paystream deliver` (SMS requests and their retry topics): Kafka's own
 /// group management (cooperative, so a new instance does not stop the others' calls), manual
 /// commits of what the gateway finished, committed records only (SEND_SMS is written in
@@ -142,8 +147,10 @@ pub fn delivery_consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "100")
+        .set("queued.min.messages", DELIVERY_QUEUED_MIN_MESSAGES)
         .set("queued.max.messages.kbytes", "4096")
-        .set("fetch.max.bytes", SOURCE_FETCH_MAX_BYTES);
+        .set("fetch.max.bytes", SOURCE_FETCH_MAX_BYTES)
+        .set("fetch.queue.backoff.ms", SOURCE_FETCH_QUEUE_BACKOFF_MS);
     finish(c)
 }
 
