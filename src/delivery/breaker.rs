@@ -72,8 +72,7 @@ pub struct Transition {
 enum State {
     Closed {
         in_a_row: u32,
-        /// (when, failed) of recent calls, oldest first.
-        recent: VecDeque<(Instant, bool)>,
+        recent: Window,
     },
     Open {
         until: Instant,
@@ -140,16 +139,9 @@ impl Breaker {
             // half-open) changes nothing: the probe decides.
             (State::Closed { in_a_row, recent }, Decision::Call) => {
                 *in_a_row = if failed { *in_a_row + 1 } else { 0 };
-                recent.push_back((now, failed));
-                while recent
-                    .front()
-                    .is_some_and(|(t, _)| now.duration_since(*t) > self.config.window)
-                {
-                    recent.pop_front();
-                }
-                let failures = recent.iter().filter(|(_, f)| *f).count();
-                let rate_exceeded = recent.len() >= self.config.min_calls
-                    && failures as f64 / recent.len() as f64 > self.config.failure_rate;
+                let (calls, failures) = recent.record(now, failed, self.config.window);
+                let rate_exceeded = calls >= self.config.min_calls as u64
+                    && failures as f64 / calls as f64 > self.config.failure_rate;
                 if *in_a_row >= self.config.consecutive_failures || rate_exceeded {
                     self.state = open(now, self.config.cool_down);
                 }
@@ -173,7 +165,48 @@ fn open(now: Instant, cool_down: Duration) -> State {
 fn closed() -> State {
     State::Closed {
         in_a_row: 0,
-        recent: VecDeque::new(),
+        recent: Window::default(),
+    }
+}
+
+/// Buckets per window: a call leaves the window up to 1/64 of it early, and the window's memory
+/// is bounded whatever the call rate (one entry per call was a scan of every call of the last
+/// 30 s per answer: 17% of the deliverer's CPU at 11,000 calls/s).
+const BUCKETS_PER_WINDOW: u32 = 64;
+
+/// Calls and failures of the last window, in time buckets, with running totals.
+#[derive(Debug, Clone, Default)]
+struct Window {
+    /// (bucket start, calls, failures), oldest first.
+    buckets: VecDeque<(Instant, u64, u64)>,
+    calls: u64,
+    failures: u64,
+}
+
+impl Window {
+    /// Adds a call answered at `now`, forgets buckets older than `window`; the calls and
+    /// failures left.
+    fn record(&mut self, now: Instant, failed: bool, window: Duration) -> (u64, u64) {
+        let bucket = (window / BUCKETS_PER_WINDOW).max(Duration::from_millis(1));
+        let failed = u64::from(failed);
+        match self.buckets.back_mut() {
+            Some((start, calls, failures)) if now.saturating_duration_since(*start) < bucket => {
+                *calls += 1;
+                *failures += failed;
+            }
+            _ => self.buckets.push_back((now, 1, failed)),
+        }
+        self.calls += 1;
+        self.failures += failed;
+        while let Some(&(start, calls, failures)) = self.buckets.front() {
+            if now.saturating_duration_since(start) <= window {
+                break;
+            }
+            self.buckets.pop_front();
+            self.calls -= calls;
+            self.failures -= failures;
+        }
+        (self.calls, self.failures)
     }
 }
 
@@ -243,6 +276,38 @@ mod tests {
         // but by then they are older than the window.
         b.record(t0 + Duration::from_secs(11), Decision::Call, false);
         assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    proptest! {
+        /// Against a model that keeps every call: the window counts the calls (and failures) of
+        /// the last `window`, except that up to one bucket (1/64 of it) may leave early.
+        #[test]
+        fn the_window_counts_the_calls_of_the_last_window(
+            steps in proptest::collection::vec((0u64..400, any::<bool>()), 1..300),
+        ) {
+            let window = Duration::from_millis(6_400);
+            let bucket = window / BUCKETS_PER_WINDOW;
+            let mut w = Window::default();
+            let mut all: Vec<(Instant, bool)> = Vec::new();
+            let mut now = Instant::now();
+            for (dt, failed) in steps {
+                now += Duration::from_millis(dt);
+                all.push((now, failed));
+                let (calls, failures) = w.record(now, failed, window);
+                // (calls, failures) of the model no older than `age`.
+                let count = |age: Duration| {
+                    let kept: Vec<bool> = all
+                        .iter()
+                        .filter(|(t, _)| now.duration_since(*t) <= age)
+                        .map(|(_, f)| *f)
+                        .collect();
+                    (kept.len() as u64, kept.iter().filter(|f| **f).count() as u64)
+                };
+                let ((most, most_f), (least, least_f)) = (count(window), count(window - bucket));
+                prop_assert!(least <= calls && calls <= most, "{} calls, model {}..={}", calls, least, most);
+                prop_assert!(least_f <= failures && failures <= most_f, "{} failures, model {}..={}", failures, least_f, most_f);
+            }
+        }
     }
 
     proptest! {
