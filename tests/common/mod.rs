@@ -659,6 +659,38 @@ pub fn signal(p: &Proc, sig: &str) {
         .status()
         .expect("kill");
     assert!(status.success(), "kill {sig} failed");
+    if sig == "-STOP" {
+        wait_stopped(p.child.id());
+    }
+}
+
+/// `kill` returns before every thread of a process has stopped (each stops on its way back to
+/// user space): waits until all are, so what a test does next meets a paused instance.
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all_threads_stopped(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid}: not every thread stopped 5 s after SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        // `pid (comm) S ...`: the state follows the last ')'.
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// What application `app` wrote (its output topics `<app>.APPROVAL_TIMEOUT` and `<app>.SEND_SMS`,
